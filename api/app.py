@@ -1,0 +1,98 @@
+"""The Starlette application: routes, exception handlers, lifespan, app."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis as AsyncRedis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api.auth import KeyStore
+from api.enqueue import Enqueuer
+from api.errors import ApiError, api_error_handler, error_response
+from api.push import push
+from schema.migrate import latest_version
+from schema.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def healthz(_request: Request) -> Response:
+    """The process is up (no I/O)."""
+    return JSONResponse({"ok": True})
+
+
+async def readyz(request: Request) -> Response:
+    """Redis and Postgres reachable, and Postgres migrated; 503 with the reason otherwise."""
+    state = request.app.state
+    problems: list[str] = []
+    try:
+        await state.redis.ping()
+    except Exception as exc:
+        problems.append(f"redis: {type(exc).__name__}: {exc}")
+    try:
+        async with state.pool.connection(timeout=2) as conn:
+            cur = await conn.execute("SELECT max(version) FROM schema_migrations")
+            row = await cur.fetchone()
+        version = row[0] if row else None
+        if version != latest_version():
+            problems.append(f"postgres: schema at {version}, expected {latest_version()}: run 'selftune-ingest migrate'")
+    except psycopg.errors.UndefinedTable:
+        problems.append("postgres: not migrated: run 'selftune-ingest migrate'")
+    except Exception as exc:
+        problems.append(f"postgres: {type(exc).__name__}: {exc}")
+    if problems:
+        return JSONResponse({"ok": False, "errors": problems}, status_code=503)
+    return JSONResponse({"ok": True})
+
+
+async def not_found(_request: Request, _exc: Exception) -> Response:
+    return error_response(404, "not_found", "no such endpoint")
+
+
+async def method_not_allowed(_request: Request, _exc: Exception) -> Response:
+    return error_response(405, "method_not_allowed", "method not allowed on this endpoint")
+
+
+routes = [
+    Route("/v2/push", push, methods=["POST"]),
+    Route("/api/v1/push", push, methods=["POST"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]
+
+exception_handlers = {ApiError: api_error_handler, 404: not_found, 405: method_not_allowed}
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    redis = AsyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    pool = AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+    )
+    await pool.open(wait=False)
+    app.state.redis = redis
+    app.state.pool = pool
+    app.state.keys = KeyStore(pool, settings.key_cache_ttl_s)
+    app.state.enqueuer = Enqueuer(settings, redis)
+    log.info("api starting with %s", settings.redacted())
+    try:
+        yield
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The app, configured from the environment unless settings are given (tests)."""
+    app = Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)  # type: ignore[arg-type]
+    app.state.settings = settings or Settings.from_env()
+    return app

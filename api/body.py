@@ -1,0 +1,72 @@
+"""Read a request body within the size limits, inflating gzip as it streams.
+
+The compressed limit applies to the bytes on the wire, the decompressed limit
+to what they inflate to; inflation stops as soon as the limit is passed, so a
+small gzip bomb never grows in memory.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from starlette.requests import ClientDisconnect, Request
+
+from api.errors import ApiError
+
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer
+
+
+def _too_large(what: str, limit: int, setting: str) -> ApiError:
+    return ApiError(
+        413,
+        "payload_too_large",
+        f"{what} is over the limit of {limit} bytes ({setting}); split the push into smaller batches",
+    )
+
+
+def check_content_headers(request: Request) -> bool:
+    """Refuse content types and encodings we cannot read (415); return True for gzip."""
+    content_type = request.headers.get("content-type", "application/json")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", f"Content-Type must be application/json, got {media_type!r}")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise ApiError(415, "unsupported_encoding", f"Content-Encoding must be gzip or identity, got {encoding!r}")
+    return encoding == "gzip"
+
+
+async def read_body(request: Request, gzip: bool, max_bytes: int, max_compressed_bytes: int) -> bytes:
+    """The request body, inflated if gzip, or ApiError 400/413."""
+    declared = request.headers.get("content-length")
+    wire_limit = max_compressed_bytes if gzip else max_bytes
+    wire_setting = "MAX_COMPRESSED_BODY_BYTES" if gzip else "MAX_BODY_BYTES"
+    if declared and declared.isdigit() and int(declared) > wire_limit:
+        raise _too_large("request body", wire_limit, wire_setting)
+
+    inflater = zlib.decompressobj(_GZIP_WBITS) if gzip else None
+    chunks: list[bytes] = []
+    wire = size = 0
+    try:
+        async for chunk in request.stream():
+            wire += len(chunk)
+            if wire > wire_limit:
+                raise _too_large("request body", wire_limit, wire_setting)
+            if inflater is None:
+                chunks.append(chunk)
+                continue
+            try:
+                # Inflate at most one byte past the limit: enough to know it is over.
+                out = inflater.decompress(chunk, max_bytes - size + 1)
+                size += len(out)
+                if size > max_bytes or inflater.unconsumed_tail:
+                    raise _too_large("decompressed body", max_bytes, "MAX_BODY_BYTES")
+                chunks.append(out)
+            except zlib.error as exc:
+                raise ApiError(400, "bad_gzip", f"body is not valid gzip: {exc}") from None
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
+
+    if inflater is not None and not inflater.eof:
+        raise ApiError(400, "bad_gzip", "body is not valid gzip: the stream is truncated")
+    return b"".join(chunks)

@@ -1,0 +1,94 @@
+"""POST /v2/push (and /api/v1/push): authenticate, read, validate, enqueue, answer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import msgspec
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.auth import authenticate, forbidden_workspace
+from api.body import check_content_headers, read_body
+from api.errors import ApiError, unavailable
+from schema.envelope import MAX_PUSH_ID_LENGTH, EnvelopeError, ValidatedPush, validate_push
+from schema.queue import BATCH_ENCODER, QueuedBatch
+
+REDIS_RETRY_AFTER_S = 5
+
+
+class PushAnswer(msgspec.Struct, omit_defaults=True):
+    """The 202 answer (SPEC 2.2); `rejected` only when some records failed validation."""
+
+    ok: bool
+    success: bool
+    push_id: str
+    accepted: dict[str, int]
+    errors: list[str]
+    rejected: dict[str, int] = {}
+    duplicate: bool = False
+
+
+def _push_id(request: Request, validated: ValidatedPush) -> str:
+    """Body push_id, else the Idempotency-Key header, else a new one."""
+    if validated.envelope.push_id:
+        return validated.envelope.push_id
+    header = request.headers.get("idempotency-key", "").strip()
+    if header:
+        if len(header) > MAX_PUSH_ID_LENGTH:
+            raise ApiError(422, "invalid_envelope", f"Idempotency-Key: must be 1 to {MAX_PUSH_ID_LENGTH} characters")
+        return header
+    return str(uuid.uuid4())
+
+
+async def push(request: Request) -> Response:
+    """Accept a batch: 202 once it is safely in Redis, 200 if this push id was accepted before."""
+    state = request.app.state
+    settings = state.settings
+    received_at = datetime.now(UTC)
+
+    key = await authenticate(request, state.keys)
+    gzip = check_content_headers(request)
+    body = await read_body(request, gzip, settings.max_body_bytes, settings.max_compressed_body_bytes)
+    try:
+        validated = validate_push(body)
+    except EnvelopeError as exc:
+        raise ApiError(422, "invalid_envelope", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+    envelope = validated.envelope
+    if envelope.workspace_id is not None and envelope.workspace_id != key.workspace_id:
+        raise forbidden_workspace(envelope.workspace_id)
+    push_id = _push_id(request, validated)
+
+    answer = PushAnswer(
+        ok=True,
+        success=True,
+        push_id=push_id,
+        accepted=validated.accepted_counts,
+        errors=validated.errors,
+        rejected=validated.rejected_counts,
+    )
+    batch = QueuedBatch(
+        workspace_id=key.workspace_id,
+        push_id=push_id,
+        received_at=received_at,
+        pushed_at=envelope.pushed_at or received_at,
+        cli_version=envelope.cli_version or envelope.client_version,
+        records={name: raws for name, raws in validated.records.items() if raws},
+        rejected=validated.rejected,
+    )
+    answer_bytes = msgspec.json.encode(answer)
+    try:
+        prior = await state.enqueuer.enqueue_once(key.workspace_id, push_id, BATCH_ENCODER.encode(batch), answer_bytes)
+    except (RedisError, OSError) as exc:
+        raise unavailable(f"the queue is unavailable ({type(exc).__name__}); retry later", REDIS_RETRY_AFTER_S) from None
+
+    if prior is not None:
+        first = msgspec.json.decode(prior, type=PushAnswer)
+        first.duplicate = True
+        return Response(msgspec.json.encode(first), status_code=200, media_type="application/json")
+    return Response(answer_bytes, status_code=202, media_type="application/json")

@@ -1,0 +1,172 @@
+"""The push envelopes (SPEC 2.1) and the per-record validation of a batch (SPEC 2.4).
+
+Two envelopes are accepted: the documented one (records under `data`) and the
+one the real CLI sends (`PushPayloadV2`, records under `canonical`). Both are
+decoded by one Struct; the record arrays are kept as `msgspec.Raw` so each
+record is validated on its own: a bad record is rejected with its JSON path,
+and its neighbours still land.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from schema.records import RECORD_DECODERS, RECORD_TYPES
+
+MAX_ERRORS_LISTED = 100  # a batch of 10,000 bad records gets a readable answer
+MAX_PUSH_ID_LENGTH = 200
+
+
+class RecordArrays(msgspec.Struct):
+    """The nine arrays of a push, each optional, each record still undecoded."""
+
+    sessions: list[msgspec.Raw] | None = None
+    prompts: list[msgspec.Raw] | None = None
+    skill_invocations: list[msgspec.Raw] | None = None
+    execution_facts: list[msgspec.Raw] | None = None
+    normalization_runs: list[msgspec.Raw] | None = None
+    evolution_evidence: list[msgspec.Raw] | None = None
+    orchestrate_runs: list[msgspec.Raw] | None = None
+    grading_results: list[msgspec.Raw] | None = None
+    improvement_signals: list[msgspec.Raw] | None = None
+
+
+class PushEnvelope(msgspec.Struct):
+    """Both envelopes in one: `data`/`cli_version` (documented) or `canonical`/`client_version` (CLI)."""
+
+    workspace_id: str | None = None
+    cli_version: str | None = None
+    client_version: str | None = None
+    schema_version: str | None = None
+    normalizer_version: str | None = None
+    pushed_at: datetime | None = None
+    push_id: str | None = None
+    data: RecordArrays | None = None
+    canonical: RecordArrays | None = None
+
+
+ENVELOPE_DECODER = msgspec.json.Decoder(PushEnvelope)
+
+
+class RejectedRecord(msgspec.Struct):
+    """A record that failed validation, kept verbatim so it can be replayed after a fix."""
+
+    record_type: str
+    index: int  # position among all of the push's records of this type
+    error: str
+    raw: msgspec.Raw
+
+
+class ValidatedPush(msgspec.Struct):
+    """What validation made of a push: good records by type, and the rejected ones."""
+
+    envelope: PushEnvelope
+    records: dict[str, list[msgspec.Raw]]
+    rejected: list[RejectedRecord]
+
+    @property
+    def accepted_counts(self) -> dict[str, int]:
+        """Records accepted per type, listing only types with at least one."""
+        return {name: len(raws) for name, raws in self.records.items() if raws}
+
+    @property
+    def rejected_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.rejected:
+            counts[r.record_type] = counts.get(r.record_type, 0) + 1
+        return counts
+
+    @property
+    def errors(self) -> list[str]:
+        """One line per rejected record (the first MAX_ERRORS_LISTED), path first."""
+        lines = [r.error for r in self.rejected[:MAX_ERRORS_LISTED]]
+        if len(self.rejected) > MAX_ERRORS_LISTED:
+            lines.append(f"... and {len(self.rejected) - MAX_ERRORS_LISTED} more rejected records")
+        return lines
+
+
+class EnvelopeError(ValueError):
+    """The envelope itself is malformed (422): the message names the JSON path."""
+
+
+def error_with_path(prefix: str, exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's "msg - at `$.a[0].b`" into "prefix.a[0].b: msg"."""
+    message = str(exc)
+    msg, sep, where = message.rpartition(" - at `$")
+    if not sep:
+        return f"{prefix}: {message}"
+    return f"{prefix}{where.rstrip('`')}: {msg}"
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """The JSON path of the first string holding U+0000 (Postgres cannot store it), if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if "\x00" in k:
+                return path
+            found = _nul_path(v, f"{path}.{k}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _nul_path(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def check_record(record_type: str, raw: msgspec.Raw | bytes, path: str) -> tuple[Any, str | None]:
+    """Decode one record; return (record, None) or (None, "path: reason")."""
+    try:
+        record = RECORD_DECODERS[record_type].decode(raw)
+    except msgspec.ValidationError as exc:
+        return None, error_with_path(path, exc)
+    except msgspec.DecodeError as exc:  # only reachable for bytes that did not come from a valid body
+        return None, f"{path}: {exc}"
+    # JSON can only carry U+0000 as an escape: a cheap byte test, then a precise walk.
+    if b"\\u0000" in bytes(raw):
+        bad = _nul_path(msgspec.json.decode(raw), path)
+        if bad:
+            return None, f"{bad}: string holds a NUL character (\\u0000), which cannot be stored"
+    return record, None
+
+
+def validate_push(body: bytes) -> ValidatedPush:
+    """Decode a push body and validate every record on its own.
+
+    Raises msgspec.DecodeError when the body is not JSON (400) and EnvelopeError
+    when the envelope is malformed (422). Record errors never raise: they are
+    returned in `rejected`.
+    """
+    try:
+        envelope = ENVELOPE_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise EnvelopeError(error_with_path("body", exc).removeprefix("body.")) from None
+    if envelope.push_id is not None and not 0 < len(envelope.push_id) <= MAX_PUSH_ID_LENGTH:
+        raise EnvelopeError(f"push_id: must be 1 to {MAX_PUSH_ID_LENGTH} characters")
+
+    records: dict[str, list[msgspec.Raw]] = {name: [] for name in RECORD_TYPES}
+    rejected: list[RejectedRecord] = []
+    seen = dict.fromkeys(RECORD_TYPES, 0)  # positions run on across both sections
+    for section in ("data", "canonical"):
+        arrays = getattr(envelope, section)
+        if arrays is None:
+            continue
+        for record_type in RECORD_TYPES:
+            raws = getattr(arrays, record_type)
+            if not raws:
+                continue
+            good = records[record_type]
+            for index, raw in enumerate(raws):
+                _, error = check_record(record_type, raw, f"{section}.{record_type}[{index}]")
+                if error is None:
+                    good.append(raw)
+                else:
+                    rejected.append(RejectedRecord(record_type, seen[record_type] + index, error, raw))
+            seen[record_type] += len(raws)
+    return ValidatedPush(envelope=envelope, records=records, rejected=rejected)

@@ -1,0 +1,36 @@
+"""API keys: their format, and how they are stored (SPEC 6).
+
+A key reads `st_live_` (or `st_test_`) followed by 43 URL-safe characters
+(32 random bytes). Only its SHA-256 is stored; the full key is shown once, at
+creation. A random 256-bit secret needs no slow hash: SHA-256 cannot be
+brute-forced back to it, and lookups by hash stay one index probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+KEY_PREFIXES = ("st_live_", "st_test_")
+KEY_PATTERN = re.compile(r"st_(live|test)_[A-Za-z0-9_-]{32,200}")
+SHOWN_PREFIX_LENGTH = 12  # "st_live_" plus 4 characters: enough to tell keys apart in a list
+
+
+def generate_key(live: bool = True) -> str:
+    """A new random API key."""
+    return ("st_live_" if live else "st_test_") + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key (hex SHA-256)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def is_well_formed(key: str) -> bool:
+    return KEY_PATTERN.fullmatch(key) is not None
+
+
+def key_prefix(key: str) -> str:
+    """The part of a key that may be shown again (in lists, in /alpha/verify)."""
+    return key[:SHOWN_PREFIX_LENGTH]

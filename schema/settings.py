@@ -1,0 +1,101 @@
+"""Settings shared by the api, the workers and the ops command line.
+
+Read once from the environment; every default points at the local stack that
+`make run` starts, so nothing needs setting to work on a laptop. Secrets (the
+database URL may hold a password) are never printed: see `Settings.redacted`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields
+
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _str(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service, with its unit in the name."""
+
+    database_url: str
+    redis_url: str
+    port: int
+    queue_name: str
+    # Request limits.
+    max_body_bytes: int  # decompressed size of one push
+    max_compressed_body_bytes: int  # size on the wire
+    # Queue and jobs.
+    push_dedupe_ttl_s: int  # how long a push id is remembered for the 200 duplicate answer
+    job_timeout_s: int  # longest one batch may take in a worker
+    job_retries: int  # transient failures retried this many times...
+    job_retry_backoff_s: tuple[int, ...]  # ...after these pauses (last one repeats)
+    failed_ttl_s: int  # how long a failed batch stays in RQ's failed registry
+    worker_maintenance_interval_s: int  # how often a worker requeues abandoned batches
+    # Auth.
+    key_cache_ttl_s: float  # a revoked key stops working within this bound
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        backoff = _str("JOB_RETRY_BACKOFF_S", "1,5,30,120,600")
+        if not re.fullmatch(r"\d+(,\d+)*", backoff):
+            raise SettingsError(f"JOB_RETRY_BACKOFF_S must be comma-separated seconds, got {backoff!r}")
+        return cls(
+            database_url=_str("DATABASE_URL", "postgresql://selftune@127.0.0.1:5432/selftune"),
+            redis_url=_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            port=_int("PORT", 8000, 1),
+            queue_name=_str("QUEUE_NAME", "ingest"),
+            max_body_bytes=_int("MAX_BODY_BYTES", 16 * MIB, 1024),
+            max_compressed_body_bytes=_int("MAX_COMPRESSED_BODY_BYTES", 16 * MIB, 1024),
+            push_dedupe_ttl_s=_int("PUSH_DEDUPE_TTL_S", 7 * 24 * 3600, 1),
+            job_timeout_s=_int("JOB_TIMEOUT_S", 120, 1),
+            job_retries=_int("JOB_RETRIES", 5),
+            job_retry_backoff_s=tuple(int(s) for s in backoff.split(",")),
+            failed_ttl_s=_int("FAILED_TTL_S", 30 * 24 * 3600, 1),
+            worker_maintenance_interval_s=_int("WORKER_MAINTENANCE_INTERVAL_S", 60, 1),
+            key_cache_ttl_s=_float("KEY_CACHE_TTL_S", 30.0),
+        )
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict, with passwords in URLs masked (for logs)."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and "://" in value:
+                value = re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", value)
+            out[f.name] = value
+        return out

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Start (or stop) the Redis and PostgreSQL this project needs, on 127.0.0.1, with
+# their data under .data/<profile>/ (ignored by git). Installs redis-server from
+# Debian's packages if it is missing; PostgreSQL 15 comes from /usr/lib/postgresql/15/bin.
+#
+#   scripts/services.sh up dev     # ports 5432 and 6379 (make run)
+#   scripts/services.sh up test    # ports 55432 and 56379 (make test)
+#   scripts/services.sh down dev|test
+set -euo pipefail
+
+action=${1:?usage: services.sh up|down dev|test}
+profile=${2:-dev}
+root=$(cd "$(dirname "$0")/.." && pwd)
+data="$root/.data/$profile"
+if [ "$profile" = test ]; then pg_port=${TEST_PG_PORT:-55432}; redis_port=${TEST_REDIS_PORT:-56379}
+else pg_port=${PG_PORT:-5432}; redis_port=${REDIS_PORT:-6379}; fi
+pgbin=${PGBIN:-/usr/lib/postgresql/15/bin}
+db=selftune
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+redis_up() {
+  if ! command -v redis-server >/dev/null; then
+    echo "services: installing redis-server from Debian's packages"
+    apt-get update -q && apt-get install -y -q redis-server >/dev/null
+  fi
+  if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then return; fi
+  mkdir -p "$data/redis"
+  # Append-only persistence and noeviction: an evicted or unsaved RQ key is a lost batch.
+  redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$data/redis" --daemonize yes \
+    --pidfile "$data/redis/redis.pid" --logfile "$data/redis/redis.log" \
+    --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --save ""
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "services: redis did not start; see $data/redis/redis.log" >&2; exit 1
+}
+
+postgres_up() {
+  [ -x "$pgbin/initdb" ] || { echo "services: PostgreSQL not found in $pgbin (set PGBIN)" >&2; exit 1; }
+  mkdir -p "$data"
+  if [ ! -f "$data/postgres/PG_VERSION" ]; then
+    mkdir -p "$data/postgres"
+    [ "$(id -u)" = 0 ] && chown postgres: "$data/postgres"
+    chmod 700 "$data/postgres"
+    as_postgres "$pgbin/initdb" -D "$data/postgres" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  fi
+  if ! as_postgres "$pgbin/pg_ctl" -D "$data/postgres" status >/dev/null 2>&1; then
+    as_postgres "$pgbin/pg_ctl" -D "$data/postgres" -w -t 60 -l "$data/postgres/server.log" \
+      -o "-c listen_addresses=127.0.0.1 -p $pg_port -k /tmp -c max_connections=200" start >/dev/null
+  fi
+  psql -h 127.0.0.1 -p "$pg_port" -U postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname='$db'" | grep -q 1 \
+    || psql -h 127.0.0.1 -p "$pg_port" -U postgres -qc "CREATE ROLE $db LOGIN CREATEDB"
+  psql -h 127.0.0.1 -p "$pg_port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 \
+    || psql -h 127.0.0.1 -p "$pg_port" -U postgres -qc "CREATE DATABASE $db OWNER $db"
+}
+
+case "$action" in
+  up)
+    redis_up
+    postgres_up
+    echo "services ($profile): redis on 127.0.0.1:$redis_port, postgres on 127.0.0.1:$pg_port (data in $data)"
+    ;;
+  down)
+    redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+    if [ -f "$data/postgres/PG_VERSION" ]; then
+      as_postgres "$pgbin/pg_ctl" -D "$data/postgres" -m fast stop >/dev/null 2>&1 || true
+    fi
+    ;;
+  *) echo "usage: services.sh up|down dev|test" >&2; exit 2 ;;
+esac

@@ -1,0 +1,86 @@
+"""Workspaces and API keys, as the ops command line manages them (SPEC 6)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from schema.keys import generate_key, hash_key, key_prefix
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+class AccountError(ValueError):
+    """A workspace or key operation that cannot be done, with the reason."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: str
+    workspace_id: str
+    workspace_name: str
+    key_prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def create_workspace(conn: psycopg.Connection, name: str) -> str:
+    """Create a workspace; return its id (ws_...)."""
+    if not _NAME.fullmatch(name):
+        raise AccountError(f"workspace name {name!r}: use letters, digits, '_', '.', '-' (max 100)")
+    workspace_id = "ws_" + secrets.token_hex(8)
+    try:
+        conn.execute("INSERT INTO workspaces (workspace_id, name) VALUES (%s, %s)", (workspace_id, name))
+    except psycopg.errors.UniqueViolation:
+        raise AccountError(f"a workspace named {name!r} exists already") from None
+    return workspace_id
+
+
+def find_workspace(conn: psycopg.Connection, name_or_id: str) -> str:
+    """A workspace id from its id or its name."""
+    row = conn.execute(
+        "SELECT workspace_id FROM workspaces WHERE workspace_id = %s OR name = %s", (name_or_id, name_or_id)
+    ).fetchone()
+    if row is None:
+        raise AccountError(f"no workspace named or with id {name_or_id!r}")
+    return str(row[0])
+
+
+def list_workspaces(conn: psycopg.Connection) -> list[tuple[str, str, datetime]]:
+    return list(conn.execute("SELECT workspace_id, name, created_at FROM workspaces ORDER BY created_at"))
+
+
+def create_key(conn: psycopg.Connection, workspace: str, live: bool = True) -> tuple[str, str]:
+    """Create a key for a workspace (by name or id); return (key_id, the key, shown only now)."""
+    workspace_id = find_workspace(conn, workspace)
+    key = generate_key(live)
+    key_id = "key_" + secrets.token_hex(8)
+    conn.execute(
+        "INSERT INTO api_keys (key_id, workspace_id, key_hash, key_prefix) VALUES (%s, %s, %s, %s)",
+        (key_id, workspace_id, hash_key(key), key_prefix(key)),
+    )
+    return key_id, key
+
+
+def list_keys(conn: psycopg.Connection, workspace: str | None = None) -> list[KeyInfo]:
+    workspace_id = find_workspace(conn, workspace) if workspace else None
+    rows = conn.execute(
+        "SELECT k.key_id, k.workspace_id, w.name, k.key_prefix, k.created_at, k.revoked_at"
+        " FROM api_keys k JOIN workspaces w USING (workspace_id)"
+        " WHERE %(ws)s::text IS NULL OR k.workspace_id = %(ws)s ORDER BY k.created_at",
+        {"ws": workspace_id},
+    )
+    return [KeyInfo(*row) for row in rows]
+
+
+def revoke_key(conn: psycopg.Connection, key_id: str) -> None:
+    """Revoke a key; the api stops accepting it within KEY_CACHE_TTL_S."""
+    row = conn.execute(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = %s RETURNING key_id", (key_id,)
+    ).fetchone()
+    if row is None:
+        raise AccountError(f"no key with id {key_id!r}")

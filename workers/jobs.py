@@ -1,0 +1,115 @@
+"""The RQ job that writes one accepted push to Postgres."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgspec
+import psycopg
+from rq import get_current_job
+
+from schema.queue import BATCH_DECODER, QueuedBatch
+from schema.envelope import check_record
+from schema.records import RECORD_TYPES
+from schema.settings import Settings
+from workers import db
+from workers.writer import QuarantineRow, claim_push, fail_push, finish_push, write_quarantine, write_records
+
+log = logging.getLogger(__name__)
+
+_settings: Settings | None = None
+
+
+def settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def _valid_positions(batch: QueuedBatch, record_type: str) -> list[int]:
+    """Positions of the accepted records among all of the push's records of this type."""
+    taken = {r.index for r in batch.rejected if r.record_type == record_type}
+    positions: list[int] = []
+    p = 0
+    while len(positions) < len(batch.records.get(record_type, ())):
+        if p not in taken:
+            positions.append(p)
+        p += 1
+    return positions
+
+
+def write_batch(conn: psycopg.Connection, batch: QueuedBatch) -> dict[str, Any]:
+    """Write a batch in one transaction; a push already processed is a no-op.
+
+    Returns a summary: accepted and rejected counts by type, or duplicate=True.
+    """
+    started = time.perf_counter()
+    quarantined = [QuarantineRow(r.record_type, r.index, r.error, bytes(r.raw)) for r in batch.rejected]
+    accepted: dict[str, int] = {}
+    with conn.transaction():
+        if claim_push(conn, batch) == "processed":
+            return {"push_id": batch.push_id, "duplicate": True}
+        for record_type in RECORD_TYPES:
+            raws = batch.records.get(record_type)
+            if not raws:
+                continue
+            positions = _valid_positions(batch, record_type)
+            records, good_raws, good_positions = [], [], []
+            # The api validated these; decoding again also catches a record the
+            # current schema refuses (an api and a worker of different versions).
+            for raw, position in zip(raws, positions, strict=True):
+                record, error = check_record(record_type, raw, f"{record_type}[{position}]")
+                if error is None:
+                    records.append(record)
+                    good_raws.append(bytes(raw))
+                    good_positions.append(position)
+                else:
+                    quarantined.append(QuarantineRow(record_type, position, error, bytes(raw)))
+            refused = write_records(conn, batch.workspace_id, record_type, records, good_raws, good_positions)
+            quarantined.extend(refused)
+            if len(records) > len(refused):
+                accepted[record_type] = len(records) - len(refused)
+        write_quarantine(conn, batch.workspace_id, batch.push_id, batch.received_at, quarantined)
+        rejected: dict[str, int] = {}
+        for q in quarantined:
+            rejected[q.record_type] = rejected.get(q.record_type, 0) + 1
+        write_ms = (time.perf_counter() - started) * 1000
+        finish_push(conn, batch.workspace_id, batch.push_id, accepted, rejected, write_ms)
+    return {"push_id": batch.push_id, "accepted": accepted, "rejected": rejected, "write_ms": round(write_ms, 2)}
+
+
+def ingest_batch(payload: bytes) -> dict[str, Any]:
+    """RQ job: decode a queued push and write it to Postgres (SPEC 4 and 5).
+
+    Transient failures raise, and RQ retries the job with backoff. On the last
+    attempt the push's row is marked failed with the reason (best effort: the
+    failure may be that Postgres is down) and the job lands in RQ's failed
+    registry, from where `selftune-ingest replay` brings it back.
+    """
+    batch = BATCH_DECODER.decode(payload)
+    try:
+        conn = db.connection(settings())
+        return write_batch(conn, batch)
+    except Exception as exc:
+        job = get_current_job()
+        if job is None or not job.should_retry:
+            _record_failure(batch, exc)
+        raise
+
+
+def _record_failure(batch: QueuedBatch, exc: BaseException) -> None:
+    reason = f"{type(exc).__name__}: {exc}".strip()
+    try:
+        conn = db.connection(settings())
+        with conn.transaction():
+            fail_push(conn, batch, reason[:2000])
+    except Exception as second:  # Postgres is likely what failed: RQ's failed registry still has it
+        log.warning("could not mark push %s failed: %s", batch.push_id, second)
+
+
+def decode_payload(payload: bytes) -> QueuedBatch:
+    """Decode a job's payload (used by the ops command line to show and filter batches)."""
+    return msgspec.json.decode(payload, type=QueuedBatch)

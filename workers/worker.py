@@ -1,0 +1,79 @@
+"""RQ workers that do not fork per job (SPEC 5, PERF.md).
+
+`IngestWorker` is RQ's `SimpleWorker`: the job runs in the worker process, so
+imports, the msgspec decoders and the Postgres connection are paid once, not
+per job. `run_workers(n)` starts n such processes and waits for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+
+from schema.queue import MsgpackSerializer
+from schema.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# How long after its timeout a job whose worker vanished (SIGKILL, lost machine)
+# is declared abandoned and retried. RQ's default is 60 s; our jobs are short.
+ABANDONED_GRACE_S = 10
+
+
+class IngestWorker(SimpleWorker):
+    """A SimpleWorker whose abandoned jobs are noticed within timeout + ABANDONED_GRACE_S."""
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return int(job.timeout or 180) + ABANDONED_GRACE_S
+
+
+def make_worker(settings: Settings, connection: Redis | None = None, name: str | None = None) -> IngestWorker:
+    """A worker on the ingest queue, speaking the api's job serializer."""
+    redis = connection or Redis.from_url(settings.redis_url)
+    queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+    return IngestWorker(
+        [queue],
+        connection=redis,
+        serializer=MsgpackSerializer,
+        name=name,
+        maintenance_interval=settings.worker_maintenance_interval_s,
+    )
+
+
+def _work(burst: bool) -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    worker = make_worker(settings)
+    worker.work(burst=burst, with_scheduler=True, logging_level=os.environ.get("LOG_LEVEL", "INFO"))
+
+
+def run_workers(count: int, burst: bool = False) -> int:
+    """Run `count` worker processes until they stop; SIGTERM/SIGINT stop them warmly."""
+    if count == 1:
+        _work(burst)
+        return 0
+    procs = [multiprocessing.Process(target=_work, args=(burst,), name=f"worker-{i}") for i in range(count)]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()
+    return max((p.exitcode or 0) for p in procs)
+
+
+if __name__ == "__main__":
+    sys.exit(run_workers(int(sys.argv[1]) if len(sys.argv) > 1 else 1))

@@ -1,0 +1,148 @@
+"""Write one batch to Postgres: records in bulk, quarantined records, the push's row.
+
+Everything here runs inside the caller's transaction (one per batch, SPEC 4):
+the records, the quarantine rows and the push row commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg.types.json import Jsonb
+
+from workers.tables import TABLES, UPSERTS, column_arrays
+
+log = logging.getLogger(__name__)
+
+
+class QuarantineRow(msgspec.Struct):
+    record_type: str
+    record_index: int
+    error: str
+    raw: bytes
+
+
+def _rounds(table_name: str, records: Sequence[Any]) -> list[list[Any]]:
+    """Split records so no key appears twice in one statement.
+
+    Postgres refuses an upsert that touches one row twice; the k-th copy of a
+    key goes to round k, and each round runs the table's own merge rule in
+    arrival order. Almost every batch is a single round.
+    """
+    table = TABLES[table_name]
+    seen: dict[tuple[Any, ...], int] = {}
+    rounds: list[list[Any]] = [[]]
+    for record in records:
+        key = table.key_of(record)
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(record)
+    return rounds
+
+
+def write_records(
+    conn: psycopg.Connection,
+    workspace_id: str,
+    record_type: str,
+    records: Sequence[Any],
+    raws: Sequence[bytes],
+    positions: Sequence[int],
+) -> list[QuarantineRow]:
+    """Upsert one type's records in bulk; returns records Postgres itself refused.
+
+    A batch normally goes in with one statement. If Postgres rejects the data
+    (a value out of its range, say), the records are retried one by one, each
+    in a savepoint, so the good ones still land and the bad ones are quarantined
+    with Postgres's reason.
+    """
+    table = TABLES[record_type]
+    statement = UPSERTS[record_type]
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            for batch in _rounds(record_type, records):
+                cur.execute(statement, [workspace_id, *column_arrays(table, batch)], binary=True)
+        return []
+    except psycopg.DataError as exc:
+        log.warning("bulk write of %s refused (%s); writing one by one", record_type, exc.diag.message_primary)
+
+    refused: list[QuarantineRow] = []
+    with conn.cursor() as cur:
+        for record, raw, position in zip(records, raws, positions, strict=True):
+            try:
+                with conn.transaction():
+                    cur.execute(statement, [workspace_id, *column_arrays(table, [record])], binary=True)
+            except psycopg.DataError as exc:
+                reason = f"{record_type}[{position}]: refused by the database: {exc.diag.message_primary}"
+                refused.append(QuarantineRow(record_type, position, reason, raw))
+    return refused
+
+
+def write_quarantine(
+    conn: psycopg.Connection,
+    workspace_id: str,
+    push_id: str,
+    received_at: Any,
+    rows: Sequence[QuarantineRow],
+) -> None:
+    """Store rejected records verbatim; a retried batch does not store them twice."""
+    if not rows:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO quarantine (workspace_id, push_id, record_type, record_index, error, raw, received_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (workspace_id, push_id, record_type, record_index) DO NOTHING",
+            [(workspace_id, push_id, r.record_type, r.record_index, r.error, r.raw, received_at) for r in rows],
+        )
+
+
+def claim_push(conn: psycopg.Connection, batch: Any) -> str:
+    """Insert or lock the push's row; return the status it had ('processing' if new).
+
+    A push already 'processed' makes the job a no-op: that is how a retried or
+    replayed batch that in fact committed is not written twice. A concurrent
+    attempt on the same push waits here for the first one's transaction.
+    """
+    row = conn.execute(
+        "INSERT INTO pushes (workspace_id, push_id, status, received_at, pushed_at, cli_version, started_at)"
+        " VALUES (%s, %s, 'processing', %s, %s, %s, now())"
+        " ON CONFLICT (workspace_id, push_id) DO UPDATE SET attempts = pushes.attempts + 1, started_at = now()"
+        " RETURNING status, (xmax = 0) AS inserted",
+        (batch.workspace_id, batch.push_id, batch.received_at, batch.pushed_at, batch.cli_version),
+    ).fetchone()
+    assert row is not None
+    status, inserted = row
+    return "processing" if inserted else str(status)
+
+
+def finish_push(
+    conn: psycopg.Connection,
+    workspace_id: str,
+    push_id: str,
+    accepted: dict[str, int],
+    rejected: dict[str, int],
+    write_ms: float,
+) -> None:
+    """Mark the push processed with its counts, in the batch's transaction."""
+    conn.execute(
+        "UPDATE pushes SET status = 'processed', accepted = %s, rejected = %s, write_ms = %s,"
+        " processed_at = now(), error = NULL WHERE workspace_id = %s AND push_id = %s",
+        (Jsonb(accepted), Jsonb(rejected), write_ms, workspace_id, push_id),
+    )
+
+
+def fail_push(conn: psycopg.Connection, batch: Any, error: str) -> None:
+    """Record, in a transaction of its own, that a push gave up after its last retry."""
+    conn.execute(
+        "INSERT INTO pushes (workspace_id, push_id, status, received_at, pushed_at, cli_version, error)"
+        " VALUES (%s, %s, 'failed', %s, %s, %s, %s)"
+        " ON CONFLICT (workspace_id, push_id) DO UPDATE SET status = 'failed', error = excluded.error"
+        " WHERE pushes.status <> 'processed'",
+        (batch.workspace_id, batch.push_id, batch.received_at, batch.pushed_at, batch.cli_version, error),
+    )
