@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -29,6 +30,23 @@ async def healthz(_request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
+async def _postgres_problems(pool: AsyncConnectionPool | None) -> list[str]:
+    if pool is None:
+        return ["postgres: not configured (test app without a pool)"]
+    try:
+        async with pool.connection(timeout=2) as conn:
+            cur = await conn.execute("SELECT max(version) FROM schema_migrations")
+            row = await cur.fetchone()
+    except psycopg.errors.UndefinedTable:
+        return ["postgres: not migrated: run 'selftune-ingest migrate'"]
+    except Exception as exc:
+        return [f"postgres: {type(exc).__name__}: {exc}"]
+    version = row[0] if row else None
+    if version != latest_version():
+        return [f"postgres: schema at {version}, expected {latest_version()}: run 'selftune-ingest migrate'"]
+    return []
+
+
 async def readyz(request: Request) -> Response:
     """Redis and Postgres reachable, and Postgres migrated; 503 with the reason otherwise."""
     state = request.app.state
@@ -37,17 +55,7 @@ async def readyz(request: Request) -> Response:
         await state.redis.ping()
     except Exception as exc:
         problems.append(f"redis: {type(exc).__name__}: {exc}")
-    try:
-        async with state.pool.connection(timeout=2) as conn:
-            cur = await conn.execute("SELECT max(version) FROM schema_migrations")
-            row = await cur.fetchone()
-        version = row[0] if row else None
-        if version != latest_version():
-            problems.append(f"postgres: schema at {version}, expected {latest_version()}: run 'selftune-ingest migrate'")
-    except psycopg.errors.UndefinedTable:
-        problems.append("postgres: not migrated: run 'selftune-ingest migrate'")
-    except Exception as exc:
-        problems.append(f"postgres: {type(exc).__name__}: {exc}")
+    problems.extend(await _postgres_problems(state.pool))
     if problems:
         return JSONResponse({"ok": False, "errors": problems}, status_code=503)
     return JSONResponse({"ok": True})
@@ -73,26 +81,40 @@ exception_handlers = {ApiError: api_error_handler, 404: not_found, 405: method_n
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Open Redis and Postgres connections (never at import), close them on shutdown."""
     settings: Settings = app.state.settings
-    redis = AsyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    pool = AsyncConnectionPool(
-        settings.database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
-    )
-    await pool.open(wait=False)
+    injected = app.state.injected
+    redis = injected.get("redis") or AsyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    pool = None
+    if "keys" in injected:
+        keys = injected["keys"]
+    else:
+        pool = AsyncConnectionPool(
+            settings.database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+        )
+        await pool.open(wait=False)
+        keys = KeyStore(pool, settings.key_cache_ttl_s)
     app.state.redis = redis
     app.state.pool = pool
-    app.state.keys = KeyStore(pool, settings.key_cache_ttl_s)
+    app.state.keys = keys
     app.state.enqueuer = Enqueuer(settings, redis)
     log.info("api starting with %s", settings.redacted())
     try:
         yield
     finally:
-        await pool.close()
-        await redis.aclose()
+        if pool is not None:
+            await pool.close()
+        if "redis" not in injected:
+            await redis.aclose()
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """The app, configured from the environment unless settings are given (tests)."""
+def create_app(settings: Settings | None = None, **injected: Any) -> Starlette:
+    """The app, configured from the environment unless settings are given.
+
+    Tests may inject `redis` (an async client, e.g. fakeredis) and `keys` (an
+    object with `async lookup(key) -> ApiKey | None`) to run without servers.
+    """
     app = Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)  # type: ignore[arg-type]
     app.state.settings = settings or Settings.from_env()
+    app.state.injected = injected
     return app

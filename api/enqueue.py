@@ -43,7 +43,11 @@ class Enqueuer:
         self._queue = Queue(
             settings.queue_name, connection=Redis.from_url(settings.redis_url), serializer=MsgpackSerializer
         )
-        self._retry = Retry(max=settings.job_retries, interval=list(settings.job_retry_backoff_s)) if settings.job_retries else None
+        self._retry = (
+            Retry(max=settings.job_retries, interval=list(settings.job_retry_backoff_s))
+            if settings.job_retries
+            else None
+        )
         self._script = redis.register_script(_ENQUEUE_ONCE)
 
     @property

@@ -85,7 +85,9 @@ async def push(request: Request) -> Response:
     try:
         prior = await state.enqueuer.enqueue_once(key.workspace_id, push_id, BATCH_ENCODER.encode(batch), answer_bytes)
     except (RedisError, OSError) as exc:
-        raise unavailable(f"the queue is unavailable ({type(exc).__name__}); retry later", REDIS_RETRY_AFTER_S) from None
+        raise unavailable(
+            f"the queue is unavailable ({type(exc).__name__}); retry later", REDIS_RETRY_AFTER_S
+        ) from None
 
     if prior is not None:
         first = msgspec.json.decode(prior, type=PushAnswer)

@@ -10,8 +10,8 @@ import msgspec
 import psycopg
 from rq import get_current_job
 
-from schema.queue import BATCH_DECODER, QueuedBatch
 from schema.envelope import check_record
+from schema.queue import BATCH_DECODER, QueuedBatch
 from schema.records import RECORD_TYPES
 from schema.settings import Settings
 from workers import db

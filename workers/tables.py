@@ -181,7 +181,9 @@ def _signal_update(fields: list[str]) -> tuple[list[sql.Composable], sql.Composa
     sets = [_fill_null(sql.Identifier(f)) for f in plain]
     sets.append(sql.SQL("consumed = t.consumed OR excluded.consumed"))
     for f in ("consumed_at", "consumed_by_run"):
-        sets.append(sql.SQL("{c} = CASE WHEN {e} THEN excluded.{c} ELSE t.{c} END").format(c=sql.Identifier(f), e=earlier))
+        sets.append(
+            sql.SQL("{c} = CASE WHEN {e} THEN excluded.{c} ELSE t.{c} END").format(c=sql.Identifier(f), e=earlier)
+        )
     where = sql.SQL(" OR ").join(
         [*(_null_filled(sql.Identifier(f)) for f in plain), sql.SQL("(excluded.consumed AND NOT t.consumed)"), earlier]
     )

@@ -1,0 +1,88 @@
+"""Fixtures shared by every tier.
+
+Servers: integration and end-to-end tests use the real Redis and PostgreSQL
+started by `scripts/services.sh up test` (ports 56379 and 55432; override with
+TEST_REDIS_URL and TEST_DATABASE_URL). Without them a test is skipped locally,
+and fails loudly under CI=true: CI must never pass by skipping.
+
+Each test gets a clean database (every table truncated) and a flushed Redis db.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+
+import psycopg
+import pytest
+from redis import Redis
+
+from schema.migrate import migrate
+from schema.settings import Settings
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+ADMIN_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
+DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/selftune_test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:56379/1")
+
+_TABLES = (
+    "workspaces, api_keys, pushes, quarantine, sessions, prompts, skill_invocations, execution_facts,"
+    " normalization_runs, evolution_evidence, orchestrate_runs, grading_results, improvement_signals"
+)
+
+
+def missing_server(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable ({exc}); start it with 'scripts/services.sh up test' or run 'make test'"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """A migrated test database (created once per run)."""
+    try:
+        with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
+            name = psycopg.conninfo.conninfo_to_dict(DATABASE_URL)["dbname"]
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        missing_server("PostgreSQL", exc)
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        migrate(conn)
+    return DATABASE_URL
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    """A connection to the test database, emptied before the test."""
+    with psycopg.connect(database_url, autocommit=True, options="-c timezone=UTC") as conn:
+        conn.execute(f"TRUNCATE {_TABLES}")
+        yield conn
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A flushed Redis database, flushed again after the test."""
+    client = Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    except Exception as exc:
+        missing_server("Redis", exc)
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings(db: psycopg.Connection, redis_url: str) -> Settings:
+    """Settings pointing at the test servers, with quick retries."""
+    return replace(
+        Settings.from_env(),
+        database_url=DATABASE_URL,
+        redis_url=redis_url,
+        job_retries=2,
+        job_retry_backoff_s=(1,),
+        key_cache_ttl_s=0.5,
+    )

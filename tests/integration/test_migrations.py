@@ -1,0 +1,77 @@
+"""Migrations apply cleanly, twice, and the tables match the Structs and the spec's keys."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+import psycopg
+import pytest
+
+from schema.migrate import current_version, latest_version, migrate
+from schema.records import RECORD_TYPES
+from tests.conftest import ADMIN_URL, DATABASE_URL
+from workers.tables import TABLES
+
+# SPEC 3: the key of each array, unique per workspace.
+SPEC_KEYS = {
+    "sessions": ("session_id",),
+    "prompts": ("prompt_id",),
+    "skill_invocations": ("skill_invocation_id",),
+    "execution_facts": ("session_id", "occurred_at", "prompt_key"),
+    "normalization_runs": ("run_id",),
+    "evolution_evidence": ("evidence_id",),
+    "orchestrate_runs": ("run_id",),
+    "grading_results": ("grading_id",),
+    "improvement_signals": ("signal_id",),
+}
+BOOKKEEPING = {"workspace_id", "ingested_at", "field_versions", "prompt_key"}
+
+
+@pytest.fixture
+def fresh_db(database_url: str):  # type: ignore[no-untyped-def]
+    name = f"migrate_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = DATABASE_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            yield conn
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_migrations_apply_once_then_are_a_no_op(fresh_db: psycopg.Connection) -> None:
+    assert current_version(fresh_db) is None
+    assert migrate(fresh_db) == [latest_version()]
+    assert migrate(fresh_db) == []
+    assert current_version(fresh_db) == latest_version()
+
+
+@pytest.mark.parametrize("record_type", list(RECORD_TYPES))
+def test_table_columns_match_the_struct(db: psycopg.Connection, record_type: str) -> None:
+    rows = db.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (TABLES[record_type].name,)
+    ).fetchall()
+    columns = {r[0] for r in rows} - BOOKKEEPING
+    fields = {f.name for f in msgspec.structs.fields(RECORD_TYPES[record_type])}
+    assert columns == fields
+
+
+@pytest.mark.parametrize("record_type", list(RECORD_TYPES))
+def test_table_unique_key_is_the_spec_key_scoped_by_workspace(db: psycopg.Connection, record_type: str) -> None:
+    rows = db.execute(
+        """
+        SELECT array_agg(a.attname ORDER BY k.ord)
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indrelid
+        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+        WHERE c.relname = %s AND i.indisunique
+        GROUP BY i.indexrelid
+        """,
+        (TABLES[record_type].name,),
+    ).fetchall()
+    assert [tuple(r[0]) for r in rows] == [("workspace_id", *SPEC_KEYS[record_type])]
+    assert TABLES[record_type].conflict_target == SPEC_KEYS[record_type]

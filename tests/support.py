@@ -1,0 +1,50 @@
+"""Helpers shared by the test tiers: build queued batches, read tables back."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from schema.envelope import validate_push
+from schema.queue import QueuedBatch
+from workers.tables import TABLES
+
+
+def batch_of(
+    records: dict[str, list[dict[str, Any]]], push_id: str = "push-1", workspace_id: str = "ws_a"
+) -> QueuedBatch:
+    """A batch as the api would queue it (validated, invalid records set aside)."""
+    validated = validate_push(json.dumps({"data": records}).encode())
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    return QueuedBatch(
+        workspace_id=workspace_id,
+        push_id=push_id,
+        received_at=now,
+        pushed_at=now,
+        cli_version="0.2.32",
+        records={k: v for k, v in validated.records.items() if v},
+        rejected=validated.rejected,
+    )
+
+
+def snapshot(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every record table's rows (all columns but the ingestion time), in a stable order."""
+    tables: dict[str, list[tuple[Any, ...]]] = {}
+    for name, table in TABLES.items():
+        cols = ["workspace_id", *table.column_names] + (["field_versions"] if table.merge == "session" else [])
+        select = ", ".join(f'"{c}"' for c in cols)
+        rows = conn.execute(f"SELECT {select} FROM {name}").fetchall()
+        tables[name] = sorted(rows, key=repr)
+    return tables
+
+
+def count(conn: psycopg.Connection, table: str, workspace_id: str | None = None) -> int:
+    if workspace_id is None:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    else:
+        row = conn.execute(f"SELECT count(*) FROM {table} WHERE workspace_id = %s", (workspace_id,)).fetchone()
+    assert row is not None
+    return int(row[0])

@@ -1,0 +1,297 @@
+"""The push endpoint through the real Starlette stack, with fakeredis and an in-memory key store.
+
+These are fast unit tests: no servers. What a CLI sees (status codes, bodies,
+headers) and what lands in the queue (one RQ job per push id) are asserted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import replace
+from typing import Any
+
+import fakeredis
+import msgspec
+import pytest
+from redis.asyncio import Redis as AsyncRedis
+from rq import Queue
+from starlette.testclient import TestClient
+
+from api.app import create_app
+from api.auth import ApiKey
+from schema.queue import BATCH_DECODER, INGEST_JOB, MsgpackSerializer
+from schema.samples import one_of_each, prompt, session
+from schema.settings import Settings
+
+KEY = "st_live_" + "a" * 43
+OTHER_KEY = "st_live_" + "b" * 43
+WORKSPACE = "ws_test"
+
+
+class MemoryKeys:
+    """Stands in for the Postgres-backed KeyStore (the api's only use of Postgres here)."""
+
+    def __init__(self, keys: dict[str, ApiKey]) -> None:
+        self.keys = keys
+
+    async def lookup(self, key: str) -> ApiKey | None:
+        return self.keys.get(key)
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return replace(Settings.from_env(), max_body_bytes=64 * 1024, max_compressed_body_bytes=16 * 1024)
+
+
+def make_client(settings: Settings, redis: Any) -> TestClient:
+    keys = MemoryKeys({KEY: ApiKey("key_1", WORKSPACE), OTHER_KEY: ApiKey("key_2", "ws_other")})
+    return TestClient(create_app(settings, redis=redis, keys=keys))
+
+
+@pytest.fixture
+def client(settings: Settings, server: fakeredis.FakeServer) -> Any:
+    with make_client(settings, fakeredis.FakeAsyncRedis(server=server)) as c:
+        yield c
+
+
+@pytest.fixture
+def queue(settings: Settings, server: fakeredis.FakeServer) -> Queue:
+    return Queue(settings.queue_name, connection=fakeredis.FakeRedis(server=server), serializer=MsgpackSerializer)
+
+
+def post(client: TestClient, body: Any, path: str = "/v2/push", key: str | None = KEY, **headers: str) -> Any:
+    hdrs = {"Content-Type": "application/json", **headers}
+    if key is not None:
+        hdrs["Authorization"] = f"Bearer {key}"
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post(path, content=content, headers=hdrs)
+
+
+def assert_error(resp: Any, status: int, code: str, contains: str) -> None:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["ok"] is False and body["success"] is False
+    assert body["error"]["code"] == code
+    assert contains in body["error"]["message"]
+    assert body["errors"] == [body["error"]["message"]]
+
+
+# -- accepted -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v2/push", "/api/v1/push"])
+def test_push_of_every_type_is_accepted_and_queued_once(client: TestClient, queue: Queue, path: str) -> None:
+    resp = post(client, {"cli_version": "0.2.32", "push_id": "p1", "data": one_of_each()}, path=path)
+
+    assert resp.status_code == 202
+    assert resp.json() == {
+        "ok": True,
+        "success": True,
+        "push_id": "p1",
+        "accepted": dict.fromkeys(one_of_each(), 1),
+        "errors": [],
+    }
+    [job] = queue.jobs
+    assert job.func_name == INGEST_JOB
+    batch = BATCH_DECODER.decode(job.args[0])
+    assert (batch.workspace_id, batch.push_id, batch.cli_version) == (WORKSPACE, "p1", "0.2.32")
+    assert {k: len(v) for k, v in batch.records.items()} == dict.fromkeys(one_of_each(), 1)
+
+
+def test_cli_envelope_is_accepted(client: TestClient, queue: Queue) -> None:
+    body = {
+        "schema_version": "2.0",
+        "client_version": "0.2.40",
+        "push_id": "0b8f7c9e-1111-4222-8333-444455556666",
+        "normalizer_version": "1.0.0",
+        "canonical": {"sessions": [session(1)], "prompts": [prompt(1), prompt(2)]},
+        "content_hashes": {"prompt:prompt-1": "ab" * 32},
+    }
+    resp = post(client, body)
+    assert resp.status_code == 202
+    assert resp.json()["accepted"] == {"sessions": 1, "prompts": 2}
+    assert BATCH_DECODER.decode(queue.jobs[0].args[0]).cli_version == "0.2.40"
+
+
+def test_job_carries_no_pickle_and_no_body_in_its_description(client: TestClient, queue: Queue) -> None:
+    post(client, {"push_id": "p-desc", "data": {"prompts": [prompt(1, text_size=5000)]}})
+    [job] = queue.jobs
+    assert len(job.description) < 100 and "please refactor" not in job.description
+    raw = queue.connection.hget(job.key, "data")
+    assert b"please refactor" not in raw  # compressed by RQ, and ...
+    assert not job.data.startswith(b"\x80")  # ... not a pickle (pickles start with PROTO 0x80)
+
+
+def test_invalid_record_is_reported_with_its_path_and_kept_for_quarantine(client: TestClient, queue: Queue) -> None:
+    bad = prompt(2, prompt_kind="shouting")
+    resp = post(client, {"push_id": "p2", "data": {"prompts": [prompt(1), bad, prompt(3)]}})
+
+    assert resp.status_code == 202
+    body = resp.json()
+    assert body["accepted"] == {"prompts": 2}
+    assert body["rejected"] == {"prompts": 1}
+    assert len(body["errors"]) == 1 and body["errors"][0].startswith("data.prompts[1].prompt_kind: Invalid enum value")
+    batch = BATCH_DECODER.decode(queue.jobs[0].args[0])
+    [rejected] = batch.rejected
+    assert (rejected.record_type, rejected.index) == ("prompts", 1)
+    assert msgspec.json.decode(rejected.raw) == bad
+
+
+def test_repeated_push_id_is_answered_200_duplicate_and_not_queued_again(client: TestClient, queue: Queue) -> None:
+    body = {"push_id": "same", "data": {"sessions": [session(1)]}}
+    first = post(client, body)
+    second = post(client, body)
+
+    assert first.status_code == 202
+    assert second.status_code == 200
+    assert second.json() == {**first.json(), "duplicate": True}
+    assert queue.count == 1
+
+
+def test_same_push_id_in_another_workspace_is_a_different_push(client: TestClient, queue: Queue) -> None:
+    body = {"push_id": "shared-id", "data": {"sessions": [session(1)]}}
+    assert post(client, body).status_code == 202
+    assert post(client, body, key=OTHER_KEY).status_code == 202
+    assert queue.count == 2
+
+
+def test_idempotency_key_header_is_the_push_id_when_the_body_has_none(client: TestClient) -> None:
+    resp = post(client, {"data": {}}, **{"Idempotency-Key": "hdr-1"})
+    assert resp.json()["push_id"] == "hdr-1"
+    resp = post(client, {"push_id": "body-1", "data": {}}, **{"Idempotency-Key": "hdr-2"})
+    assert resp.json()["push_id"] == "body-1"
+    generated = post(client, {"data": {}}).json()["push_id"]
+    assert len(generated) == 36  # a uuid
+
+
+def test_gzip_body_is_accepted(client: TestClient) -> None:
+    raw = json.dumps({"data": {"sessions": [session(1)]}}).encode()
+    resp = post(client, gzip.compress(raw), **{"Content-Encoding": "gzip"})
+    assert resp.status_code == 202
+    assert resp.json()["accepted"] == {"sessions": 1}
+
+
+def test_matching_workspace_id_in_body_is_accepted(client: TestClient) -> None:
+    assert post(client, {"workspace_id": WORKSPACE, "data": {}}).status_code == 202
+
+
+# -- refused ------------------------------------------------------------------------
+
+
+def test_missing_key_is_401(client: TestClient) -> None:
+    resp = post(client, {"data": {}}, key=None)
+    assert_error(resp, 401, "unauthorized", "missing Authorization header")
+    assert resp.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("sk_live_" + "a" * 43, "malformed"),
+        ("st_live_short", "malformed"),
+        ("st_live_" + "c" * 43, "unknown or revoked"),
+    ],
+)
+def test_bad_key_is_401_and_never_echoed(client: TestClient, key: str, message: str) -> None:
+    resp = post(client, {"data": {}}, key=key)
+    assert_error(resp, 401, "unauthorized", message)
+    assert key not in resp.text
+
+
+def test_other_workspace_in_body_is_403(client: TestClient, queue: Queue) -> None:
+    resp = post(client, {"workspace_id": "ws_other", "data": {"sessions": [session(1)]}})
+    assert_error(resp, 403, "workspace_mismatch", "not the API key's workspace")
+    assert queue.count == 0
+
+
+@pytest.mark.parametrize("body", [b"{", b"not json", b'{"data": {"sessions": [\xff]}}'])
+def test_body_that_is_not_json_is_400(client: TestClient, body: bytes) -> None:
+    assert_error(post(client, body), 400, "invalid_json", "not valid JSON")
+
+
+def test_corrupt_gzip_is_400(client: TestClient) -> None:
+    assert_error(post(client, b"\x1f\x8bnot gzip at all", **{"Content-Encoding": "gzip"}), 400, "bad_gzip", "gzip")
+
+
+def test_truncated_gzip_is_400(client: TestClient) -> None:
+    data = gzip.compress(json.dumps({"data": {"sessions": [session(1)]}}).encode())
+    assert_error(post(client, data[:-12], **{"Content-Encoding": "gzip"}), 400, "bad_gzip", "truncated")
+
+
+def test_body_over_the_limit_is_413_naming_the_setting(client: TestClient, settings: Settings) -> None:
+    body = json.dumps({"data": {"prompts": [prompt(1, text_size=settings.max_body_bytes)]}}).encode()
+    assert_error(post(client, body), 413, "payload_too_large", "MAX_BODY_BYTES")
+
+
+def test_gzip_bomb_is_413_on_its_decompressed_size(client: TestClient, settings: Settings) -> None:
+    # 10 MB of spaces inside a JSON string compresses to ~10 KB: under the wire limit, far over the body limit.
+    bomb = gzip.compress(b'{"data": {}, "pad": "' + b" " * 10_000_000 + b'"}')
+    assert len(bomb) < settings.max_compressed_body_bytes
+    assert_error(post(client, bomb, **{"Content-Encoding": "gzip"}), 413, "payload_too_large", "decompressed body")
+
+
+def test_compressed_body_over_the_wire_limit_is_413(client: TestClient, settings: Settings) -> None:
+    import os
+
+    noise = gzip.compress(os.urandom(settings.max_compressed_body_bytes + 1))
+    resp = post(client, noise, **{"Content-Encoding": "gzip"})
+    assert_error(resp, 413, "payload_too_large", "MAX_COMPRESSED_BODY_BYTES")
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"Content-Type": "text/plain"}, "Content-Type must be application/json"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, "Content-Type must be application/json"),
+        ({"Content-Encoding": "br"}, "Content-Encoding must be gzip or identity"),
+    ],
+)
+def test_unsupported_media_is_415(client: TestClient, headers: dict[str, str], message: str) -> None:
+    assert_error(post(client, {"data": {}}, **headers), 415, headers and next(iter(_codes(headers))), message)
+
+
+def _codes(headers: dict[str, str]) -> list[str]:
+    return ["unsupported_encoding" if "Content-Encoding" in headers else "unsupported_media_type"]
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ({"data": []}, "data"),
+        ({"data": {"sessions": {}}}, "data.sessions"),
+        ({"canonical": {"prompts": "x"}}, "canonical.prompts"),
+        ([], "Expected `object`"),
+        ({"push_id": 5}, "push_id"),
+        ({"push_id": "x" * 201}, "push_id"),
+    ],
+)
+def test_malformed_envelope_is_422_with_the_path(client: TestClient, body: Any, path: str) -> None:
+    assert_error(post(client, body), 422, "invalid_envelope", path)
+
+
+def test_redis_down_is_503_with_retry_after(settings: Settings) -> None:
+    dead = AsyncRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    with make_client(settings, dead) as client:
+        resp = post(client, {"data": {"sessions": [session(1)]}})
+    assert_error(resp, 503, "unavailable", "queue is unavailable")
+    assert int(resp.headers["retry-after"]) > 0
+
+
+def test_healthz_answers_without_io(settings: Settings) -> None:
+    dead = AsyncRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    with make_client(settings, dead) as client:
+        assert client.get("/healthz").json() == {"ok": True}
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert any(e.startswith("redis:") for e in ready.json()["errors"])
+
+
+def test_unknown_path_and_method_get_json_errors(client: TestClient) -> None:
+    assert_error(client.get("/nope"), 404, "not_found", "no such endpoint")
+    assert_error(client.get("/v2/push"), 405, "method_not_allowed", "not allowed")
