@@ -128,9 +128,10 @@ def check_record(record_type: str, raw: msgspec.Raw | bytes, path: str) -> tuple
         return None, error_with_path(path, exc)
     except msgspec.DecodeError as exc:  # only reachable for bytes that did not come from a valid body
         return None, f"{path}: {exc}"
-    # JSON can only carry U+0000 as an escape: a cheap byte test, then a precise walk.
+    # JSON can only carry U+0000 as an escape: a cheap byte test, then a precise
+    # walk of the decoded record (unknown fields are ignored, so they may hold NUL).
     if b"\\u0000" in bytes(raw):
-        bad = _nul_path(msgspec.json.decode(raw), path)
+        bad = _nul_path(msgspec.to_builtins(record), path)
         if bad:
             return None, f"{bad}: string holds a NUL character (\\u0000), which cannot be stored"
     return record, None
@@ -143,6 +144,12 @@ def validate_push(body: bytes) -> ValidatedPush:
     when the envelope is malformed (422). Record errors never raise: they are
     returned in `rejected`.
     """
+    # JSON is UTF-8. msgspec skips unknown strings unchecked and raises a bare
+    # UnicodeDecodeError (a 500) for known ones, so check the whole body first.
+    try:
+        body.decode()
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"JSON is malformed: invalid UTF-8 (byte {exc.start})") from None
     try:
         envelope = ENVELOPE_DECODER.decode(body)
     except msgspec.ValidationError as exc:

@@ -20,7 +20,9 @@ _conn: psycopg.Connection | None = None
 
 def connect(database_url: str) -> psycopg.Connection:
     """A new connection with the session settings every writer relies on."""
-    conn = psycopg.connect(database_url, autocommit=True, connect_timeout=5, options="-c timezone=UTC")
+    conn = psycopg.connect(database_url, autocommit=True, connect_timeout=5)
+    # Set here rather than in `options`, which would replace any options the URL carries.
+    conn.execute("SET timezone TO 'UTC'")
     return conn
 
 
@@ -36,6 +38,7 @@ def connection(settings: Settings) -> psycopg.Connection:
 
 
 def close() -> None:
+    """Drop this process's connection (after a failure that may have left it mid-command)."""
     global _conn
     if _conn is not None:
         _conn.close()

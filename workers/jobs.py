@@ -93,7 +93,10 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
     try:
         conn = db.connection(settings())
         return write_batch(conn, batch)
-    except Exception as exc:
+    except BaseException as exc:
+        # A timeout (SIGALRM) can interrupt a query and leave the connection
+        # mid-command without marking it broken: start the next job afresh.
+        db.close()
         job = get_current_job()
         if job is None or not job.should_retry:
             _record_failure(batch, exc)

@@ -1,0 +1,38 @@
+# selftune ingest: one image for the api (default CMD), the workers and migrations.
+#   api:     (default)  uvicorn api.app:create_app --factory ... (the Procfile's web process)
+#   workers: selftune-ingest worker -n 2
+#   migrate: selftune-ingest migrate
+# Every dependency ships a manylinux wheel, so no compiler or headers are installed.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN groupadd --system --gid 10001 selftune \
+    && useradd --system --uid 10001 --gid selftune --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin selftune
+
+WORKDIR /app
+
+# Dependencies first, from pyproject.toml alone, so a code change does not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Then the project itself (console script selftune-ingest, SQL migrations as package data).
+COPY api ./api
+COPY schema ./schema
+COPY workers ./workers
+RUN pip install --no-deps . \
+    && pip check \
+    && rm -rf build ./*.egg-info
+
+USER 10001:10001
+
+EXPOSE 8000
+
+CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]

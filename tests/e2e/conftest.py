@@ -1,0 +1,79 @@
+"""Fixtures of the end-to-end tier: a real api and real workers on the test servers.
+
+The processes get the test database and Redis from the `settings` fixture (so
+tables are truncated and Redis flushed before each test), and settings that
+make failures quick to observe: short job timeout, quick retries, maintenance
+every second, a key cache of one second.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from redis import Redis
+
+from schema.settings import Settings
+from tests.e2e.stack import REPO, Account, Api, PostgresServer, Stack
+from workers.accounts import create_key, create_workspace
+
+
+@pytest.fixture
+def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+    """Starts api and worker processes; stops every one of them at teardown, pass or fail."""
+    env = {
+        **os.environ,
+        # Run this checkout's code, whatever the venv was installed from.
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "QUEUE_NAME": settings.queue_name,
+        "JOB_RETRIES": "3",
+        "JOB_RETRY_BACKOFF_S": "1",
+        "WORKER_MAINTENANCE_INTERVAL_S": "1",
+        "JOB_TIMEOUT_S": "5",
+        "KEY_CACHE_TTL_S": "1",
+    }
+    processes = Stack(env, tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
+
+
+@pytest.fixture
+def api(stack: Stack) -> Api:
+    return stack.start_api()
+
+
+@pytest.fixture
+def account(db: psycopg.Connection) -> Account:
+    """A workspace and a live API key for it."""
+    workspace_id = create_workspace(db, "e2e")
+    _, key = create_key(db, workspace_id)
+    return Account(workspace_id, key)
+
+
+@pytest.fixture
+def rq_redis(settings: Settings) -> Iterator[Redis]:
+    """A Redis client on the test db, to look into RQ's registries."""
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def postgres_server(database_url: str) -> Iterator[PostgresServer]:
+    """Control of the test PostgreSQL; it is running again after the test, whatever happened."""
+    server = PostgresServer()
+    if not (server.data_dir / "PG_VERSION").exists():
+        pytest.fail(f"no PostgreSQL data directory at {server.data_dir}: set TEST_PG_DATA", pytrace=False)
+    try:
+        yield server
+    finally:
+        if server.stopped:
+            server.start()

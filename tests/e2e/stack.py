@@ -1,0 +1,178 @@
+"""Real processes for the end-to-end tier: the api (uvicorn) and workers (`selftune-ingest worker`).
+
+Each process runs in a session of its own (so a worker's scheduler child can be
+stopped with it), writes its output to a log file under the test's tmp_path,
+and is stopped at teardown however the test ended. Every bounded wait puts the
+tail of those logs in its failure message, so a red test says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+import msgspec
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+TEST_PG_DATA = Path(os.environ.get("TEST_PG_DATA", REPO / ".data" / "test" / "postgres"))
+PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
+WAIT_S = 30.0  # the longest any ordinary wait in this tier may take
+STOP_S = 10.0  # how long a process gets to stop on SIGTERM before SIGKILL
+POLL_S = 0.2
+
+T = TypeVar("T")
+
+
+class Service:
+    """One started process, with its log."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL this process alone, as the OOM killer would: nothing in it gets to clean up."""
+        self.proc.kill()
+        self.proc.wait(timeout=STOP_S)
+
+    def stop(self) -> None:
+        """SIGTERM the process's group, then SIGKILL whatever is left of it (e.g. an orphaned child)."""
+        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=STOP_S)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=STOP_S)
+
+
+@dataclass(frozen=True)
+class Api:
+    """A running api process and how to push to it."""
+
+    url: str
+    service: Service
+
+    def push(self, key: str, body: dict[str, Any] | bytes, path: str = "/v2/push") -> httpx2.Response:
+        content = body if isinstance(body, bytes) else msgspec.json.encode(body)
+        return httpx2.post(
+            self.url + path,
+            content=content,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            timeout=10,
+        )
+
+
+@dataclass(frozen=True)
+class Account:
+    """A workspace and a live API key for it."""
+
+    workspace_id: str
+    key: str
+
+
+class PostgresServer:
+    """Stops and starts the test PostgreSQL for real (its data directory is TEST_PG_DATA)."""
+
+    def __init__(self, data_dir: Path = TEST_PG_DATA) -> None:
+        self.data_dir = data_dir
+        self.stopped = False
+
+    def stop(self) -> None:
+        as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.stopped = True
+        subprocess.run(
+            [*as_owner, str(PGBIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        """`scripts/services.sh up test`: idempotent, and waits until the server accepts connections."""
+        subprocess.run(
+            [str(REPO / "scripts" / "services.sh"), "up", "test"], check=True, capture_output=True, timeout=120
+        )
+        self.stopped = False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """The processes of one test, all pointed at the test servers by `env`."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.services: list[Service] = []
+
+    def start(self, name: str, argv: list[str], **env: str) -> Service:
+        service = Service(name, argv, {**self.env, **env}, self.log_dir / f"{name}-{len(self.services)}.log")
+        self.services.append(service)
+        return service
+
+    def start_api(self, **env: str) -> Api:
+        """Start uvicorn on a free port; return once /healthz answers."""
+        port = free_port()
+        argv = [str(BIN / "uvicorn"), "api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
+        api = Api(f"http://127.0.0.1:{port}", self.start("api", argv, **env))
+        self.wait_until(lambda: self._healthy(api), f"the api on port {port} answers GET /healthz")
+        return api
+
+    def start_worker(self, **env: str) -> Service:
+        """Start one worker process (`selftune-ingest worker -n 1`)."""
+        return self.start("worker", [str(BIN / "selftune-ingest"), "worker", "-n", "1"], **env)
+
+    def _healthy(self, api: Api) -> bool:
+        if not api.service.alive():
+            raise AssertionError(f"the api exited with {api.service.proc.returncode}:\n{api.service.tail()}")
+        try:
+            return httpx2.get(api.url + "/healthz", timeout=1).status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    def wait_until(self, condition: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
+        """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = condition()
+            if result:
+                return result
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"waited {timeout:g} s for: {what}{self.logs()}")
+            time.sleep(POLL_S)
+
+    def logs(self) -> str:
+        return "".join(f"\n--- {s.name} (pid {s.pid}) log, last lines ---\n{s.tail()}" for s in self.services)
+
+    def stop_all(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
