@@ -18,6 +18,7 @@ from starlette.routing import Route
 from api.auth import KeyStore
 from api.enqueue import Enqueuer
 from api.errors import ApiError, api_error_handler, error_response
+from api import device, openapi, reads
 from api.push import push
 from schema.migrate import latest_version
 from schema.settings import Settings
@@ -74,6 +75,9 @@ routes = [
     Route("/api/v1/push", push, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    *reads.routes,
+    *device.routes,
+    *openapi.routes,
 ]
 
 exception_handlers = {ApiError: api_error_handler, 404: not_found, 405: method_not_allowed}

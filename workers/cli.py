@@ -9,7 +9,7 @@ import msgspec
 
 from schema.migrate import migrate
 from schema.settings import Settings, SettingsError
-from workers import accounts, db
+from workers import accounts, db, device_cli, ops_cli
 
 
 def _conn(settings: Settings):  # type: ignore[no-untyped-def]
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1, help="number of worker processes (default 1)")
     p.add_argument("--burst", action="store_true", help="stop when the queue is empty")
     p.set_defaults(func=cmd_worker)
+
+    ops_cli.register(sub)
+    device_cli.register(sub)
     return parser
 
 
