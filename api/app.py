@@ -15,11 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api import device, openapi, reads
 from api.auth import KeyStore
+from api.backpressure import QueueWatch
 from api.enqueue import Enqueuer
 from api.errors import ApiError, api_error_handler, error_response
-from api import device, openapi, reads
+from api.metrics import metrics
 from api.push import push
+from schema import redis_check
 from schema.migrate import latest_version
 from schema.settings import Settings
 
@@ -75,12 +78,27 @@ routes = [
     Route("/api/v1/push", push, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     *reads.routes,
     *device.routes,
     *openapi.routes,
 ]
 
 exception_handlers = {ApiError: api_error_handler, 404: not_found, 405: method_not_allowed}
+
+
+async def _check_redis(redis: AsyncRedis, settings: Settings) -> None:
+    """Warn (or refuse to start) if Redis could lose queued batches."""
+    try:
+        config = {}
+        for key in redis_check.CONFIG_KEYS:
+            config |= await redis.config_get(key)
+    except Exception as exc:
+        if settings.redis_require_durable:
+            raise
+        log.warning("could not read Redis config at startup: %s", exc)
+        return
+    redis_check.check(config, settings.redis_require_durable)
 
 
 @contextlib.asynccontextmanager
@@ -102,10 +120,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.pool = pool
     app.state.keys = keys
     app.state.enqueuer = Enqueuer(settings, redis)
+    app.state.queue_watch = QueueWatch(settings, redis)
     log.info("api starting with %s", settings.redacted())
+    await _check_redis(redis, settings)
+    app.state.queue_watch.start()
     try:
         yield
     finally:
+        await app.state.queue_watch.stop()
         if pool is not None:
             await pool.close()
         if "redis" not in injected:

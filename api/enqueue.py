@@ -17,20 +17,34 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from rq import Queue, Retry
 
+from schema import stats
 from schema.queue import INGEST_JOB, MsgpackSerializer, dedupe_key, job_description
 from schema.settings import Settings
 
-# KEYS: dedupe key, job hash, queue list, RQ's set of queues.
-# ARGV: answer, answer ttl, job id, queue key, then the job hash as field, value, ...
+# KEYS: dedupe key, job hash, queue list, RQ's set of queues, accepted-records rate bucket.
+# ARGV: answer, answer ttl, job id, queue key, max depth, records, rate ttl, then the job hash.
+# Returns {"dup", first answer} | {"full", depth} | {"ok", depth}.
 _ENQUEUE_ONCE = """
 local prior = redis.call('GET', KEYS[1])
-if prior then return prior end
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+if prior then return {'dup', prior} end
+local depth = redis.call('LLEN', KEYS[3])
+if depth >= tonumber(ARGV[5]) then return {'full', depth} end
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
 redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
-return false
+redis.call('INCRBY', KEYS[5], tonumber(ARGV[6]))
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[7]))
+return {'ok', depth + 1}
 """
+
+
+class QueueFull(Exception):
+    """The queue is at MAX_QUEUE_DEPTH: the push was not enqueued."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"the queue holds {depth} batches")
+        self.depth = depth
 
 
 class Enqueuer:
@@ -54,8 +68,13 @@ class Enqueuer:
     def queue_key(self) -> str:
         return self._queue.key
 
-    async def enqueue_once(self, workspace_id: str, push_id: str, payload: bytes, answer: bytes) -> bytes | None:
-        """Enqueue the payload unless this push id was accepted before; return the earlier answer if so."""
+    async def enqueue_once(
+        self, workspace_id: str, push_id: str, payload: bytes, answer: bytes, records: int
+    ) -> bytes | None:
+        """Enqueue the payload unless this push id was accepted before; return the earlier answer if so.
+
+        Raises QueueFull when the queue is at its depth limit.
+        """
         job = self._queue.create_job(
             INGEST_JOB,
             args=(payload,),
@@ -71,8 +90,18 @@ class Enqueuer:
         fields: list[bytes | str | int | float] = []
         for field, value in job.to_dict().items():
             fields.extend((field, value))
-        prior = await self._script(
-            keys=[dedupe_key(workspace_id, push_id), job.key, self._queue.key, Queue.redis_queues_keys],
-            args=[answer, self._settings.push_dedupe_ttl_s, job.id, self._queue.key, *fields],
-        )
-        return prior  # type: ignore[no-any-return]
+        keys = [
+            dedupe_key(workspace_id, push_id),
+            job.key,
+            self._queue.key,
+            Queue.redis_queues_keys,
+            stats.rate_key("accepted_records"),
+        ]
+        s = self._settings
+        args = [answer, s.push_dedupe_ttl_s, job.id, self._queue.key, s.max_queue_depth, records, stats.RATE_TTL_S]
+        outcome, value = await self._script(keys=keys, args=[*args, *fields])
+        if outcome == b"dup":
+            return value  # type: ignore[no-any-return]
+        if outcome == b"full":
+            raise QueueFull(int(value))
+        return None

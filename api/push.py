@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -12,11 +13,14 @@ from starlette.responses import Response
 
 from api.auth import authenticate, forbidden_workspace
 from api.body import check_content_headers, read_body
+from api.enqueue import QueueFull
 from api.errors import ApiError, unavailable
+from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED, observe_push
 from schema.envelope import MAX_PUSH_ID_LENGTH, EnvelopeError, ValidatedPush, validate_push
 from schema.queue import BATCH_ENCODER, QueuedBatch
 
 REDIS_RETRY_AFTER_S = 5
+BACKPRESSURE_RETRY_AFTER_S = 10  # when the exact depth check (not the watch) refused
 
 
 class PushAnswer(msgspec.Struct, omit_defaults=True):
@@ -45,6 +49,19 @@ def _push_id(request: Request, validated: ValidatedPush) -> str:
 
 async def push(request: Request) -> Response:
     """Accept a batch: 202 once it is safely in Redis, 200 if this push id was accepted before."""
+    started = time.perf_counter()
+    route = request.url.path
+    try:
+        response = await _push(request)
+    except ApiError as exc:
+        outcome = {503: "unavailable", 429: "rate_limited"}.get(exc.status, "refused")
+        observe_push(route, started, exc.status, outcome)
+        raise
+    observe_push(route, started, response.status_code, "accepted" if response.status_code == 202 else "duplicate")
+    return response
+
+
+async def _push(request: Request) -> Response:
     state = request.app.state
     settings = state.settings
     received_at = datetime.now(UTC)
@@ -63,6 +80,10 @@ async def push(request: Request) -> Response:
     if envelope.workspace_id is not None and envelope.workspace_id != key.workspace_id:
         raise forbidden_workspace(envelope.workspace_id)
     push_id = _push_id(request, validated)
+    refusal = state.queue_watch.refusal()
+    if refusal is not None:
+        reason, retry_after = refusal
+        raise unavailable(f"back-pressure: {reason}; retry later", retry_after)
 
     answer = PushAnswer(
         ok=True,
@@ -82,8 +103,12 @@ async def push(request: Request) -> Response:
         rejected=validated.rejected,
     )
     answer_bytes = msgspec.json.encode(answer)
+    payload = BATCH_ENCODER.encode(batch)
+    accepted_records = sum(answer.accepted.values())
     try:
-        prior = await state.enqueuer.enqueue_once(key.workspace_id, push_id, BATCH_ENCODER.encode(batch), answer_bytes)
+        prior = await state.enqueuer.enqueue_once(key.workspace_id, push_id, payload, answer_bytes, accepted_records)
+    except QueueFull as exc:
+        raise unavailable(f"back-pressure: {exc} (MAX_QUEUE_DEPTH); retry later", BACKPRESSURE_RETRY_AFTER_S) from None
     except (RedisError, OSError) as exc:
         raise unavailable(
             f"the queue is unavailable ({type(exc).__name__}); retry later", REDIS_RETRY_AFTER_S
@@ -93,4 +118,8 @@ async def push(request: Request) -> Response:
         first = msgspec.json.decode(prior, type=PushAnswer)
         first.duplicate = True
         return Response(msgspec.json.encode(first), status_code=200, media_type="application/json")
+    for record_type, n in answer.accepted.items():
+        RECORDS_ACCEPTED.labels(record_type).inc(n)
+    for record_type, n in answer.rejected.items():
+        RECORDS_REJECTED.labels(record_type).inc(n)
     return Response(answer_bytes, status_code=202, media_type="application/json")

@@ -44,6 +44,17 @@ def _float(name: str, default: float, minimum: float = 0.0) -> float:
     return value
 
 
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
 def _str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
@@ -66,6 +77,11 @@ class Settings:
     job_retry_backoff_s: tuple[int, ...]  # ...after these pauses (last one repeats)
     failed_ttl_s: int  # how long a failed batch stays in RQ's failed registry
     worker_maintenance_interval_s: int  # how often a worker requeues abandoned batches
+    # Back-pressure: pushes are refused (503) past either bound.
+    max_queue_depth: int  # queued batches
+    max_queue_lag_s: float  # age of the oldest queued batch
+    # Redis must keep queued batches: refuse to start unless it is durable and never evicts.
+    redis_require_durable: bool
     # Auth.
     key_cache_ttl_s: float  # a revoked key stops working within this bound
 
@@ -87,6 +103,9 @@ class Settings:
             job_retry_backoff_s=tuple(int(s) for s in backoff.split(",")),
             failed_ttl_s=_int("FAILED_TTL_S", 30 * 24 * 3600, 1),
             worker_maintenance_interval_s=_int("WORKER_MAINTENANCE_INTERVAL_S", 60, 1),
+            max_queue_depth=_int("MAX_QUEUE_DEPTH", 100_000, 1),
+            max_queue_lag_s=_float("MAX_QUEUE_LAG_S", 600.0, 1.0),
+            redis_require_durable=_bool("REDIS_REQUIRE_DURABLE", False),
             key_cache_ttl_s=_float("KEY_CACHE_TTL_S", 30.0),
         )
 

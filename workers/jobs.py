@@ -10,6 +10,7 @@ import msgspec
 import psycopg
 from rq import get_current_job
 
+from schema import stats
 from schema.envelope import check_record
 from schema.queue import BATCH_DECODER, QueuedBatch
 from schema.records import RECORD_TYPES
@@ -90,9 +91,10 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
     registry, from where `selftune-ingest replay` brings it back.
     """
     batch = BATCH_DECODER.decode(payload)
+    started = time.perf_counter()
     try:
         conn = db.connection(settings())
-        return write_batch(conn, batch)
+        summary = write_batch(conn, batch)
     except BaseException as exc:
         # A timeout (SIGALRM) can interrupt a query and leave the connection
         # mid-command without marking it broken: start the next job afresh.
@@ -100,7 +102,42 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
         job = get_current_job()
         if job is None or not job.should_retry:
             _record_failure(batch, exc)
+            _count(lambda pipe: pipe.hincrby(stats.BATCHES, "failed", 1))
         raise
+    _count(lambda pipe: _count_batch(pipe, summary, time.perf_counter() - started))
+    return summary
+
+
+def _count_batch(pipe: Any, summary: dict[str, Any], seconds: float) -> None:
+    """Add one written batch to the shared counters (see schema/stats.py)."""
+    if summary.get("duplicate"):
+        pipe.hincrby(stats.BATCHES, "duplicate", 1)
+        return
+    pipe.hincrby(stats.BATCHES, "processed", 1)
+    for record_type, n in summary["accepted"].items():
+        pipe.hincrby(stats.WRITTEN, record_type, n)
+    for record_type, n in summary["rejected"].items():
+        pipe.hincrby(stats.QUARANTINED, record_type, n)
+    pipe.hincrby(stats.WRITE_SECONDS, stats.bucket_label(seconds), 1)
+    pipe.hincrbyfloat(stats.WRITE_SECONDS, "sum", seconds)
+    pipe.hincrby(stats.WRITE_SECONDS, "count", 1)
+    for kind, n in (("written_records", sum(summary["accepted"].values())), ("written_batches", 1)):
+        key = stats.rate_key(kind)
+        pipe.incrby(key, n)
+        pipe.expire(key, stats.RATE_TTL_S)
+
+
+def _count(add: Any) -> None:
+    """Run counter updates on the worker's Redis connection; counters never fail a job."""
+    job = get_current_job()
+    if job is None:
+        return
+    try:
+        with job.connection.pipeline(transaction=False) as pipe:
+            add(pipe)
+            pipe.execute()
+    except Exception as exc:
+        log.warning("could not update counters: %s", exc)
 
 
 def _record_failure(batch: QueuedBatch, exc: BaseException) -> None:

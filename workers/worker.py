@@ -17,6 +17,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
+from schema import redis_check
 from schema.queue import MsgpackSerializer
 from schema.settings import Settings
 
@@ -47,9 +48,23 @@ def make_worker(settings: Settings, connection: Redis | None = None, name: str |
     )
 
 
+def check_redis(redis: Redis, settings: Settings) -> None:
+    """Warn (or refuse to start) if Redis could lose queued batches."""
+    try:
+        config: dict[str, str] = {}
+        for key in redis_check.CONFIG_KEYS:
+            config |= redis.config_get(key)  # type: ignore[operator]
+    except Exception as exc:
+        log.warning("could not read Redis config: %s", exc)
+        redis_check.check(None, settings.redis_require_durable)
+        return
+    redis_check.check(config, settings.redis_require_durable)
+
+
 def _work(burst: bool) -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
     settings = Settings.from_env()
+    check_redis(Redis.from_url(settings.redis_url), settings)
     worker = make_worker(settings)
     worker.work(burst=burst, with_scheduler=True, logging_level=os.environ.get("LOG_LEVEL", "INFO"))
 

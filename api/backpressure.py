@@ -1,0 +1,86 @@
+"""Back-pressure: refuse pushes (503 + Retry-After) while the workers are too far behind.
+
+The queue is watched, not polled per request: a background task reads the
+queue snapshot once a second, and each push only looks at the last one. The
+depth bound is also enforced exactly, inside the enqueue script. Nothing is
+ever buffered in memory: refusing is the only back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import Any
+
+from schema.queue_state import SNAPSHOT_SCRIPT, QueueKeys, QueueState, parse_snapshot, snapshot_args
+from schema.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 1.0
+MIN_RETRY_AFTER_S = 1
+MAX_RETRY_AFTER_S = 300
+RETRY_AFTER_WHEN_STALLED_S = 30  # no drain measured: workers down or starting
+
+
+def retry_after_s(excess_batches: float, drain_batches_per_s: float) -> int:
+    """Seconds until the workers have drained `excess_batches` at the measured rate."""
+    if drain_batches_per_s <= 0:
+        return RETRY_AFTER_WHEN_STALLED_S
+    return max(MIN_RETRY_AFTER_S, min(MAX_RETRY_AFTER_S, math.ceil(excess_batches / drain_batches_per_s)))
+
+
+class QueueWatch:
+    """Keeps a recent queue snapshot and says whether to refuse pushes."""
+
+    def __init__(self, settings: Settings, redis: Any) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._keys = QueueKeys.for_queue(settings.queue_name)
+        self._script = redis.register_script(SNAPSHOT_SCRIPT)
+        self.latest: QueueState | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> QueueState:
+        now = time.time()
+        keys, args = snapshot_args(self._keys, now)
+        self.latest = parse_snapshot(await self._script(keys=keys, args=args), now)
+        return self.latest
+
+    def refusal(self) -> tuple[str, int] | None:
+        """(reason, Retry-After seconds) if pushes should be refused now."""
+        s, limits = self.latest, self._settings
+        if s is None:
+            return None
+        drain = s.rates.get("written_batches", 0.0)
+        if s.depth >= limits.max_queue_depth:
+            excess = s.depth - 0.9 * limits.max_queue_depth
+            return f"the queue holds {s.depth} batches (MAX_QUEUE_DEPTH={limits.max_queue_depth})", retry_after_s(
+                excess, drain
+            )
+        if s.lag_s >= limits.max_queue_lag_s:
+            return (
+                f"the oldest queued batch is {s.lag_s:.0f} s old (MAX_QUEUE_LAG_S={limits.max_queue_lag_s:g})",
+                retry_after_s(s.depth * 0.1, drain),
+            )
+        return None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # Redis down: pushes will get their own 503 from the enqueue
+                log.debug("queue snapshot failed: %s", exc)
+            await asyncio.sleep(REFRESH_S)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

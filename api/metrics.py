@@ -1,0 +1,121 @@
+"""Prometheus metrics on GET /metrics (SPEC 6).
+
+Two sources:
+- this api process's own counters (pushes by outcome, records accepted and
+  rejected by type, request durations), with prometheus-client; several api
+  processes on one host share them through its multiprocess mode when
+  PROMETHEUS_MULTIPROC_DIR is set;
+- the shared state, read from Redis at scrape time: queue depth and lag,
+  failed and retrying batches, busy and idle workers, and what the workers
+  wrote (schema/stats.py). These are right however many workers run, wherever.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from schema import stats
+from schema.queue_state import QueueState
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+NS = "selftune_ingest"
+
+PUSHES = Counter(f"{NS}_pushes", "Push requests by outcome and HTTP status", ["outcome", "code"])
+RECORDS_ACCEPTED = Counter(f"{NS}_records_accepted", "Records accepted by the api, by type", ["type"])
+RECORDS_REJECTED = Counter(f"{NS}_records_rejected", "Records failing validation at the api, by type", ["type"])
+REQUEST_SECONDS = Histogram(
+    f"{NS}_request_duration_seconds",
+    "Time to answer a push",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+
+class SharedStateCollector(Collector):
+    """Metric families built from one Redis read (queue snapshot and worker counters)."""
+
+    def __init__(self, state: QueueState, hashes: dict[str, dict[bytes, bytes]]) -> None:
+        self.state = state
+        self.hashes = hashes
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.state
+        yield GaugeMetricFamily(f"{NS}_queue_batches", "Batches waiting in the queue", value=s.depth)
+        yield GaugeMetricFamily(f"{NS}_queue_lag_seconds", "Age of the oldest queued batch", value=s.lag_s)
+        yield GaugeMetricFamily(f"{NS}_failed_batches", "Batches in RQ's failed registry", value=s.failed)
+        yield GaugeMetricFamily(f"{NS}_retrying_batches", "Batches waiting for a retry", value=s.scheduled)
+        yield GaugeMetricFamily(f"{NS}_started_batches", "Batches being written", value=s.started)
+        workers = GaugeMetricFamily(f"{NS}_workers", "Workers by state", labels=["state"])
+        workers.add_metric(["busy"], s.workers_busy)
+        workers.add_metric(["idle"], s.workers_idle)
+        yield workers
+        yield self._by_label(stats.WRITTEN, f"{NS}_records_written", "Records written to Postgres, by type", "type")
+        yield self._by_label(
+            stats.QUARANTINED, f"{NS}_records_quarantined", "Records stored in quarantine, by type", "type"
+        )
+        yield self._by_label(stats.BATCHES, f"{NS}_batches", "Batches handled by workers, by outcome", "outcome")
+        yield self._write_histogram()
+
+    def _by_label(self, key: str, name: str, doc: str, label: str) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=[label])
+        for k, v in sorted(self.hashes.get(key, {}).items()):
+            family.add_metric([k.decode()], float(v))
+        return family
+
+    def _write_histogram(self) -> HistogramMetricFamily:
+        raw = {k.decode(): float(v) for k, v in self.hashes.get(stats.WRITE_SECONDS, {}).items()}
+        buckets, running = [], 0.0
+        for le in [*(repr(b) for b in stats.WRITE_BUCKETS_S), "+Inf"]:
+            running += raw.get(le, 0.0)
+            buckets.append((le, running))
+        family = HistogramMetricFamily(f"{NS}_batch_write_seconds", "Time to write one batch (worker side)")
+        family.add_metric([], buckets, sum_value=raw.get("sum", 0.0))
+        return family
+
+
+async def read_shared_hashes(redis: Any) -> dict[str, dict[bytes, bytes]]:
+    keys = (stats.WRITTEN, stats.QUARANTINED, stats.BATCHES, stats.WRITE_SECONDS)
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hgetall(key)
+        values = await pipe.execute()
+    return dict(zip(keys, values, strict=True))
+
+
+def _process_registry() -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text: this process's counters, then the shared queue and worker state."""
+    state = request.app.state
+    own = generate_latest(_process_registry())
+    try:
+        snapshot = await state.queue_watch.refresh()
+        hashes = await read_shared_hashes(state.redis)
+    except Exception:
+        # Redis down: serve what this process knows; the queue gauges are absent, which alerts.
+        return Response(own, media_type=CONTENT_TYPE)
+    shared = CollectorRegistry(auto_describe=False)
+    shared.register(SharedStateCollector(snapshot, hashes))
+    return Response(own + generate_latest(shared), media_type=CONTENT_TYPE)
+
+
+def observe_push(route: str, started: float, code: int, outcome: str) -> None:
+    """Count one push answer."""
+    REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+    PUSHES.labels(outcome, str(code)).inc()
