@@ -48,3 +48,21 @@ def count(conn: psycopg.Connection, table: str, workspace_id: str | None = None)
         row = conn.execute(f"SELECT count(*) FROM {table} WHERE workspace_id = %s", (workspace_id,)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def push_json(client: Any, key: str, records: dict[str, Any], push_id: str, path: str = "/v2/push") -> Any:
+    """POST a documented-envelope push through a TestClient."""
+    return client.post(
+        path,
+        content=json.dumps({"push_id": push_id, "data": records}),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+
+
+def run_burst_worker(settings: Any) -> None:
+    """Run one worker in this process until the queue is empty."""
+    from redis import Redis
+
+    from workers.worker import make_worker
+
+    make_worker(settings, connection=Redis.from_url(settings.redis_url)).work(burst=True)

@@ -100,12 +100,23 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
         # mid-command without marking it broken: start the next job afresh.
         db.close()
         job = get_current_job()
+        if job is not None:
+            _count_attempt(job)
         if job is None or not job.should_retry:
             _record_failure(batch, exc)
             _count(lambda pipe: pipe.hincrby(stats.BATCHES, "failed", 1))
         raise
     _count(lambda pipe: _count_batch(pipe, summary, time.perf_counter() - started))
     return summary
+
+
+def _count_attempt(job: Any) -> None:
+    """Remember a failed attempt in the job's meta (ops show it in `failed list`)."""
+    try:
+        job.meta["failed_attempts"] = int(job.meta.get("failed_attempts", 0)) + 1
+        job.save_meta()
+    except Exception as exc:
+        log.warning("could not count the failed attempt: %s", exc)
 
 
 def _count_batch(pipe: Any, summary: dict[str, Any], seconds: float) -> None:

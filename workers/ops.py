@@ -104,10 +104,14 @@ def failed_registry(redis: Redis, settings: Settings) -> FailedJobRegistry:
 
 
 def _error_line(job: Job) -> str:
+    """The exception line of the job's last traceback ("Type: message")."""
     result = job.latest_result()
-    text = (result.exc_string if result else None) or ""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(no error recorded: abandoned by its worker?)"
+    lines = ((result.exc_string if result else None) or "").splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    for line in lines[frames[-1] + 1 if frames else 0 :]:
+        if line and not line[0].isspace():
+            return line.strip()
+    return "(no error recorded: abandoned by its worker?)"
 
 
 def failed_batches(
@@ -137,7 +141,7 @@ def failed_batches(
             continue
         if until and (failed_at is None or failed_at > until):
             continue
-        attempts = 1 + (job.number_of_retries or 0)
+        attempts = int(meta.get("failed_attempts", 1))
         found.append(
             FailedBatch(
                 job.id, meta.get("push_id", "?"), meta.get("workspace_id", "?"), failed_at, attempts, _error_line(job)

@@ -6,63 +6,24 @@ deterministic; the end-to-end tier runs real worker processes.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import psycopg
-import pytest
 from redis import Redis
 from rq import Queue
 from rq.registry import FailedJobRegistry
 from starlette.testclient import TestClient
 
-import workers.jobs
 from api.app import create_app
 from schema import samples
 from schema.queue import MsgpackSerializer
 from schema.settings import Settings
-from tests.support import count
-from workers import accounts, db as worker_db
-from workers.worker import make_worker
+from tests.support import count, push_json, run_burst_worker
+from workers import accounts
 
-
-@pytest.fixture
-def api_key(db: psycopg.Connection) -> str:
-    accounts.create_workspace(db, "acme")
-    return accounts.create_key(db, "acme")[1]
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture
-def use_worker_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Iterator[Any]:
-    """Point the job's settings at the test servers; return a setter for variants."""
-
-    def set_settings(s: Settings) -> None:
-        monkeypatch.setattr(workers.jobs, "_settings", s)
-        worker_db.close()
-
-    set_settings(settings)
-    yield set_settings
-    worker_db.close()
-
-
-def push(client: TestClient, key: str, records: dict[str, Any], push_id: str) -> Any:
-    return client.post(
-        "/v2/push",
-        content=json.dumps({"push_id": push_id, "data": records}),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-
-
-def run_worker(settings: Settings) -> None:
-    make_worker(settings, connection=Redis.from_url(settings.redis_url)).work(burst=True)
+push = push_json
+run_worker = run_burst_worker
 
 
 def test_pushed_batch_is_written_by_a_worker(

@@ -1,0 +1,244 @@
+"""Operating the service: failed batches, replay, quarantine, status, metrics, back-pressure.
+
+Modelled on RQ's own requeue CLI test: batches fail for real (Postgres refuses
+them), the worker runs in burst mode, they sit in the failed registry, the
+command line moves exactly the chosen ones, and they land once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+import pytest
+from redis import Redis
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
+from starlette.testclient import TestClient
+
+from api.app import create_app
+from schema import samples
+from schema.queue import MsgpackSerializer
+from schema.settings import Settings
+from tests.support import count, push_json, run_burst_worker
+from workers import accounts, cli, ops
+
+
+@pytest.fixture
+def two_workspaces(db: psycopg.Connection) -> dict[str, str]:
+    keys = {}
+    for name in ("alpha", "beta"):
+        accounts.create_workspace(db, name)
+        keys[name] = accounts.create_key(db, name)[1]
+    return keys
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Settings:
+    """The command line reads its settings from the environment, as in production."""
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("JOB_RETRIES", "2")
+    monkeypatch.setenv("JOB_RETRY_BACKOFF_S", "0")
+    return settings
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
+    assert cli.main(["--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def workspace_id(db: psycopg.Connection, name: str) -> str:
+    return accounts.find_workspace(db, name)
+
+
+@pytest.fixture
+def failed_pushes(
+    two_workspaces: dict[str, str],
+    settings: Settings,
+    use_worker_settings: Callable[[Settings], None],
+) -> Iterator[dict[str, str]]:
+    """Three pushes (a1, a2 of alpha; b1 of beta) that failed for real: Postgres kept refusing them."""
+    app_settings = replace(settings, job_retries=1, job_retry_backoff_s=(0,))
+    with TestClient(create_app(app_settings)) as c:
+        for push_id, ws, n in (("a1", "alpha", 1), ("a2", "alpha", 2), ("b1", "beta", 3)):
+            records = {"sessions": [samples.session(n)], "prompts": [samples.prompt(n)]}
+            assert push_json(c, two_workspaces[ws], records, push_id).status_code == 202
+    use_worker_settings(replace(settings, database_url=settings.database_url + "?options=-c%20lock_timeout%3D100"))
+    with psycopg.connect(settings.database_url) as locker:
+        locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        run_burst_worker(settings)
+        locker.rollback()
+    use_worker_settings(settings)
+    yield two_workspaces
+
+
+def test_failed_batches_are_listed_with_their_reason(
+    failed_pushes: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
+) -> None:
+    listed = run_cli(capsys, "failed", "list")
+    assert sorted(b["push_id"] for b in listed) == ["a1", "a2", "b1"]
+    assert all(b["attempts"] == 2 and "LockNotAvailable" in b["error"] for b in listed)
+    beta = run_cli(capsys, "failed", "list", "--workspace", workspace_id(db, "beta"))
+    assert [b["push_id"] for b in beta] == ["b1"]
+    assert run_cli(capsys, "failed", "list", "--since", "2030-01-01T00:00:00Z") == []
+
+
+def test_replay_moves_exactly_the_chosen_batches_and_each_lands_once(
+    failed_pushes: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
+) -> None:
+    dry = run_cli(capsys, "replay", "a1", "--dry-run")
+    assert [b["push_id"] for b in dry["would_replay"]] == ["a1"]
+    assert len(run_cli(capsys, "failed", "list")) == 3  # a dry run moves nothing
+
+    assert run_cli(capsys, "replay", "a1")["replayed"] == 1
+    run_burst_worker(cli_env)
+    assert sorted(b["push_id"] for b in run_cli(capsys, "failed", "list")) == ["a2", "b1"]
+    assert count(db, "sessions") == 1 and count(db, "prompts") == 1
+
+    assert run_cli(capsys, "replay", "--workspace", workspace_id(db, "beta"))["replayed"] == 1
+    run_burst_worker(cli_env)
+    assert [b["push_id"] for b in run_cli(capsys, "failed", "list")] == ["a2"]
+
+    assert run_cli(capsys, "replay", "--all")["replayed"] == 1
+    run_burst_worker(cli_env)
+    assert run_cli(capsys, "failed", "list") == []
+    assert count(db, "sessions") == 3 and count(db, "prompts") == 3
+    statuses = db.execute("SELECT push_id, status FROM pushes ORDER BY push_id").fetchall()
+    assert statuses == [("a1", "processed"), ("a2", "processed"), ("b1", "processed")]
+
+
+def test_replaying_a_batch_that_had_in_fact_committed_writes_nothing_twice(
+    failed_pushes: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
+) -> None:
+    # An abandoned job can have committed before its worker died: run the same job again.
+    run_cli(capsys, "replay", "a1")
+    run_burst_worker(cli_env)
+    before = (count(db, "sessions"), count(db, "prompts"))
+    [attempts_before] = db.execute("SELECT attempts FROM pushes WHERE push_id = 'a1'").fetchone()  # type: ignore[misc]
+    redis = Redis.from_url(cli_env.redis_url)
+    finished = FinishedJobRegistry(cli_env.queue_name, connection=redis, serializer=MsgpackSerializer)
+    [done_id] = finished.get_job_ids()
+    ops.queue_for(redis, cli_env).enqueue_job(Job.fetch(done_id, connection=redis, serializer=MsgpackSerializer))
+    run_burst_worker(cli_env)
+    assert (count(db, "sessions"), count(db, "prompts")) == before
+    assert db.execute("SELECT attempts, status FROM pushes WHERE push_id = 'a1'").fetchone() == (
+        attempts_before + 1,
+        "processed",
+    )
+
+
+def test_quarantine_replay_writes_what_now_passes_and_keeps_the_rest(
+    cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
+) -> None:
+    # Quarantined by an older api (say, before a new platform was allowed): valid now.
+    good = json.dumps(samples.prompt(7)).encode()
+    bad = json.dumps({"prompt_id": "still-broken"}).encode()
+    for index, raw in enumerate((good, bad)):
+        db.execute(
+            "INSERT INTO quarantine (workspace_id, push_id, record_type, record_index, error, raw, received_at)"
+            " VALUES ('ws_q', 'p-old', 'prompts', %s, 'old reason', %s, now())",
+            (index, raw),
+        )
+    listed = run_cli(capsys, "quarantine", "list")
+    assert [r["record"] for r in listed] == ["prompts[0]", "prompts[1]"]
+
+    assert run_cli(capsys, "quarantine", "replay", "--dry-run") == {"dry_run": True, "written": 1, "still_invalid": 1}
+    assert count(db, "prompts") == 0
+    assert run_cli(capsys, "quarantine", "replay") == {"dry_run": False, "written": 1, "still_invalid": 1}
+    assert db.execute("SELECT workspace_id, prompt_id FROM prompts").fetchall() == [("ws_q", "prompt-7")]
+    [(error,)] = db.execute("SELECT error FROM quarantine WHERE replayed_at IS NULL").fetchall()
+    assert error.startswith("prompts[1]: Object missing required field")
+    assert run_cli(capsys, "quarantine", "replay") == {"dry_run": False, "written": 0, "still_invalid": 1}
+    assert count(db, "prompts") == 1
+
+
+def test_push_show_tells_queued_processed_and_failed(
+    failed_pushes: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
+) -> None:
+    alpha = workspace_id(db, "alpha")
+    [shown] = run_cli(capsys, "push", "show", "a1", "--workspace", alpha)
+    assert shown["status"] == "failed" and "LockNotAvailable" in shown["error"]
+    assert shown["failed_job"]["attempts"] == 2
+    run_cli(capsys, "replay", "a1")
+    run_burst_worker(cli_env)
+    [shown] = run_cli(capsys, "push", "show", "a1")
+    assert shown["status"] == "processed" and shown["accepted"] == {"sessions": 1, "prompts": 1}
+
+
+def test_status_and_metrics_after_real_traffic_with_two_worker_processes(
+    two_workspaces: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
+) -> None:
+    accepted = 'selftune_ingest_pushes_total{code="202",outcome="accepted"}'
+    duplicate = 'selftune_ingest_pushes_total{code="200",outcome="duplicate"}'
+    prompts_accepted = 'selftune_ingest_records_accepted_total{type="prompts"}'
+    with TestClient(create_app(cli_env)) as c:
+        # This process's own counters are process-wide: compare against a baseline.
+        base = c.get("/metrics").text
+        for i in range(6):
+            records = {"prompts": [samples.prompt(10 * i + k) for k in range(5)], "sessions": [samples.session(i)]}
+            assert push_json(c, two_workspaces["alpha"], records, f"m{i}").status_code == 202
+        assert push_json(c, two_workspaces["alpha"], {}, "m0").status_code == 200  # duplicate
+        status = run_cli(capsys, "status")
+        assert status["queue_depth"] == 6 and status["lag_seconds"] >= 0
+        before = c.get("/metrics").text
+        assert metric(before, "selftune_ingest_queue_batches") == 6
+        assert metric(before, accepted) - metric(base, accepted, 0) == 6
+        assert metric(before, duplicate) - metric(base, duplicate, 0) == 1
+        assert metric(before, prompts_accepted) - metric(base, prompts_accepted, 0) == 30
+
+        env = {**os.environ, "DATABASE_URL": cli_env.database_url, "REDIS_URL": cli_env.redis_url}
+        subprocess.run(
+            [sys.executable, "-m", "workers.cli", "worker", "-n", "2", "--burst"], env=env, check=True, timeout=60
+        )
+        after = c.get("/metrics").text
+    # Worker-side numbers come from Redis (flushed per test): exact, whichever process wrote.
+    assert metric(after, "selftune_ingest_queue_batches") == 0
+    assert metric(after, 'selftune_ingest_records_written_total{type="prompts"}') == 30
+    assert metric(after, 'selftune_ingest_records_written_total{type="sessions"}') == 6
+    assert metric(after, 'selftune_ingest_batches_total{outcome="processed"}') == 6
+    assert metric(after, "selftune_ingest_batch_write_seconds_count") == 6
+    assert count(db, "prompts") == 30
+    status = run_cli(capsys, "status")
+    assert status["queue_depth"] == 0 and status["written_records_per_s"] >= 0
+
+
+def metric(text: str, name: str, default: float | None = None) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    if default is not None:
+        return default
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_backpressure_refuses_with_retry_after_once_the_queue_is_full(
+    api_key: str, settings: Settings, db: psycopg.Connection
+) -> None:
+    full = replace(settings, max_queue_depth=2)
+    refused_503 = 'selftune_ingest_pushes_total{code="503",outcome="unavailable"}'
+    with TestClient(create_app(full)) as c:
+        base = metric(c.get("/metrics").text, refused_503, 0)
+        assert push_json(c, api_key, {}, "q1").status_code == 202
+        assert push_json(c, api_key, {}, "q2").status_code == 202
+        refused = push_json(c, api_key, {}, "q3")
+        assert refused.status_code == 503
+        assert "MAX_QUEUE_DEPTH" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert push_json(c, api_key, {}, "q1").status_code == 200  # a duplicate is still answered
+        text = c.get("/metrics").text
+    assert metric(text, refused_503) - base == 1
+
+
+def test_readyz_says_why_when_postgres_is_not_migrated(redis_url: str, database_url: str) -> None:
+    bad = replace(Settings.from_env(), redis_url=redis_url, database_url=database_url.rsplit("/", 1)[0] + "/postgres")
+    with TestClient(create_app(bad)) as c:
+        ready = c.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["errors"] == ["postgres: not migrated: run 'selftune-ingest migrate'"]
