@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         return int(args.func(args, settings))
-    except (SettingsError, accounts.AccountError) as exc:
+    except (SettingsError, accounts.AccountError, ValueError) as exc:
         print(f"selftune-ingest: {exc}", file=sys.stderr)
         return 2
 
