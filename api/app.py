@@ -22,7 +22,7 @@ from api.enqueue import Enqueuer
 from api.errors import ApiError, api_error_handler, error_response
 from api.metrics import metrics
 from api.push import push
-from schema import redis_check
+from schema import logs, redis_check
 from schema.migrate import latest_version
 from schema.settings import Settings
 
@@ -140,6 +140,8 @@ def create_app(settings: Settings | None = None, **injected: Any) -> Starlette:
     Tests may inject `redis` (an async client, e.g. fakeredis) and `keys` (an
     object with `async lookup(key) -> ApiKey | None`) to run without servers.
     """
+    if settings is None:  # a real process (not a test): JSON logs
+        logs.configure()
     app = Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)  # type: ignore[arg-type]
     app.state.settings = settings or Settings.from_env()
     app.state.injected = injected

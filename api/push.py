@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ from api.errors import ApiError, unavailable
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED, observe_push
 from schema.envelope import MAX_PUSH_ID_LENGTH, EnvelopeError, ValidatedPush, validate_push
 from schema.queue import BATCH_ENCODER, QueuedBatch
+
+log = logging.getLogger("selftune.push")
 
 REDIS_RETRY_AFTER_S = 5
 BACKPRESSURE_RETRY_AFTER_S = 10  # when the exact depth check (not the watch) refused
@@ -56,9 +59,28 @@ async def push(request: Request) -> Response:
     except ApiError as exc:
         outcome = {503: "unavailable", 429: "rate_limited"}.get(exc.status, "refused")
         observe_push(route, started, exc.status, outcome)
+        _log_push(request, started, exc.status, outcome, error=exc.code)
         raise
-    observe_push(route, started, response.status_code, "accepted" if response.status_code == 202 else "duplicate")
+    outcome = "accepted" if response.status_code == 202 else "duplicate"
+    observe_push(route, started, response.status_code, outcome)
+    _log_push(request, started, response.status_code, outcome)
     return response
+
+
+def _log_push(request: Request, started: float, status: int, outcome: str, error: str | None = None) -> None:
+    """One structured line per push (never the key: only its id)."""
+    facts = getattr(request.state, "push", {})
+    log.info(
+        "push %s",
+        outcome,
+        extra={
+            "status": status,
+            "outcome": outcome,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+            "error": error,
+            **facts,
+        },
+    )
 
 
 async def _push(request: Request) -> Response:
@@ -67,6 +89,7 @@ async def _push(request: Request) -> Response:
     received_at = datetime.now(UTC)
 
     key = await authenticate(request, state.keys)
+    request.state.push = {"workspace_id": key.workspace_id, "key_id": key.key_id}
     gzip = check_content_headers(request)
     body = await read_body(request, gzip, settings.max_body_bytes, settings.max_compressed_body_bytes)
     try:
@@ -80,6 +103,11 @@ async def _push(request: Request) -> Response:
     if envelope.workspace_id is not None and envelope.workspace_id != key.workspace_id:
         raise forbidden_workspace(envelope.workspace_id)
     push_id = _push_id(request, validated)
+    request.state.push |= {
+        "push_id": push_id,
+        "accepted": sum(validated.accepted_counts.values()),
+        "rejected": len(validated.rejected),
+    }
     refusal = state.queue_watch.refusal()
     if refusal is not None:
         reason, retry_after = refusal

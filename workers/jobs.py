@@ -107,6 +107,17 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
             _count(lambda pipe: pipe.hincrby(stats.BATCHES, "failed", 1))
         raise
     _count(lambda pipe: _count_batch(pipe, summary, time.perf_counter() - started))
+    log.info(
+        "batch written",
+        extra={
+            "push_id": batch.push_id,
+            "workspace_id": batch.workspace_id,
+            "outcome": "duplicate" if summary.get("duplicate") else "processed",
+            "accepted": summary.get("accepted"),
+            "rejected": summary.get("rejected"),
+            "write_ms": summary.get("write_ms"),
+        },
+    )
     return summary
 
 

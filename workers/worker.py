@@ -17,7 +17,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from schema import redis_check
+from schema import logs, redis_check
 from schema.queue import MsgpackSerializer
 from schema.settings import Settings
 
@@ -62,7 +62,7 @@ def check_redis(redis: Redis, settings: Settings) -> None:
 
 
 def _work(burst: bool) -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    logs.configure()
     settings = Settings.from_env()
     check_redis(Redis.from_url(settings.redis_url), settings)
     worker = make_worker(settings)

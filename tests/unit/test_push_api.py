@@ -295,3 +295,19 @@ def test_healthz_answers_without_io(settings: Settings) -> None:
 def test_unknown_path_and_method_get_json_errors(client: TestClient) -> None:
     assert_error(client.get("/nope"), 404, "not_found", "no such endpoint")
     assert_error(client.get("/v2/push"), 405, "method_not_allowed", "not allowed")
+
+
+def test_every_push_is_logged_as_json_with_its_outcome_and_never_the_key(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    from schema.logs import JsonFormatter
+
+    with caplog.at_level("INFO", logger="selftune.push"):
+        post(client, {"push_id": "logged", "data": {"sessions": [session(1)]}})
+        post(client, {"data": {}}, key="st_live_" + "z" * 43)
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == "selftune.push"]
+    assert [(entry["status"], entry["outcome"]) for entry in lines] == [(202, "accepted"), (401, "refused")]
+    assert lines[0]["push_id"] == "logged" and lines[0]["workspace_id"] == WORKSPACE
+    assert lines[0]["accepted"] == 1 and lines[0]["key_id"] == "key_1"
+    text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    assert KEY not in text and "z" * 43 not in text
