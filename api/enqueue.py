@@ -21,15 +21,31 @@ from schema import stats
 from schema.queue import INGEST_JOB, MsgpackSerializer, dedupe_key, job_description
 from schema.settings import Settings
 
-# KEYS: dedupe key, job hash, queue list, RQ's set of queues, accepted-records rate bucket.
-# ARGV: answer, answer ttl, job id, queue key, max depth, records, rate ttl, then the job hash.
-# Returns {"dup", first answer} | {"full", depth} | {"ok", depth}.
+# KEYS: 1 dedupe key, 2 job hash, 3 queue list, 4 RQ's set of queues,
+#       5 accepted-records rate bucket, 6 the API key's token bucket.
+# ARGV: 1 answer, 2 answer ttl, 3 job id, 4 queue key, 5 max depth, 6 records,
+#       7 rate bucket ttl, 8 pushes/s allowed per key (0: no limit), 9 burst,
+#       10... the job hash as field, value pairs.
+# Returns {"dup", first answer} | {"full", depth} | {"slow", seconds} | {"ok", depth}.
 _ENQUEUE_ONCE = """
 local prior = redis.call('GET', KEYS[1])
 if prior then return {'dup', prior} end
 local depth = redis.call('LLEN', KEYS[3])
 if depth >= tonumber(ARGV[5]) then return {'full', depth} end
-redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+local rate = tonumber(ARGV[8])
+if rate > 0 then
+  local burst = tonumber(ARGV[9])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local bucket = redis.call('HMGET', KEYS[6], 'tokens', 'ts')
+  local tokens = tonumber(bucket[1]) or burst
+  local last = tonumber(bucket[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+  if tokens < 1 then return {'slow', tostring(math.ceil((1 - tokens) / rate))} end
+  redis.call('HSET', KEYS[6], 'tokens', tostring(tokens - 1), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[6], math.ceil(burst / rate) + 1)
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 10))
 redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
@@ -37,6 +53,14 @@ redis.call('INCRBY', KEYS[5], tonumber(ARGV[6]))
 redis.call('EXPIRE', KEYS[5], tonumber(ARGV[7]))
 return {'ok', depth + 1}
 """
+
+
+class RateLimited(Exception):
+    """The API key is over its rate limit: the push was not enqueued."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
 
 
 class QueueFull(Exception):
@@ -69,11 +93,12 @@ class Enqueuer:
         return self._queue.key
 
     async def enqueue_once(
-        self, workspace_id: str, push_id: str, payload: bytes, answer: bytes, records: int
+        self, key_id: str, workspace_id: str, push_id: str, payload: bytes, answer: bytes, records: int
     ) -> bytes | None:
         """Enqueue the payload unless this push id was accepted before; return the earlier answer if so.
 
-        Raises QueueFull when the queue is at its depth limit.
+        Raises QueueFull when the queue is at its depth limit, RateLimited when
+        the key is over RATE_LIMIT_PUSHES_PER_S (a duplicate is answered either way).
         """
         job = self._queue.create_job(
             INGEST_JOB,
@@ -96,12 +121,16 @@ class Enqueuer:
             self._queue.key,
             Queue.redis_queues_keys,
             stats.rate_key("accepted_records"),
+            f"selftune:ratelimit:{key_id}",
         ]
         s = self._settings
         args = [answer, s.push_dedupe_ttl_s, job.id, self._queue.key, s.max_queue_depth, records, stats.RATE_TTL_S]
+        args += [s.rate_limit_pushes_per_s, s.rate_limit_burst]
         outcome, value = await self._script(keys=keys, args=[*args, *fields])
         if outcome == b"dup":
             return value  # type: ignore[no-any-return]
         if outcome == b"full":
             raise QueueFull(int(value))
+        if outcome == b"slow":
+            raise RateLimited(int(value))
         return None

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from api.auth import authenticate, forbidden_workspace
 from api.body import check_content_headers, read_body
-from api.enqueue import QueueFull
+from api.enqueue import QueueFull, RateLimited
 from api.errors import ApiError, unavailable
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED, observe_push
 from schema.envelope import MAX_PUSH_ID_LENGTH, EnvelopeError, ValidatedPush, validate_push
@@ -134,7 +134,17 @@ async def _push(request: Request) -> Response:
     payload = BATCH_ENCODER.encode(batch)
     accepted_records = sum(answer.accepted.values())
     try:
-        prior = await state.enqueuer.enqueue_once(key.workspace_id, push_id, payload, answer_bytes, accepted_records)
+        prior = await state.enqueuer.enqueue_once(
+            key.key_id, key.workspace_id, push_id, payload, answer_bytes, accepted_records
+        )
+    except RateLimited as exc:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"this API key is over its rate limit ({settings.rate_limit_pushes_per_s:g} pushes/s,"
+            f" burst {settings.rate_limit_burst}, RATE_LIMIT_PUSHES_PER_S); retry after {exc.retry_after_s} s",
+            {"Retry-After": str(exc.retry_after_s)},
+        ) from None
     except QueueFull as exc:
         raise unavailable(f"back-pressure: {exc} (MAX_QUEUE_DEPTH); retry later", BACKPRESSURE_RETRY_AFTER_S) from None
     except (RedisError, OSError) as exc:

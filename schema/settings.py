@@ -77,6 +77,9 @@ class Settings:
     job_retry_backoff_s: tuple[int, ...]  # ...after these pauses (last one repeats)
     failed_ttl_s: int  # how long a failed batch stays in RQ's failed registry
     worker_maintenance_interval_s: int  # how often a worker requeues abandoned batches
+    # Per API key: a token bucket in Redis (429 past it). 0 disables the limit.
+    rate_limit_pushes_per_s: float
+    rate_limit_burst: int
     # Back-pressure: pushes are refused (503) past either bound.
     max_queue_depth: int  # queued batches
     max_queue_lag_s: float  # age of the oldest queued batch
@@ -103,6 +106,8 @@ class Settings:
             job_retry_backoff_s=tuple(int(s) for s in backoff.split(",")),
             failed_ttl_s=_int("FAILED_TTL_S", 30 * 24 * 3600, 1),
             worker_maintenance_interval_s=_int("WORKER_MAINTENANCE_INTERVAL_S", 60, 1),
+            rate_limit_pushes_per_s=_float("RATE_LIMIT_PUSHES_PER_S", 10.0),
+            rate_limit_burst=_int("RATE_LIMIT_BURST", 60, 1),
             max_queue_depth=_int("MAX_QUEUE_DEPTH", 100_000, 1),
             max_queue_lag_s=_float("MAX_QUEUE_LAG_S", 600.0, 1.0),
             redis_require_durable=_bool("REDIS_REQUIRE_DURABLE", False),

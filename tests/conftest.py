@@ -28,7 +28,7 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:56379/1")
 
 _TABLES = (
     "workspaces, api_keys, pushes, quarantine, sessions, prompts, skill_invocations, execution_facts,"
-    " normalization_runs, evolution_evidence, orchestrate_runs, grading_results, improvement_signals"
+    " normalization_runs, evolution_evidence, orchestrate_runs, grading_results, improvement_signals, device_codes"
 )
 
 

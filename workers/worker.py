@@ -34,6 +34,14 @@ class IngestWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(job.timeout or 180) + ABANDONED_GRACE_S
 
+    @property
+    def dequeue_timeout(self) -> int:
+        # RQ runs maintenance (which retries abandoned batches) only between
+        # waits for a job, and an idle wait lasts up to worker_ttl - 15 s (6+ min).
+        # Wait at most one maintenance interval, so a dead worker's batch is
+        # retried within timeout + grace + interval.
+        return max(1, min(super().dequeue_timeout, int(self.maintenance_interval)))
+
 
 def make_worker(settings: Settings, connection: Redis | None = None, name: str | None = None) -> IngestWorker:
     """A worker on the ingest queue, speaking the api's job serializer."""

@@ -46,7 +46,7 @@ def push_row(conn: psycopg.Connection, workspace_id: str, push_id: str) -> tuple
 
 def all_processed(conn: psycopg.Connection, workspace_id: str, push_ids: list[str]) -> bool:
     """True once every push is 'processed'; a push marked 'failed' fails the test at once."""
-    rows = dict(
+    rows: dict[str, str] = dict(
         conn.execute(
             "SELECT push_id, status || coalesce(': ' || error, '') FROM pushes"
             " WHERE workspace_id = %s AND push_id = ANY(%s)",

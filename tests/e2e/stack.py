@@ -96,7 +96,11 @@ class Account:
 
 
 class PostgresServer:
-    """Stops and starts the test PostgreSQL for real (its data directory is TEST_PG_DATA)."""
+    """Stops and starts the test PostgreSQL for real.
+
+    TEST_PG_DATA must be the cluster that `scripts/services.sh up test` starts
+    (by default it is: `<repo>/.data/test/postgres`).
+    """
 
     def __init__(self, data_dir: Path = TEST_PG_DATA) -> None:
         self.data_dir = data_dir
@@ -105,19 +109,17 @@ class PostgresServer:
     def stop(self) -> None:
         as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         self.stopped = True
-        subprocess.run(
-            [*as_owner, str(PGBIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        _run([*as_owner, str(PGBIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
 
     def start(self) -> None:
         """`scripts/services.sh up test`: idempotent, and waits until the server accepts connections."""
-        subprocess.run(
-            [str(REPO / "scripts" / "services.sh"), "up", "test"], check=True, capture_output=True, timeout=120
-        )
+        _run([str(REPO / "scripts" / "services.sh"), "up", "test"])
         self.stopped = False
+
+
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(argv)} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
 
 
 def free_port() -> int:
@@ -159,20 +161,36 @@ class Stack:
         except httpx2.TransportError:
             return False
 
-    def wait_until(self, condition: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
-        """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` s."""
+    def wait_until(
+        self,
+        condition: Callable[[], T],
+        what: str,
+        timeout: float = WAIT_S,
+        explain: Callable[[], str] | None = None,
+    ) -> T:
+        """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` s.
+
+        The failure message adds `explain()` (the state the test was waiting on) and the logs.
+        """
         deadline = time.monotonic() + timeout
         while True:
             result = condition()
             if result:
                 return result
             if time.monotonic() >= deadline:
-                raise AssertionError(f"waited {timeout:g} s for: {what}{self.logs()}")
+                state = f"\n{explain()}" if explain else ""
+                raise AssertionError(f"waited {timeout:g} s for: {what}{state}{self.logs()}")
             time.sleep(POLL_S)
 
     def logs(self) -> str:
         return "".join(f"\n--- {s.name} (pid {s.pid}) log, last lines ---\n{s.tail()}" for s in self.services)
 
     def stop_all(self) -> None:
+        """Stop every process, even if stopping one of them fails."""
+        errors = []
         for service in reversed(self.services):
-            service.stop()
+            try:
+                service.stop()
+            except Exception as exc:
+                errors.append(f"{service.name} (pid {service.pid}): {exc!r}")
+        assert not errors, f"could not stop: {errors}"

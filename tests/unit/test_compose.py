@@ -6,11 +6,18 @@ their service names with the credentials the postgres service creates, the app
 starts only after a successful migration, the image runs the Procfile's web
 process, and every environment variable given to the app is one the settings
 actually read (a misspelt name would be silently ignored).
+
+The optional "monitoring" profile (Prometheus and Grafana, files under deploy/):
+neither starts on a plain `docker compose up`, every file they mount is in the
+repo, Prometheus scrapes the api where compose runs it, Grafana's provisioning
+points at what is mounted, and every PromQL expression in the dashboard and the
+alerts names only metrics that api/metrics.py exports.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shlex
 from pathlib import Path
@@ -25,6 +32,17 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 APP_SERVICES = ("migrate", "api", "worker")
 RUNNING_APP_SERVICES = ("api", "worker")
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus.yml"
+ALERTS_FILE = DEPLOY / "alerts.yml"
+DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "selftune-ingest.json"
+GRAFANA_DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+GRAFANA_DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "selftune.yml"
+MONITORING_SERVICES = ("prometheus", "grafana")
+MONITORING_PROFILE = "monitoring"
+PROMETHEUS_DEFAULT_CONFIG = "/etc/prometheus/prometheus.yml"  # the image's default --config.file
+PROMETHEUS_PORT = 9090
+METRIC_NAME = re.compile(r"\bselftune_ingest_[a-zA-Z0-9_]+")
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +234,328 @@ def test_app_env_vars_are_read_by_settings(services: dict[str, dict[str, Any]], 
     assert given, f"{name} gets no environment"
     unknown = given - known
     assert not unknown, f"{name} sets {sorted(unknown)}, which schema/settings.py never reads"
+
+
+# --- the "monitoring" profile: Prometheus, Grafana and the files under deploy/ ---
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), f"{path.relative_to(ROOT)} is not a mapping"
+    return data
+
+
+def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source as written, container path, read-only) for each bind mount; named volumes are left out."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            if volume.get("type") == "bind":
+                mounts.append((volume["source"], volume["target"], bool(volume.get("read_only"))))
+            continue
+        source, target, *mode = str(volume).split(":")
+        if source.startswith((".", "/")):
+            mounts.append((source, target, "ro" in ",".join(mode).split(",")))
+    return mounts
+
+
+def _container_to_repo(service: dict[str, Any], container_path: str) -> Path | None:
+    """The repo file or directory that a service sees at container_path, through its bind mounts."""
+    for source, target, _ in _bind_mounts(service):
+        target = target.rstrip("/")
+        if container_path == target or container_path.startswith(target + "/"):
+            return (ROOT / source / container_path[len(target) :].lstrip("/")).resolve()
+    return None
+
+
+def _flag(argv: list[str], name: str, default: str) -> str:
+    """The value of a `--name=value` or `--name value` flag."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+    return default
+
+
+def _container_ports(service: dict[str, Any]) -> set[int]:
+    """Container-side ports that a service publishes ("[ip:]host:container[/proto]" or long syntax)."""
+    ports = set()
+    for port in service.get("ports", []):
+        spec = str(port["target"]) if isinstance(port, dict) else str(port)
+        ports.add(int(spec.split("/")[0].rsplit(":", 1)[-1]))
+    return ports
+
+
+def _api_port(services: dict[str, dict[str, Any]]) -> str:
+    argv = _argv(services["api"].get("command")) or _dockerfile_cmd(DOCKERFILE)
+    return argv[argv.index("--port") + 1] if "--port" in argv else "8000"
+
+
+def _prometheus_listen_port(service: dict[str, Any]) -> int:
+    address = _flag(_argv(service.get("command")), "--web.listen-address", f"0.0.0.0:{PROMETHEUS_PORT}")
+    return int(address.rsplit(":", 1)[-1])
+
+
+def _duration_s(text: str) -> float:
+    """A Prometheus duration such as 90s, 5m or 1h30m, in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a Prometheus duration: {text!r}"
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def _dashboard() -> dict[str, Any]:
+    data = json.loads(DASHBOARD_FILE.read_text())
+    return data.get("dashboard", data)  # an export wrapped for the HTTP API has it one level down
+
+
+def _panels(container: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel, including those inside collapsed rows."""
+    out = []
+    for panel in container.get("panels", []):
+        out.append(panel)
+        out.extend(_panels(panel))
+    return out
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in _load_yaml(ALERTS_FILE).get("groups", []) for rule in group.get("rules", [])]
+
+
+def _promql_expressions() -> list[tuple[str, str]]:
+    """(where, expression) for every PromQL expression in the dashboard and the alerting rules."""
+    exprs = [
+        (f"dashboard panel {panel.get('title')!r}", str(target["expr"]))
+        for panel in _panels(_dashboard())
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ]
+    exprs += [(f"rule {rule.get('alert') or rule.get('record')!r}", str(rule["expr"])) for rule in _alert_rules()]
+    return exprs
+
+
+def _exported_series_names() -> set[str]:
+    """The series names that GET /metrics can carry, from api/metrics.py itself.
+
+    The api's own Counter and Histogram objects, plus the families that
+    SharedStateCollector builds (run on an empty queue snapshot), expanded the
+    way prometheus-client writes them: `_total` for counters, `_bucket`, `_sum`
+    and `_count` for histograms (and `_created` for both).
+    """
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from api import metrics
+    from schema.queue_state import QueueState
+
+    own = [f for obj in vars(metrics).values() if isinstance(obj, MetricWrapperBase) for f in obj.collect()]
+    shared = list(metrics.SharedStateCollector(QueueState(0, 0.0, 0, 0, 0, 0, 0, {}), {}).collect())
+    assert own, "found no prometheus-client metric objects in api/metrics.py"
+    assert shared, "SharedStateCollector yielded no metric families"
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+        "info": ("_info",),
+    }
+    return {family.name + s for family in own + shared for s in suffixes.get(family.type, ("",))}
+
+
+def test_monitoring_services_are_only_in_the_monitoring_profile(services: dict[str, dict[str, Any]]) -> None:
+    for name in MONITORING_SERVICES:
+        assert name in services, f"docker-compose.yml has no {name} service"
+        assert services[name].get("profiles") == [MONITORING_PROFILE], (
+            f"{name} must be only in the {MONITORING_PROFILE!r} profile, has {services[name].get('profiles')}"
+        )
+    default = {name for name, s in services.items() if not s.get("profiles")}
+    assert {"postgres", "redis", "migrate", "api", "worker"} <= default, (
+        "the core services must start on a plain `docker compose up` (no profile)"
+    )
+    for name in sorted(default):
+        needs = set(_depends_on(services[name])) & set(MONITORING_SERVICES)
+        assert not needs, f"{name} depends on {sorted(needs)}, which a plain `docker compose up` does not start"
+
+
+@pytest.mark.parametrize("name", MONITORING_SERVICES)
+def test_monitoring_mounts_are_repo_files_read_only(services: dict[str, dict[str, Any]], name: str) -> None:
+    mounts = _bind_mounts(services[name])
+    assert mounts, f"{name} mounts nothing from the repo"
+    for source, target, read_only in mounts:
+        path = (ROOT / source).resolve()
+        assert path.is_relative_to(ROOT), f"{name} mounts {source}, outside the repo"
+        assert path.exists(), f"{name} mounts {source} at {target}, which is not in the repo"
+        assert read_only, f"{name} must mount {source} read-only (:ro)"
+
+
+def test_prometheus_loads_the_config_and_alerts_from_the_repo(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    config_path = _flag(_argv(prometheus.get("command")), "--config.file", PROMETHEUS_DEFAULT_CONFIG)
+    assert _container_to_repo(prometheus, config_path) == PROMETHEUS_CONFIG, (
+        f"prometheus reads {config_path}, which is not deploy/prometheus.yml through a mount"
+    )
+    rule_files = _load_yaml(PROMETHEUS_CONFIG).get("rule_files") or []
+    seen = set()
+    for rule_file in rule_files:
+        # Relative rule_files are resolved against the config file's directory.
+        in_container = posixpath.normpath(posixpath.join(posixpath.dirname(config_path), rule_file))
+        repo_path = _container_to_repo(prometheus, in_container)
+        assert repo_path is not None and repo_path.is_file(), (
+            f"rule file {rule_file} ({in_container} in the container) is not a mounted repo file"
+        )
+        seen.add(repo_path)
+    assert ALERTS_FILE in seen, f"deploy/prometheus.yml does not load deploy/alerts.yml (rule_files: {rule_files})"
+
+
+def test_prometheus_scrapes_the_api_service(services: dict[str, dict[str, Any]]) -> None:
+    from api.app import routes
+    from api.metrics import metrics
+
+    config = _load_yaml(PROMETHEUS_CONFIG)
+    expected = f"api:{_api_port(services)}"
+    jobs = [
+        job
+        for job in config.get("scrape_configs", [])
+        if expected in [t for static in job.get("static_configs", []) for t in static.get("targets", [])]
+    ]
+    assert len(jobs) == 1, f"deploy/prometheus.yml must scrape {expected} (the compose api service) in one job"
+    job = jobs[0]
+    path = job.get("metrics_path", "/metrics")
+    served = {getattr(r, "path", None) for r in routes if getattr(r, "endpoint", None) is metrics}
+    assert path in served, f"prometheus scrapes {path}, the api serves its metrics on {sorted(map(str, served))}"
+    interval = job.get("scrape_interval") or config.get("global", {}).get("scrape_interval", "1m")
+    assert _duration_s(interval) == 15, f"scrape interval is {interval}, want 15s"
+    for static in (s for j in config.get("scrape_configs", []) for s in j.get("static_configs", [])):
+        for target in static.get("targets", []):
+            host = target.rsplit(":", 1)[0]
+            assert host in services, f"scrape target {target}: {host} is not a compose service"
+
+
+def test_promql_names_only_exported_metrics() -> None:
+    exported = _exported_series_names()
+    exprs = _promql_expressions()
+    assert exprs, "no PromQL expression found in the dashboard or the alerts"
+    used: dict[str, list[str]] = {}
+    for where, expr in exprs:
+        for name in METRIC_NAME.findall(expr):
+            used.setdefault(name, []).append(where)
+    assert used, "no expression names a selftune_ingest_ metric"
+    unknown = {name: wheres for name, wheres in used.items() if name not in exported}
+    assert not unknown, f"expressions name metrics that api/metrics.py does not export: {unknown}"
+    blind = [where for where, expr in exprs if where.startswith("dashboard") and not METRIC_NAME.search(expr)]
+    assert not blind, f"dashboard queries that graph no selftune_ingest_ metric: {blind}"
+
+
+def test_histogram_quantiles_aggregate_buckets_by_le() -> None:
+    quantile_exprs = [(w, e) for w, e in _promql_expressions() if "histogram_quantile" in e]
+    assert quantile_exprs, "no latency quantiles in the dashboard"
+    for where, expr in quantile_exprs:
+        quantile = re.search(r"histogram_quantile\(\s*([0-9.]+)\s*,", expr)
+        assert quantile and 0 < float(quantile.group(1)) < 1, f"{where}: bad quantile in {expr}"
+        names = METRIC_NAME.findall(expr)
+        assert names and all(n.endswith("_bucket") for n in names), f"{where}: quantile not over _bucket: {expr}"
+        groupings = [{label.strip() for label in g.split(",")} for g in re.findall(r"\bby\s*\(([^)]*)\)", expr)]
+        assert groupings and all("le" in g for g in groupings), f"{where}: buckets must be summed by (le): {expr}"
+        assert re.search(r"\b(rate|irate|increase)\(", expr), f"{where}: quantile over raw counters: {expr}"
+    titles = {w for w, _ in quantile_exprs}
+    for histogram in ("selftune_ingest_request_duration_seconds", "selftune_ingest_batch_write_seconds"):
+        for q in ("0.5", "0.99"):
+            assert any(f"histogram_quantile({q}," in e and histogram in e for _, e in quantile_exprs), (
+                f"no p{float(q) * 100:g} of {histogram} among {sorted(titles)}"
+            )
+
+
+def test_dashboard_has_queue_depth_and_lag_panels() -> None:
+    dashboard = _dashboard()
+    assert dashboard.get("uid"), "the dashboard needs a fixed uid (links and provisioning rely on it)"
+    assert dashboard.get("schemaVersion", 0) >= 36, f"schemaVersion {dashboard.get('schemaVersion')} is too old"
+    panels = _panels(dashboard)
+
+    def panel_graphing(metric: str) -> dict[str, Any]:
+        found = [p for p in panels if any(metric in str(t.get("expr", "")) for t in p.get("targets", []))]
+        assert found, f"no dashboard panel graphs {metric}"
+        return found[0]
+
+    depth = panel_graphing("selftune_ingest_queue_batches")
+    lag = panel_graphing("selftune_ingest_queue_lag_seconds")
+    for panel in (depth, lag):
+        assert panel.get("gridPos", {}).get("y") == 0, f"panel {panel.get('title')!r} must be in the top row"
+    assert depth is not lag, "queue depth and lag need panels of their own (batches and seconds differ)"
+    assert lag.get("fieldConfig", {}).get("defaults", {}).get("unit") == "s", "the lag panel's unit must be seconds"
+
+
+def test_dashboard_uses_the_provisioned_datasource() -> None:
+    datasources = _load_yaml(GRAFANA_DATASOURCES).get("datasources", [])
+    uids = {d["uid"] for d in datasources if d.get("type") == "prometheus" and d.get("uid")}
+    assert uids, "the provisioned Prometheus datasource needs a fixed uid"
+    dashboard = _dashboard()
+    variables = {v["name"]: v for v in dashboard.get("templating", {}).get("list", []) if v.get("type") == "datasource"}
+    for panel in _panels(dashboard):
+        if panel.get("type") == "row":
+            continue
+        for ref in [panel.get("datasource"), *(t.get("datasource") for t in panel.get("targets", []))]:
+            assert isinstance(ref, dict), f"panel {panel.get('title')!r} does not name its datasource"
+            uid = str(ref.get("uid"))
+            var = re.fullmatch(r"\$\{?(\w+)\}?", uid)
+            if var:
+                variable = variables.get(var.group(1))
+                assert variable and variable.get("query") == "prometheus", (
+                    f"panel {panel.get('title')!r} uses {uid}, not a Prometheus datasource variable"
+                )
+                uid = str(variable.get("current", {}).get("value"))
+            assert uid in uids, f"panel {panel.get('title')!r} uses datasource {uid}, provisioned are {sorted(uids)}"
+
+
+def test_grafana_datasource_is_the_compose_prometheus(services: dict[str, dict[str, Any]]) -> None:
+    datasources = [d for d in _load_yaml(GRAFANA_DATASOURCES).get("datasources", []) if d.get("type") == "prometheus"]
+    assert datasources, "no Prometheus datasource is provisioned"
+    port = _prometheus_listen_port(services["prometheus"])
+    assert port in _container_ports(services["prometheus"]), f"prometheus listens on {port} but does not publish it"
+    for datasource in datasources:
+        url = urlsplit(datasource.get("url", ""))
+        assert url.hostname == "prometheus", f"the datasource must reach the prometheus service, not {url.hostname}"
+        assert (url.port or 80) == port, f"the datasource uses port {url.port}, prometheus listens on {port}"
+
+
+def test_grafana_provisions_the_mounted_dashboards(services: dict[str, dict[str, Any]]) -> None:
+    grafana = services["grafana"]
+    env = _environment(grafana)
+    provisioning = env.get("GF_PATHS_PROVISIONING", "/etc/grafana/provisioning")
+    for repo_file in (GRAFANA_DATASOURCES, GRAFANA_DASHBOARD_PROVIDERS):
+        in_container = f"{provisioning}/{repo_file.relative_to(DEPLOY / 'grafana' / 'provisioning')}"
+        assert _container_to_repo(grafana, in_container) == repo_file, (
+            f"grafana does not see {repo_file.relative_to(ROOT)} at {in_container}, where it reads provisioning"
+        )
+    providers = [p for p in _load_yaml(GRAFANA_DASHBOARD_PROVIDERS).get("providers", []) if p.get("type") == "file"]
+    assert providers, "no file dashboard provider"
+    for provider in providers:
+        path = provider.get("options", {}).get("path", "")
+        repo_dir = _container_to_repo(grafana, path)
+        assert repo_dir is not None and repo_dir.is_dir(), f"the provider reads {path}, which is not a mounted repo dir"
+        assert DASHBOARD_FILE.resolve().is_relative_to(repo_dir), f"{path} does not hold {DASHBOARD_FILE.name}"
+    home = env.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if home:
+        repo_file = _container_to_repo(grafana, home)
+        assert repo_file is not None and repo_file.is_file(), f"the home dashboard {home} is not a mounted repo file"
+
+
+def test_alert_rules_are_complete_and_cover_the_runbook() -> None:
+    alerts = [rule for rule in _alert_rules() if "alert" in rule]
+    assert alerts, "deploy/alerts.yml has no alerting rule"
+    for rule in alerts:
+        name = rule["alert"]
+        assert rule.get("expr"), f"{name} has no expr"
+        assert _duration_s(str(rule.get("for", ""))) > 0, f"{name} needs a `for:` so one bad scrape does not page"
+        assert (rule.get("labels") or {}).get("severity") in {"info", "warning", "critical"}, f"{name} has no severity"
+        annotations = rule.get("annotations") or {}
+        assert annotations.get("summary") and annotations.get("description"), f"{name} needs summary and description"
+    # (what the alert watches, shortest acceptable `for:` in seconds, what its expression must contain)
+    required = [
+        ("queue lag above 300 s", 300, ("selftune_ingest_queue_lag_seconds", "300")),
+        ("failed batches", 600, ("selftune_ingest_failed_batches", "> 0")),
+        ("no busy or idle workers", 120, ("selftune_ingest_workers", "== 0")),
+        ("503 rate", 60, ("selftune_ingest_pushes_total", 'code="503"')),
+    ]
+    for what, min_for, needles in required:
+        matching = [r for r in alerts if all(n in str(r["expr"]) for n in needles)]
+        assert matching, f"no alert on {what} (an expr containing {needles})"
+        assert any(_duration_s(str(r["for"])) >= min_for for r in matching), f"the {what} alert's `for:` is too short"

@@ -311,3 +311,15 @@ def test_every_push_is_logged_as_json_with_its_outcome_and_never_the_key(
     assert lines[0]["accepted"] == 1 and lines[0]["key_id"] == "key_1"
     text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
     assert KEY not in text and "z" * 43 not in text
+
+
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after(settings: Settings, server: fakeredis.FakeServer) -> None:
+    limited = replace(settings, rate_limit_pushes_per_s=0.5, rate_limit_burst=2)
+    with make_client(limited, fakeredis.FakeAsyncRedis(server=server)) as client:
+        assert post(client, {"push_id": "r1", "data": {}}).status_code == 202
+        assert post(client, {"push_id": "r2", "data": {}}).status_code == 202
+        refused = post(client, {"push_id": "r3", "data": {}})
+        assert_error(refused, 429, "rate_limited", "RATE_LIMIT_PUSHES_PER_S")
+        assert 1 <= int(refused.headers["retry-after"]) <= 2
+        assert post(client, {"push_id": "r1", "data": {}}).status_code == 200  # duplicates are still answered
+        assert post(client, {"push_id": "o1", "data": {}}, key=OTHER_KEY).status_code == 202  # per key

@@ -1,0 +1,290 @@
+"""The benchmark's own stack on 127.0.0.1: its database, its Redis, its api and workers.
+
+- Postgres: the dev cluster (127.0.0.1:5432, `scripts/services.sh up dev`), in a
+  database of its own, `selftune_bench`, created and migrated here, truncated
+  between phases. The test database and the dev database are never touched.
+- Redis: a redis-server started here on a free port, with its data in a
+  temporary directory, configured as production (append-only, everysec,
+  noeviction), and shut down at the end.
+- The api (one uvicorn process, uvloop, httptools, no access log), the raw
+  Redis baseline endpoint (same), and `selftune-ingest worker -n N`.
+
+Every process runs in a session of its own and is stopped (SIGTERM, then
+SIGKILL) by its process group id, however the benchmark ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from redis import Redis
+
+from bench import procstat
+from schema.migrate import migrate
+from workers import accounts
+from workers.tables import TABLES
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+BENCH_DB = "selftune_bench"
+QUEUE_KEY = "rq:queue:ingest"
+STOP_S = 15.0
+
+# Tables emptied between phases (accounts stay).
+DATA_TABLES = ["pushes", "quarantine", *(t.name for t in TABLES.values())]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, condition, timeout: float = 30.0, proc: Service | None = None):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            value = condition()
+            if value:
+                return value
+        if proc is not None and not proc.alive():
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.proc.returncode} while waiting for {what}:\n{proc.tail()}"
+            )
+        if time.monotonic() > deadline:
+            extra = f"\n{proc.tail()}" if proc else ""
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}{extra}")
+        time.sleep(0.05)
+
+
+class Service:
+    """A started process (its own session), with its log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=STOP_S)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=STOP_S)
+
+
+def _http_ok(port: int, path: str = "/healthz") -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        return s.recv(64).startswith(b"HTTP/1.1 200")
+
+
+class Stack:
+    """Everything the benchmark starts; `close()` stops all of it."""
+
+    def __init__(self, admin_url: str = DEFAULT_ADMIN_URL, workers: int = 4, keep_logs: bool = False) -> None:
+        self.admin_url = admin_url
+        self.workers_n = workers
+        self.tmp = Path(tempfile.mkdtemp(prefix="selftune-bench-"))
+        self.keep_logs = keep_logs
+        parts = urlsplit(admin_url)
+        self.database_url = urlunsplit(parts._replace(path="/" + BENCH_DB))
+        self.redis: Service | None = None
+        self.redis_port = 0
+        self.api: Service | None = None
+        self.api_port = 0
+        self.raw: Service | None = None
+        self.raw_port = 0
+        self.worker: Service | None = None
+        self.workspaces: list[str] = []
+        self.keys: list[str] = []
+        self.postmaster_pid = 0
+        self._db: psycopg.Connection | None = None
+        self._redis_client: Redis | None = None
+
+    # -- environment -----------------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            # The load stands for many CLIs, sent with a few keys: no per-key rate limit.
+            "RATE_LIMIT_PUSHES_PER_S": "0",
+        }
+
+    # -- Postgres -----------------------------------------------------------------------
+
+    def setup_database(self, workspaces: int) -> None:
+        """Create and migrate selftune_bench; fresh workspaces and keys; find the cluster's postmaster."""
+        try:
+            admin = psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            raise RuntimeError(
+                f"cannot reach Postgres at {self.admin_url} ({exc}).\n"
+                "Start the dev services with `scripts/services.sh up dev` (or pass --pg-admin-url)."
+            ) from None
+        with admin:
+            exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone()
+            if not exists:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
+        conn = psycopg.connect(self.database_url, connect_timeout=5)
+        migrate(conn)
+        conn.close()
+        self._db = psycopg.connect(self.database_url, autocommit=True)
+        self._db.execute("SET timezone TO 'UTC'")
+        backend = self._db.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        self.postmaster_pid = procstat.ppid_of(backend) or 0
+        if not self.postmaster_pid or not Path(f"/proc/{self.postmaster_pid}").exists():
+            raise RuntimeError("Postgres must run on this machine (its CPU is read from /proc)")
+        tables = sql.SQL(", ").join(sql.Identifier(t) for t in [*DATA_TABLES, "api_keys", "workspaces"])
+        self._db.execute(sql.SQL("TRUNCATE {} CASCADE").format(tables))
+        self.workspaces, self.keys = [], []
+        for i in range(workspaces):
+            ws = accounts.create_workspace(self._db, f"bench-{i}")
+            _, key = accounts.create_key(self._db, ws)
+            self.workspaces.append(ws)
+            self.keys.append(key)
+
+    @property
+    def db(self) -> psycopg.Connection:
+        assert self._db is not None
+        return self._db
+
+    def truncate(self) -> None:
+        """Empty the record tables, pushes and quarantine; checkpoint so no checkpoint lands mid-phase."""
+        tables = sql.SQL(", ").join(sql.Identifier(t) for t in DATA_TABLES)
+        self.db.execute(sql.SQL("TRUNCATE {}").format(tables))
+        with contextlib.suppress(psycopg.Error):  # needs superuser; skipped if the admin URL is not one
+            self.db.execute("CHECKPOINT")
+
+    # -- Redis -----------------------------------------------------------------------
+
+    def start_redis(self) -> None:
+        if not shutil.which("redis-server"):
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.redis_port = free_port()
+        data = self.tmp / "redis"
+        data.mkdir()
+        argv = [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--dir", str(data),
+            "--daemonize", "no", "--appendonly", "yes", "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction", "--save", "", "--protected-mode", "yes",
+        ]  # fmt: skip
+        self.redis = Service("redis", argv, self.env(), self.tmp)
+        client = Redis.from_url(self.redis_url)
+        wait_for("redis to answer PING", client.ping, proc=self.redis)
+        self._redis_client = client
+
+    @property
+    def r(self) -> Redis:
+        assert self._redis_client is not None
+        return self._redis_client
+
+    def flush_redis(self) -> None:
+        """Empty Redis and shrink its append-only file (so phases start alike)."""
+        self.r.flushall()
+        with contextlib.suppress(Exception):
+            self.r.bgrewriteaof()
+        wait_for(
+            "the AOF rewrite",
+            lambda: (
+                self.r.info("persistence").get("aof_rewrite_in_progress") == 0
+                and self.r.info("persistence").get("aof_rewrite_scheduled") == 0
+            ),
+            timeout=60,
+        )
+
+    def queue_depth(self) -> int:
+        return int(self.r.llen(QUEUE_KEY))
+
+    # -- api, baseline endpoint, workers ----------------------------------------------------
+
+    def _uvicorn(self, name: str, app: str) -> tuple[Service, int]:
+        port = free_port()
+        argv = [
+            str(BIN / "uvicorn"), app, "--factory", "--host", "127.0.0.1", "--port", str(port),
+            "--no-access-log", "--loop", "uvloop", "--http", "httptools",
+        ]  # fmt: skip
+        svc = Service(name, argv, self.env(), self.tmp)
+        wait_for(f"{name} GET /healthz on :{port}", lambda: _http_ok(port), proc=svc)
+        return svc, port
+
+    def start_api(self) -> None:
+        self.api, self.api_port = self._uvicorn("api", "api.app:create_app")
+
+    def start_raw(self) -> None:
+        self.raw, self.raw_port = self._uvicorn("raw-redis", "bench.raw_redis_app:create_app")
+
+    def start_workers(self, n: int | None = None) -> None:
+        n = n or self.workers_n
+        self.worker = Service("workers", [str(BIN / "selftune-ingest"), "worker", "-n", str(n)], self.env(), self.tmp)
+        wait_for(f"{n} RQ workers to register", lambda: self.r.scard("rq:workers") >= n, proc=self.worker)
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes proper (children of `selftune-ingest worker -n N`; N=1 runs in it)."""
+        if self.worker is None:
+            return []
+        kids = procstat.children_of(self.worker.pid)
+        return kids or [self.worker.pid]
+
+    def stop_workers(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        with contextlib.suppress(Exception):
+            self.r.delete("rq:workers")
+
+    def close(self) -> None:
+        for svc in (self.worker, self.raw, self.api):
+            if svc is not None:
+                with contextlib.suppress(Exception):
+                    svc.stop()
+        if self._redis_client is not None:
+            with contextlib.suppress(Exception):
+                self._redis_client.shutdown(nosave=True)
+            self._redis_client.close()
+        if self.redis is not None:
+            self.redis.stop()
+        if self._db is not None:
+            self._db.close()
+        if not self.keep_logs:
+            shutil.rmtree(self.tmp, ignore_errors=True)

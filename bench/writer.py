@@ -1,0 +1,184 @@
+"""Baseline: the workers' Postgres writer alone, on the same records (no HTTP, no queue).
+
+Run as `python -m bench.writer ...` by `bench.run` (a process of its own, so
+fork is safe): N processes (as many as workers), each with its own connection
+made by `workers.db.connect`, call `workers.jobs.write_batch(conn, batch)` on
+`QueuedBatch` objects decoded beforehand exactly as a worker would receive them
+(the api's `validate_push` + `BATCH_ENCODER`, then `BATCH_DECODER`). The fresh
+pushes are the same ones the e2e phase sends (same templates, tokens and
+workspaces, repeated records included); repeated pushes are left out, since the
+api answers those itself and workers never see them.
+
+Prints one JSON object: records/s over the timed window, CPU of the writer
+processes and of the Postgres cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from bench import procstat
+from bench.gen import TOKEN, WORKSPACES, Template, make_templates, token
+from schema.envelope import validate_push
+from schema.queue import BATCH_DECODER, BATCH_ENCODER, QueuedBatch
+
+WARMUP_BATCHES = 8  # psycopg prepares a statement after 5 executions
+CALIBRATION_BATCHES = 4
+
+
+class _Batches:
+    """Fresh pushes as a worker receives them, built per template once, then per push by token.
+
+    The api's path (validate_push, QueuedBatch, BATCH_ENCODER) runs once per
+    template with the TOKEN placeholder; a push is then `token.join(parts)` of
+    that payload, decoded with the worker's BATCH_DECODER.
+    """
+
+    def __init__(self, templates: list[Template], workspaces: list[str]) -> None:
+        self.templates = templates
+        self.parts: list[list[bytes]] = []
+        now = datetime.now(UTC)
+        for t in templates:
+            validated = validate_push(t.body(TOKEN))
+            assert not validated.rejected, validated.errors[:3]
+            batch = QueuedBatch(
+                workspace_id=workspaces[t.index % len(workspaces)],
+                push_id=f"push-{TOKEN.decode()}",
+                received_at=now,
+                pushed_at=now,
+                cli_version=validated.envelope.cli_version or validated.envelope.client_version,
+                records={name: raws for name, raws in validated.records.items() if raws},
+                rejected=validated.rejected,
+            )
+            self.parts.append(BATCH_ENCODER.encode(batch).split(TOKEN))
+
+    def get(self, phase: int, n: int) -> QueuedBatch:
+        """Fresh push n of a phase: the same ids, workspace and records as PushStream.fresh_push(n)."""
+        payload = token(phase, n).join(self.parts[n % len(self.parts)])
+        return BATCH_DECODER.decode(payload)
+
+
+def _records(batch: QueuedBatch) -> int:
+    return sum(len(v) for v in batch.records.values())
+
+
+def _child(
+    index: int,
+    args: argparse.Namespace,
+    workspaces: list[str],
+    barrier: Any,
+    out: Any,
+) -> None:
+    from workers import db
+    from workers.jobs import write_batch
+
+    if len(workspaces) != WORKSPACES:
+        raise SystemExit(f"expected {WORKSPACES} workspaces")
+    source = _Batches(make_templates(args.size, seed=args.seed), workspaces)
+    procs = args.procs
+    warm_phase = (args.phase + 128) & 0xFF
+    conn = db.connect(args.database_url)
+    # Warm up (psycopg prepares statements after 5 executions), then calibrate the pool's size.
+    for n in range(index, WARMUP_BATCHES * procs, procs):
+        write_batch(conn, source.get(warm_phase, n))
+    t = time.perf_counter()
+    calib = 0
+    for n in range(WARMUP_BATCHES * procs + index, (WARMUP_BATCHES + CALIBRATION_BATCHES) * procs, procs):
+        write_batch(conn, source.get(warm_phase, n))
+        calib += 1
+    per_batch = (time.perf_counter() - t) / max(1, calib)
+    # Enough for the phase at 3x the calibrated pace (the others were warming up meanwhile).
+    wanted = int(3 * args.duration / max(per_batch, 1e-4)) + 16
+    mine = [source.get(args.phase, n) for n in range(index, min(wanted, args.max_batches_per_proc) * procs, procs)]
+    barrier.wait()
+    start = time.perf_counter()
+    cpu0 = time.process_time()
+    deadline = start + args.duration
+    records = batches = 0
+    for b in mine:
+        write_batch(conn, b)
+        batches += 1
+        records += _records(b)
+        if time.perf_counter() >= deadline:
+            break
+    end = time.perf_counter()
+    out.put(
+        {
+            "index": index,
+            "batches": batches,
+            "records": records,
+            "start": start,
+            "end": end,
+            "exhausted": batches == len(mine),
+            "cpu_s": time.process_time() - cpu0,
+            "peak_rss_mb": procstat.peak_rss_mb(os.getpid()),
+        }
+    )
+    conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--database-url", required=True)
+    p.add_argument("--workspaces", required=True, help="comma-separated workspace ids")
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--procs", type=int, default=4)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--phase", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--postmaster-pid", type=int, default=0)
+    p.add_argument("--max-records", type=int, default=1_200_000, help="caps the pre-decoded pool (memory)")
+    args = p.parse_args(argv)
+    workspaces = args.workspaces.split(",")
+    args.max_batches_per_proc = max(16, args.max_records // args.size // args.procs)
+
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(args.procs + 1)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_child, args=(i, args, workspaces, barrier, out)) for i in range(args.procs)]
+    for proc in procs:
+        proc.start()
+    probe = procstat.Probe(pids={f"writer{i}": proc.pid for i, proc in enumerate(procs)})  # type: ignore[misc]
+    if args.postmaster_pid:
+        probe.trees["postgres"] = args.postmaster_pid
+    barrier.wait(timeout=600)
+    before = probe.snapshot()
+    results = [out.get(timeout=args.duration + 600) for _ in procs]
+    after = probe.snapshot()
+    for proc in procs:
+        proc.join()
+    start = min(r["start"] for r in results)
+    end = max(r["end"] for r in results)
+    records = sum(r["records"] for r in results)
+    seconds = end - start
+    cpu = procstat.cpu_report(before, after, records, os.cpu_count() or 1)
+    writers_cpu = sum(v for k, v in cpu["cpu_s"].items() if k.startswith("writer"))  # type: ignore[union-attr]
+    report = {
+        "procs": args.procs,
+        "seconds": round(seconds, 3),
+        "batches": sum(r["batches"] for r in results),
+        "records": records,
+        "records_per_s": round(records / seconds, 1),
+        "pool_exhausted": any(r["exhausted"] for r in results),
+        "us_per_record": {
+            "writers": round(writers_cpu / records * 1e6, 2),
+            "postgres": cpu["us_per_record"].get("postgres"),  # type: ignore[union-attr]
+        },
+        "machine_busy_pct": cpu["machine_busy_pct"],
+        "foreign_pct": cpu["foreign_pct"],
+        "peak_rss_mb": max((r["peak_rss_mb"] or 0) for r in results),
+    }
+    sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
