@@ -11,7 +11,7 @@ set -euo pipefail
 action=${1:?usage: services.sh up|down dev|test}
 profile=${2:-dev}
 root=$(cd "$(dirname "$0")/.." && pwd)
-data="$root/.data/$profile"
+data="${DATA_DIR:-$root/.data/$profile}"
 if [ "$profile" = test ]; then pg_port=${TEST_PG_PORT:-55432}; redis_port=${TEST_REDIS_PORT:-56379}
 else pg_port=${PG_PORT:-5432}; redis_port=${REDIS_PORT:-6379}; fi
 pgbin=${PGBIN:-/usr/lib/postgresql/15/bin}
