@@ -7,6 +7,7 @@ small gzip bomb never grows in memory.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from starlette.requests import ClientDisconnect, Request
@@ -36,8 +37,24 @@ def check_content_headers(request: Request) -> bool:
     return encoding == "gzip"
 
 
-async def read_body(request: Request, gzip: bool, max_bytes: int, max_compressed_bytes: int) -> bytes:
-    """The request body, inflated if gzip, or ApiError 400/413."""
+async def read_body(
+    request: Request, gzip: bool, max_bytes: int, max_compressed_bytes: int, timeout_s: float = 30.0
+) -> bytes:
+    """The request body, inflated if gzip, or ApiError 400/408/413.
+
+    A client slower than `timeout_s` to send its body gets 408, so slow
+    clients cannot hold the server's connections.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, gzip, max_bytes, max_compressed_bytes)
+    except TimeoutError:
+        raise ApiError(
+            408, "request_timeout", f"the body took longer than {timeout_s:g} s to arrive (BODY_READ_TIMEOUT_S)"
+        ) from None
+
+
+async def _read_body(request: Request, gzip: bool, max_bytes: int, max_compressed_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     wire_limit = max_compressed_bytes if gzip else max_bytes
     wire_setting = "MAX_COMPRESSED_BODY_BYTES" if gzip else "MAX_BODY_BYTES"

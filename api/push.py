@@ -91,14 +91,24 @@ async def _push(request: Request) -> Response:
     key = await authenticate(request, state.keys)
     request.state.push = {"workspace_id": key.workspace_id, "key_id": key.key_id}
     gzip = check_content_headers(request)
-    body = await read_body(request, gzip, settings.max_body_bytes, settings.max_compressed_body_bytes)
+    body = await read_body(
+        request, gzip, settings.max_body_bytes, settings.max_compressed_body_bytes, settings.body_read_timeout_s
+    )
     try:
-        validated = validate_push(body)
+        validated = validate_push(body, settings.record_limits)
     except EnvelopeError as exc:
         raise ApiError(422, "invalid_envelope", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
+    records = sum(len(raws) for raws in validated.records.values()) + len(validated.rejected)
+    if records > settings.max_records_per_push:
+        raise ApiError(
+            413,
+            "too_many_records",
+            f"{records} records is over the limit of {settings.max_records_per_push} per push"
+            " (MAX_RECORDS_PER_PUSH); split the push into smaller batches",
+        )
     envelope = validated.envelope
     if envelope.workspace_id is not None and envelope.workspace_id != key.workspace_id:
         raise forbidden_workspace(envelope.workspace_id)

@@ -9,6 +9,7 @@ and its neighbours still land.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -120,7 +121,37 @@ def _nul_path(value: Any, path: str) -> str | None:
     return None
 
 
-def check_record(record_type: str, raw: msgspec.Raw | bytes, path: str) -> tuple[Any, str | None]:
+@dataclass(frozen=True)
+class RecordLimits:
+    """Bounds on what one record may hold (settings MAX_STRING_CHARS, MAX_NESTING_DEPTH)."""
+
+    max_string_chars: int = 1_000_000
+    max_nesting_depth: int = 32
+
+
+DEFAULT_LIMITS = RecordLimits()
+
+
+def _over_limits(value: Any, path: str, limits: RecordLimits, depth: int = 0) -> str | None:
+    """The first place a decoded record breaks a limit, as "path: reason", if any."""
+    if isinstance(value, str):
+        if len(value) > limits.max_string_chars:
+            return f"{path}: string of {len(value)} characters is over MAX_STRING_CHARS={limits.max_string_chars}"
+        return None
+    if isinstance(value, dict | list):
+        if depth >= limits.max_nesting_depth:
+            return f"{path}: nested deeper than MAX_NESTING_DEPTH={limits.max_nesting_depth}"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            found = _over_limits(v, f"{path}.{k}" if isinstance(value, dict) else f"{path}[{k}]", limits, depth + 1)
+            if found:
+                return found
+    return None
+
+
+def check_record(
+    record_type: str, raw: msgspec.Raw | bytes, path: str, limits: RecordLimits = DEFAULT_LIMITS
+) -> tuple[Any, str | None]:
     """Decode one record; return (record, None) or (None, "path: reason")."""
     try:
         record = RECORD_DECODERS[record_type].decode(raw)
@@ -128,16 +159,28 @@ def check_record(record_type: str, raw: msgspec.Raw | bytes, path: str) -> tuple
         return None, error_with_path(path, exc)
     except msgspec.DecodeError as exc:  # only reachable for bytes that did not come from a valid body
         return None, f"{path}: {exc}"
-    # JSON can only carry U+0000 as an escape: a cheap byte test, then a precise
-    # walk of the decoded record (unknown fields are ignored, so they may hold NUL).
-    if b"\\u0000" in bytes(raw):
-        bad = _nul_path(msgspec.to_builtins(record), path)
+    except RecursionError:
+        return None, f"{path}: nested deeper than MAX_NESTING_DEPTH={limits.max_nesting_depth}"
+    data = bytes(raw)
+    # Cheap byte tests first; the precise walk of the decoded record runs only when
+    # one of them says a limit could be broken (unknown fields are ignored, so
+    # the walk looks at what is stored, not at the bytes).
+    could_nest = data.count(b"[") + data.count(b"{") > limits.max_nesting_depth
+    if b"\\u0000" in data or len(data) > limits.max_string_chars or could_nest:
+        try:
+            stored = msgspec.to_builtins(record)
+        except RecursionError:
+            return None, f"{path}: nested deeper than MAX_NESTING_DEPTH={limits.max_nesting_depth}"
+        over = _over_limits(stored, path, limits)  # first: it bounds the depth the NUL walk meets
+        if over:
+            return None, over
+        bad = _nul_path(stored, path)
         if bad:
             return None, f"{bad}: string holds a NUL character (\\u0000), which cannot be stored"
     return record, None
 
 
-def validate_push(body: bytes) -> ValidatedPush:
+def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> ValidatedPush:
     """Decode a push body and validate every record on its own.
 
     Raises msgspec.DecodeError when the body is not JSON (400) and EnvelopeError
@@ -152,6 +195,10 @@ def validate_push(body: bytes) -> ValidatedPush:
         raise msgspec.DecodeError(f"JSON is malformed: invalid UTF-8 (byte {exc.start})") from None
     try:
         envelope = ENVELOPE_DECODER.decode(body)
+    except RecursionError:
+        # Deeper than the decoder can follow (~1000 levels): no record can be
+        # told from another, so the body as a whole is refused (400).
+        raise msgspec.DecodeError("JSON is nested too deeply to read") from None
     except msgspec.ValidationError as exc:
         raise EnvelopeError(error_with_path("body", exc).removeprefix("body.")) from None
     if envelope.push_id is not None and not 0 < len(envelope.push_id) <= MAX_PUSH_ID_LENGTH:
@@ -170,7 +217,7 @@ def validate_push(body: bytes) -> ValidatedPush:
                 continue
             good = records[record_type]
             for index, raw in enumerate(raws):
-                _, error = check_record(record_type, raw, f"{section}.{record_type}[{index}]")
+                _, error = check_record(record_type, raw, f"{section}.{record_type}[{index}]", limits)
                 if error is None:
                     good.append(raw)
                 else:

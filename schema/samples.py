@@ -6,6 +6,7 @@ unique; `text_size` sets the length of prompt and query text.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 CANONICAL_BASE: dict[str, Any] = {
@@ -18,8 +19,13 @@ CANONICAL_BASE: dict[str, Any] = {
 }
 
 
+def _base() -> dict[str, Any]:
+    """A fresh copy of the base fields (callers may change nested values)."""
+    return copy.deepcopy(CANONICAL_BASE)
+
+
 def _session_scoped(kind: str, session_id: str) -> dict[str, Any]:
-    return {**CANONICAL_BASE, "record_kind": kind, "source_session_kind": "interactive", "session_id": session_id}
+    return {**_base(), "record_kind": kind, "source_session_kind": "interactive", "session_id": session_id}
 
 
 def session(n: int, **over: Any) -> dict[str, Any]:
@@ -82,7 +88,7 @@ def execution_fact(n: int, **over: Any) -> dict[str, Any]:
 
 def normalization_run(n: int, **over: Any) -> dict[str, Any]:
     return {
-        **CANONICAL_BASE,
+        **_base(),
         "record_kind": "normalization_run",
         "run_id": f"norm-{n}",
         "run_at": "2026-11-28T10:00:00Z",

@@ -11,6 +11,8 @@ import os
 import re
 from dataclasses import dataclass, fields
 
+from schema.envelope import RecordLimits
+
 MIB = 1024 * 1024
 
 
@@ -70,6 +72,10 @@ class Settings:
     # Request limits.
     max_body_bytes: int  # decompressed size of one push
     max_compressed_body_bytes: int  # size on the wire
+    max_records_per_push: int
+    max_string_chars: int  # longest string inside a record
+    max_nesting_depth: int  # deepest nesting of objects and arrays inside a record
+    body_read_timeout_s: float  # a client that takes longer to send its body gets 408
     # Queue and jobs.
     push_dedupe_ttl_s: int  # how long a push id is remembered for the 200 duplicate answer
     job_timeout_s: int  # longest one batch may take in a worker
@@ -100,6 +106,10 @@ class Settings:
             queue_name=_str("QUEUE_NAME", "ingest"),
             max_body_bytes=_int("MAX_BODY_BYTES", 16 * MIB, 1024),
             max_compressed_body_bytes=_int("MAX_COMPRESSED_BODY_BYTES", 16 * MIB, 1024),
+            max_records_per_push=_int("MAX_RECORDS_PER_PUSH", 10_000, 1),
+            max_string_chars=_int("MAX_STRING_CHARS", 1_000_000, 1),
+            max_nesting_depth=_int("MAX_NESTING_DEPTH", 32, 2),
+            body_read_timeout_s=_float("BODY_READ_TIMEOUT_S", 30.0, 0.1),
             push_dedupe_ttl_s=_int("PUSH_DEDUPE_TTL_S", 7 * 24 * 3600, 1),
             job_timeout_s=_int("JOB_TIMEOUT_S", 120, 1),
             job_retries=_int("JOB_RETRIES", 5),
@@ -113,6 +123,10 @@ class Settings:
             redis_require_durable=_bool("REDIS_REQUIRE_DURABLE", False),
             key_cache_ttl_s=_float("KEY_CACHE_TTL_S", 30.0),
         )
+
+    @property
+    def record_limits(self) -> RecordLimits:
+        return RecordLimits(self.max_string_chars, self.max_nesting_depth)
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict, with passwords in URLs masked (for logs)."""

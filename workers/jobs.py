@@ -50,6 +50,7 @@ def write_batch(conn: psycopg.Connection, batch: QueuedBatch) -> dict[str, Any]:
     started = time.perf_counter()
     quarantined = [QuarantineRow(r.record_type, r.index, r.error, bytes(r.raw)) for r in batch.rejected]
     accepted: dict[str, int] = {}
+    limits = settings().record_limits
     with conn.transaction():
         if claim_push(conn, batch) == "processed":
             return {"push_id": batch.push_id, "duplicate": True}
@@ -62,7 +63,7 @@ def write_batch(conn: psycopg.Connection, batch: QueuedBatch) -> dict[str, Any]:
             # The api validated these; decoding again also catches a record the
             # current schema refuses (an api and a worker of different versions).
             for raw, position in zip(raws, positions, strict=True):
-                record, error = check_record(record_type, raw, f"{record_type}[{position}]")
+                record, error = check_record(record_type, raw, f"{record_type}[{position}]", limits)
                 if error is None:
                     records.append(record)
                     good_raws.append(bytes(raw))

@@ -20,7 +20,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from schema.envelope import check_record
+from schema.envelope import DEFAULT_LIMITS, RecordLimits, check_record
 from schema.queue import MsgpackSerializer, dedupe_key
 from schema.queue_state import QueueState, read_snapshot
 from schema.settings import Settings
@@ -205,7 +205,11 @@ def quarantine_rows(
 
 
 def replay_quarantine(
-    conn: psycopg.Connection, workspace: str | None = None, push_id: str | None = None, dry_run: bool = False
+    conn: psycopg.Connection,
+    workspace: str | None = None,
+    push_id: str | None = None,
+    dry_run: bool = False,
+    limits: RecordLimits = DEFAULT_LIMITS,
 ) -> QuarantineReplay:
     """Re-validate quarantined records against the current schema; write those that now pass.
 
@@ -215,7 +219,7 @@ def replay_quarantine(
     """
     written = invalid = 0
     for qid, ws, _push, record_type, index, _error, raw, _at in quarantine_rows(conn, workspace, push_id, 1_000_000):
-        record, error = check_record(record_type, bytes(raw), f"{record_type}[{index}]")
+        record, error = check_record(record_type, bytes(raw), f"{record_type}[{index}]", limits)
         if error is not None:
             invalid += 1
             if not dry_run:

@@ -186,7 +186,9 @@ def cmd_quarantine_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_quarantine_replay(args: argparse.Namespace, settings: Settings) -> int:
     with db.connect(settings.database_url) as conn:
-        result = ops.replay_quarantine(conn, args.workspace, args.push, dry_run=args.dry_run)
+        result = ops.replay_quarantine(
+            conn, args.workspace, args.push, dry_run=args.dry_run, limits=settings.record_limits
+        )
     if args.json:
         _print_json({"dry_run": args.dry_run, "written": result.written, "still_invalid": result.still_invalid})
     else:

@@ -323,3 +323,65 @@ def test_a_key_over_its_rate_limit_gets_429_with_retry_after(settings: Settings,
         assert 1 <= int(refused.headers["retry-after"]) <= 2
         assert post(client, {"push_id": "r1", "data": {}}).status_code == 200  # duplicates are still answered
         assert post(client, {"push_id": "o1", "data": {}}, key=OTHER_KEY).status_code == 202  # per key
+
+
+def test_more_records_than_the_limit_is_413_naming_the_setting(
+    settings: Settings, server: fakeredis.FakeServer
+) -> None:
+    small = replace(settings, max_records_per_push=3)
+    with make_client(small, fakeredis.FakeAsyncRedis(server=server)) as client:
+        assert post(client, {"data": {"prompts": [prompt(i) for i in range(3)]}}).status_code == 202
+        resp = post(client, {"data": {"prompts": [prompt(i) for i in range(3)], "sessions": [session(1)]}})
+    assert_error(resp, 413, "too_many_records", "MAX_RECORDS_PER_PUSH")
+
+
+def test_string_and_nesting_limits_reject_the_record_not_the_batch(
+    settings: Settings, server: fakeredis.FakeServer
+) -> None:
+    tight = replace(settings, max_string_chars=1000, max_nesting_depth=6)
+    deep = session(2)
+    deep["raw_source_ref"]["metadata"] = {"a": [[[[[[1]]]]]]}
+    body = {"data": {"prompts": [prompt(1, text_size=1001), prompt(2)], "sessions": [deep, session(3)]}}
+    with make_client(tight, fakeredis.FakeAsyncRedis(server=server)) as client:
+        resp = post(client, body)
+    assert resp.status_code == 202
+    answer = resp.json()
+    assert answer["accepted"] == {"prompts": 1, "sessions": 1}
+    assert sorted(answer["errors"]) == [
+        "data.prompts[0].prompt_text: string of 1001 characters is over MAX_STRING_CHARS=1000",
+        "data.sessions[0].raw_source_ref.metadata.a[0][0][0]: nested deeper than MAX_NESTING_DEPTH=6",
+    ]
+
+
+def test_json_nested_beyond_what_can_be_read_is_400(client: TestClient) -> None:
+    body = b'{"data": {"sessions": [{"raw_source_ref": {"metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}}]}}"
+    assert_error(post(client, body), 400, "invalid_json", "nested too deeply")
+
+
+def test_a_body_that_arrives_too_slowly_is_408(settings: Settings, server: fakeredis.FakeServer) -> None:
+    import asyncio
+
+    import httpx2
+
+    slow = replace(settings, body_read_timeout_s=0.2)
+    app = create_app(
+        slow, redis=fakeredis.FakeAsyncRedis(server=server), keys=MemoryKeys({KEY: ApiKey("k", WORKSPACE)})
+    )
+
+    async def trickle():  # type: ignore[no-untyped-def]
+        yield b'{"data": '
+        await asyncio.sleep(1.0)
+        yield b"{}}"
+
+    async def run() -> Any:
+        async with app.router.lifespan_context(app):
+            transport = httpx2.ASGITransport(app=app)
+            async with httpx2.AsyncClient(transport=transport, base_url="http://t") as c:
+                return await c.post(
+                    "/v2/push",
+                    content=trickle(),
+                    headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+                )
+
+    resp = asyncio.run(run())
+    assert_error(resp, 408, "request_timeout", "BODY_READ_TIMEOUT_S")
