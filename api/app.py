@@ -90,7 +90,7 @@ exception_handlers = {ApiError: api_error_handler, 404: not_found, 405: method_n
 async def _check_redis(redis: AsyncRedis, settings: Settings) -> None:
     """Warn (or refuse to start) if Redis could lose queued batches."""
     try:
-        config = {}
+        config: dict[Any, Any] = {}
         for key in redis_check.CONFIG_KEYS:
             config |= await redis.config_get(key)
     except Exception as exc:
@@ -142,7 +142,7 @@ def create_app(settings: Settings | None = None, **injected: Any) -> Starlette:
     """
     if settings is None:  # a real process (not a test): JSON logs
         logs.configure()
-    app = Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)  # type: ignore[arg-type]
+    app = Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)
     app.state.settings = settings or Settings.from_env()
     app.state.injected = injected
     return app

@@ -90,7 +90,7 @@ class Enqueuer:
 
     @property
     def queue_key(self) -> str:
-        return self._queue.key
+        return str(self._queue.key)
 
     async def enqueue_once(
         self, key_id: str, workspace_id: str, push_id: str, payload: bytes, answer: bytes, records: int

@@ -72,7 +72,7 @@ class QueueKeys:
         return cls(
             queue=Queue(name, connection=conn).key,
             failed=FailedJobRegistry(name, connection=conn).key,
-            scheduled=ScheduledJobRegistry(name, connection=conn).key,
+            scheduled=ScheduledJobRegistry(name, connection=conn).key,  # type: ignore[no-untyped-call]
             started=StartedJobRegistry(name, connection=conn).key,
             workers=WORKERS_BY_QUEUE_KEY % name,
         )
@@ -104,4 +104,4 @@ def parse_snapshot(raw: list[Any], now: float) -> QueueState:
 def read_snapshot(redis: Redis, queue_name: str, now: float) -> QueueState:
     """The snapshot through a sync client (the ops command line)."""
     keys, args = snapshot_args(QueueKeys.for_queue(queue_name), now)
-    return parse_snapshot(redis.eval(SNAPSHOT_SCRIPT, len(keys), *keys, *args), now)  # type: ignore[arg-type]
+    return parse_snapshot(redis.eval(SNAPSHOT_SCRIPT, len(keys), *keys, *args), now)
