@@ -11,11 +11,14 @@ acknowledged without being in Redis.
 from __future__ import annotations
 
 import uuid
+import zlib
 from datetime import UTC, datetime
+from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from rq import Queue, Retry
+from rq.job import Job
 
 from schema import stats
 from schema.queue import INGEST_JOB, MsgpackSerializer, dedupe_key, job_description
@@ -71,6 +74,22 @@ class QueueFull(Exception):
         self.depth = depth
 
 
+# RQ stores job data zlib-compressed at level 6: ~0.4 ms for a 45 KB batch, the
+# largest cost of a push. Level 1 is 7x faster and still shrinks a batch ~17x,
+# which keeps a backlog of queued batches small in Redis. RQ's loader reads any
+# zlib level.
+JOB_DATA_ZLIB_LEVEL = 1
+
+
+def job_hash(job: Job) -> dict[str, Any]:
+    """The job's Redis hash, as RQ's `Job.to_dict` writes it, with cheaper compression of its data."""
+    data = job.data  # the serialized (func, instance, args, kwargs), built once
+    job.data = b""  # so to_dict compresses nothing; the real data goes in below
+    mapping = job.to_dict()
+    mapping["data"] = zlib.compress(data, JOB_DATA_ZLIB_LEVEL)
+    return mapping
+
+
 class Enqueuer:
     """Builds RQ jobs for pushes and writes them with the enqueue-once script."""
 
@@ -113,7 +132,7 @@ class Enqueuer:
         )
         job.enqueued_at = datetime.now(UTC).replace(tzinfo=None)
         fields: list[bytes | str | int | float] = []
-        for field, value in job.to_dict().items():
+        for field, value in job_hash(job).items():
             fields.extend((field, value))
         keys = [
             dedupe_key(workspace_id, push_id),

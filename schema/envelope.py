@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+from msgspec import inspect
 
 from schema.records import RECORD_DECODERS, RECORD_TYPES
 
@@ -149,10 +150,56 @@ def _over_limits(value: Any, path: str, limits: RecordLimits, depth: int = 0) ->
     return None
 
 
+def _free_form_paths(struct: type[msgspec.Struct]) -> tuple[tuple[str, ...], ...]:
+    """Attribute paths to the free-form JSON in a record type: the only places nesting is unbounded."""
+    paths: list[tuple[str, ...]] = []
+
+    def visit(info: inspect.Type, prefix: tuple[str, ...]) -> None:
+        if isinstance(info, inspect.UnionType):
+            for member in info.types:
+                visit(member, prefix)
+        elif isinstance(info, inspect.StructType):
+            for f in info.fields:
+                visit(f.type, (*prefix, f.name))
+        elif isinstance(info, inspect.AnyType) or (
+            isinstance(info, inspect.DictType | inspect.ListType)
+            and isinstance(getattr(info, "value_type", getattr(info, "item_type", None)), inspect.AnyType)
+        ):
+            paths.append(prefix)
+
+    visit(inspect.type_info(struct), ())
+    return tuple(dict.fromkeys(paths))
+
+
+FREE_FORM = {name: _free_form_paths(struct) for name, struct in RECORD_TYPES.items()}
+
+
+def _nesting_problem(record: Any, record_type: str, path: str, limits: RecordLimits) -> str | None:
+    for attrs in FREE_FORM[record_type]:
+        value = record
+        for attr in attrs:
+            value = getattr(value, attr, None)
+            if value is None:
+                break
+        if isinstance(value, dict | list):
+            found = _over_limits(value, f"{path}.{'.'.join(attrs)}", limits, depth=len(attrs))
+            if found:
+                return found
+    return None
+
+
 def check_record(
-    record_type: str, raw: msgspec.Raw | bytes, path: str, limits: RecordLimits = DEFAULT_LIMITS
+    record_type: str,
+    raw: msgspec.Raw | bytes,
+    path: str,
+    limits: RecordLimits = DEFAULT_LIMITS,
+    clean_bytes: bool = False,
 ) -> tuple[Any, str | None]:
-    """Decode one record; return (record, None) or (None, "path: reason")."""
+    """Decode one record; return (record, None) or (None, "path: reason").
+
+    `clean_bytes` says the caller already knows the bytes hold no NUL escape and
+    nothing longer than MAX_STRING_CHARS (a single test of the whole body).
+    """
     try:
         record = RECORD_DECODERS[record_type].decode(raw)
     except msgspec.ValidationError as exc:
@@ -161,23 +208,25 @@ def check_record(
         return None, f"{path}: {exc}"
     except RecursionError:
         return None, f"{path}: nested deeper than MAX_NESTING_DEPTH={limits.max_nesting_depth}"
-    data = bytes(raw)
-    # Cheap byte tests first; the precise walk of the decoded record runs only when
-    # one of them says a limit could be broken (unknown fields are ignored, so
-    # the walk looks at what is stored, not at the bytes).
-    could_nest = data.count(b"[") + data.count(b"{") > limits.max_nesting_depth
-    if b"\\u0000" in data or len(data) > limits.max_string_chars or could_nest:
-        try:
-            stored = msgspec.to_builtins(record)
-        except RecursionError:
-            return None, f"{path}: nested deeper than MAX_NESTING_DEPTH={limits.max_nesting_depth}"
-        over = _over_limits(stored, path, limits)  # first: it bounds the depth the NUL walk meets
-        if over:
-            return None, over
-        bad = _nul_path(stored, path)
-        if bad:
-            return None, f"{bad}: string holds a NUL character (\\u0000), which cannot be stored"
-    return record, None
+    if not clean_bytes:
+        data = bytes(raw)
+        # JSON carries U+0000 only as an escape, and a long string needs long bytes:
+        # the precise walk of the decoded record runs only when a byte test says so
+        # (unknown fields are ignored, so the walk looks at what is stored).
+        if b"\\u0000" in data or len(data) > limits.max_string_chars:
+            try:
+                stored = msgspec.to_builtins(record)
+            except RecursionError:
+                return None, f"{path}: nested deeper than MAX_NESTING_DEPTH={limits.max_nesting_depth}"
+            over = _over_limits(stored, path, limits)  # first: it bounds the depth the NUL walk meets
+            if over:
+                return None, over
+            bad = _nul_path(stored, path)
+            if bad:
+                return None, f"{bad}: string holds a NUL character (\\u0000), which cannot be stored"
+            return record, None
+    over = _nesting_problem(record, record_type, path, limits)
+    return (None, over) if over else (record, None)
 
 
 def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> ValidatedPush:
@@ -206,6 +255,7 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
 
     records: dict[str, list[msgspec.Raw]] = {name: [] for name in RECORD_TYPES}
     rejected: list[RejectedRecord] = []
+    clean = b"\\u0000" not in body and len(body) <= limits.max_string_chars
     seen = dict.fromkeys(RECORD_TYPES, 0)  # positions run on across both sections
     for section in ("data", "canonical"):
         arrays = getattr(envelope, section)
@@ -217,7 +267,7 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
                 continue
             good = records[record_type]
             for index, raw in enumerate(raws):
-                _, error = check_record(record_type, raw, f"{section}.{record_type}[{index}]", limits)
+                _, error = check_record(record_type, raw, f"{section}.{record_type}[{index}]", limits, clean)
                 if error is None:
                     good.append(raw)
                 else:
