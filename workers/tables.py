@@ -237,4 +237,6 @@ def upsert_statement(table: Table) -> sql.Composed:
     )
 
 
-UPSERTS: dict[str, sql.Composed] = {name: upsert_statement(t) for name, t in TABLES.items()}
+# Rendered to bytes once: composing a statement of this size costs ~1.5 ms of
+# CPU, more than Postgres takes to write a 100-row batch.
+UPSERTS: dict[str, bytes] = {name: upsert_statement(t).as_bytes(None) for name, t in TABLES.items()}
