@@ -126,7 +126,7 @@ class Enqueuer:
             description=job_description(workspace_id, push_id),
             timeout=self._settings.job_timeout_s,
             failure_ttl=self._settings.failed_ttl_s,
-            result_ttl=3600,
+            result_ttl=0,  # outcomes live in the pushes table; RQ need not keep results
             retry=self._retry,
             meta={"workspace_id": workspace_id, "push_id": push_id},
         )

@@ -19,12 +19,11 @@ import psycopg
 import pytest
 from redis import Redis
 from rq.job import Job
-from rq.registry import FinishedJobRegistry
 from starlette.testclient import TestClient
 
 from api.app import create_app
 from schema import samples
-from schema.queue import MsgpackSerializer
+from schema.queue import INGEST_JOB, MsgpackSerializer
 from schema.settings import Settings
 from tests.support import count, push_json, run_burst_worker
 from workers import accounts, cli, ops
@@ -117,15 +116,15 @@ def test_replay_moves_exactly_the_chosen_batches_and_each_lands_once(
 def test_replaying_a_batch_that_had_in_fact_committed_writes_nothing_twice(
     failed_pushes: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
 ) -> None:
-    # An abandoned job can have committed before its worker died: run the same job again.
+    # An abandoned job can have committed before its worker died: run the same batch again.
+    redis = Redis.from_url(cli_env.redis_url)
+    [failed] = ops.failed_batches(redis, cli_env, push_ids=["a1"])
+    payload = Job.fetch(failed.job_id, connection=redis, serializer=MsgpackSerializer).args[0]
     run_cli(capsys, "replay", "a1")
     run_burst_worker(cli_env)
     before = (count(db, "sessions"), count(db, "prompts"))
     [attempts_before] = db.execute("SELECT attempts FROM pushes WHERE push_id = 'a1'").fetchone()  # type: ignore[misc]
-    redis = Redis.from_url(cli_env.redis_url)
-    finished = FinishedJobRegistry(cli_env.queue_name, connection=redis, serializer=MsgpackSerializer)
-    [done_id] = finished.get_job_ids()
-    ops.queue_for(redis, cli_env).enqueue_job(Job.fetch(done_id, connection=redis, serializer=MsgpackSerializer))
+    ops.queue_for(redis, cli_env).enqueue(INGEST_JOB, payload)
     run_burst_worker(cli_env)
     assert (count(db, "sessions"), count(db, "prompts")) == before
     assert db.execute("SELECT attempts, status FROM pushes WHERE push_id = 'a1'").fetchone() == (
