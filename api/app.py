@@ -69,8 +69,9 @@ async def not_found(_request: Request, _exc: Exception) -> Response:
     return error_response(404, "not_found", "no such endpoint")
 
 
-async def method_not_allowed(_request: Request, _exc: Exception) -> Response:
-    return error_response(405, "method_not_allowed", "method not allowed on this endpoint")
+async def method_not_allowed(_request: Request, exc: Exception) -> Response:
+    allow = getattr(exc, "headers", None) or {}
+    return error_response(405, "method_not_allowed", "method not allowed on this endpoint", dict(allow))
 
 
 routes = [

@@ -86,4 +86,7 @@ async def _read_body(request: Request, gzip: bool, max_bytes: int, max_compresse
 
     if inflater is not None and not inflater.eof:
         raise ApiError(400, "bad_gzip", "body is not valid gzip: the stream is truncated")
+    if inflater is not None and inflater.unused_data:
+        # A second gzip member or trailing bytes: refuse rather than ignore part of the body.
+        raise ApiError(400, "bad_gzip", "body is not valid gzip: bytes follow the end of the gzip stream")
     return b"".join(chunks)

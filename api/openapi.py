@@ -62,7 +62,8 @@ ERROR_MEANINGS = {
     401: "No key, an unknown key or a revoked key. Re-authenticate.",
     403: "`workspace_id` in the body is not the key's workspace. Do not retry.",
     404: "No such resource.",
-    413: "The body is over the limit, compressed or decompressed. Split the push.",
+    408: "The body took longer than BODY_READ_TIMEOUT_S to arrive. Retry.",
+    413: "The body is over the limit, compressed or decompressed, or holds too many records. Split the push.",
     415: "Content-Type or Content-Encoding is not supported. Do not retry.",
     422: "The envelope itself is malformed (e.g. `data` is not an object). Do not retry.",
     429: "The key's rate limit is exceeded. Retry after `Retry-After` seconds.",
@@ -290,7 +291,7 @@ PUSH_PARAMS = (
 PUSH_RESPONSES = {
     202: PushAnswer,
     200: PushAnswer,
-    **errors(400, 401, 403, 413, 415, 422, 429, 503),
+    **errors(400, 401, 403, 408, 413, 415, 422, 429, 503),
 }
 for _path in ("/v2/push", "/api/v1/push"):
     describe(

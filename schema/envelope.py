@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from msgspec import inspect
+from msgspec import Meta, inspect
 
-from schema.records import RECORD_DECODERS, RECORD_TYPES
+from schema.records import RECORD_DECODERS, RECORD_TYPES, Timestamp
 
 MAX_ERRORS_LISTED = 100  # a batch of 10,000 bad records gets a readable answer
 MAX_PUSH_ID_LENGTH = 200
@@ -44,8 +44,8 @@ class PushEnvelope(msgspec.Struct):
     client_version: str | None = None
     schema_version: str | None = None
     normalizer_version: str | None = None
-    pushed_at: datetime | None = None
-    push_id: str | None = None
+    pushed_at: Timestamp | None = None
+    push_id: Annotated[str, Meta(min_length=1, max_length=MAX_PUSH_ID_LENGTH)] | None = None
     data: RecordArrays | None = None
     canonical: RecordArrays | None = None
 
@@ -250,8 +250,6 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
         raise msgspec.DecodeError("JSON is nested too deeply to read") from None
     except msgspec.ValidationError as exc:
         raise EnvelopeError(error_with_path("body", exc).removeprefix("body.")) from None
-    if envelope.push_id is not None and not 0 < len(envelope.push_id) <= MAX_PUSH_ID_LENGTH:
-        raise EnvelopeError(f"push_id: must be 1 to {MAX_PUSH_ID_LENGTH} characters")
 
     records: dict[str, list[msgspec.Raw]] = {name: [] for name in RECORD_TYPES}
     rejected: list[RejectedRecord] = []

@@ -25,7 +25,9 @@ Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 # JSON has no NaN/Infinity literals, but 1e400 decodes to inf: bound every float.
 FiniteFloat = Annotated[float, Meta(ge=-1.7e308, le=1.7e308)]
 NonNegativeFloat = Annotated[float, Meta(ge=0.0, le=1.7e308)]
-Timestamp = datetime  # RFC 3339; a naive timestamp is read as UTC
+# RFC 3339; a naive timestamp is read as UTC. msgspec documents the format only
+# for tz-aware types, so the JSON Schema says it here.
+Timestamp = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
 
 Platform = Literal["claude_code", "codex", "opencode", "openclaw", "pi"]
 CaptureMode = Literal["hook", "replay", "wrapper", "batch_ingest", "repair"]

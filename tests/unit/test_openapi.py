@@ -24,7 +24,7 @@ from schema.settings import Settings
 
 KEY = "st_live_" + "a" * 43
 PUSH_PATHS = ("/v2/push", "/api/v1/push")
-ERROR_STATUSES = {400, 401, 403, 413, 415, 422, 429, 503}
+ERROR_STATUSES = {400, 401, 403, 408, 413, 415, 422, 429, 503}
 
 
 class MemoryKeys:
