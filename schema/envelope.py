@@ -10,7 +10,6 @@ and its neighbours still land.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
