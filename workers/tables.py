@@ -39,6 +39,8 @@ _SCALAR_SQL_TYPES = {
 
 def sql_type(info: inspect.Type) -> str:
     """The column type for a Struct field's type: scalars map directly, the rest is jsonb."""
+    if isinstance(info, inspect.Metadata):  # Annotated[...] with constraints or schema extras
+        return sql_type(info.type)
     if isinstance(info, inspect.UnionType):
         members = [t for t in info.types if not isinstance(t, inspect.NoneType)]
         if len(members) == 1:

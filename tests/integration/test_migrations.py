@@ -75,3 +75,17 @@ def test_table_unique_key_is_the_spec_key_scoped_by_workspace(db: psycopg.Connec
     ).fetchall()
     assert [tuple(r[0]) for r in rows] == [("workspace_id", *SPEC_KEYS[record_type])]
     assert TABLES[record_type].conflict_target == SPEC_KEYS[record_type]
+
+
+@pytest.mark.parametrize("record_type", list(RECORD_TYPES))
+def test_writer_column_types_match_the_table(db: psycopg.Connection, record_type: str) -> None:
+    rows = db.execute(
+        "SELECT column_name, format_type(atttypid, atttypmod) FROM information_schema.columns c"
+        " JOIN pg_attribute a ON a.attrelid = c.table_name::regclass AND a.attname = c.column_name"
+        " WHERE c.table_name = %s",
+        (TABLES[record_type].name,),
+    ).fetchall()
+    in_table = {name: sql_type.replace("timestamp with time zone", "timestamptz") for name, sql_type in rows}
+    assert {c.name: c.sql_type for c in TABLES[record_type].columns} == {
+        name: in_table[name] for name in TABLES[record_type].column_names
+    }
