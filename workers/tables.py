@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 from msgspec import inspect
 from psycopg import sql
+from psycopg.adapt import PyFormat
 from psycopg.types.json import Jsonb
 
 from schema.records import RECORD_TYPES
@@ -204,7 +205,9 @@ def upsert_statement(table: Table) -> sql.Composed:
     insert_cols = ["workspace_id", *names]
     select_exprs: list[sql.Composable] = [sql.Placeholder(), sql.SQL("u.*")]
     unnest_args = sql.SQL(", ").join(
-        sql.SQL("{}::{}[]").format(sql.Placeholder(), sql.SQL(c.sql_type)) for c in table.columns
+        # %b: arrays travel in Postgres's binary format (no text quoting of every element).
+        sql.SQL("{}::{}[]").format(sql.Placeholder(format=PyFormat.BINARY), sql.SQL(c.sql_type))
+        for c in table.columns
     )
 
     if table.merge == "session":

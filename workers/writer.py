@@ -66,7 +66,7 @@ def write_records(
     try:
         with conn.transaction(), conn.cursor() as cur:
             for batch in _rounds(record_type, records):
-                cur.execute(statement, [workspace_id, *column_arrays(table, batch)], binary=True)
+                cur.execute(statement, [workspace_id, *column_arrays(table, batch)])
         return []
     except psycopg.DataError as exc:
         log.warning("bulk write of %s refused (%s); writing one by one", record_type, exc.diag.message_primary)
@@ -76,7 +76,7 @@ def write_records(
         for record, raw, position in zip(records, raws, positions, strict=True):
             try:
                 with conn.transaction():
-                    cur.execute(statement, [workspace_id, *column_arrays(table, [record])], binary=True)
+                    cur.execute(statement, [workspace_id, *column_arrays(table, [record])])
             except psycopg.DataError as exc:
                 reason = f"{record_type}[{position}]: refused by the database: {exc.diag.message_primary}"
                 refused.append(QuarantineRow(record_type, position, reason, raw))
