@@ -7,6 +7,8 @@ PYTHON ?= python3
 export TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:55432/selftune_test
 export TEST_ADMIN_DATABASE_URL ?= postgresql://postgres@127.0.0.1:55432/postgres
 export TEST_REDIS_URL ?= redis://127.0.0.1:56379/1
+# honcho would otherwise hand the web process port 5000.
+PORT ?= 8000
 
 .PHONY: venv services run test test-unit lint typecheck bench clean stop
 
@@ -22,7 +24,7 @@ run: venv
 	scripts/services.sh up dev
 	$(BIN)/selftune-ingest migrate
 	@scripts/dev-key.sh
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT)
 
 ## make test: the whole suite against real servers started for the tests (ports 55432, 56379).
 test: venv
