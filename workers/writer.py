@@ -31,19 +31,21 @@ def _rounds(table_name: str, records: Sequence[Any]) -> list[list[Any]]:
 
     Postgres refuses an upsert that touches one row twice; the k-th copy of a
     key goes to round k, and each round runs the table's own merge rule in
-    arrival order. Almost every batch is a single round.
+    arrival order. Almost every batch is a single round. Each round is sorted
+    by key, so two workers writing overlapping keys lock rows in the same
+    order and do not deadlock.
     """
     table = TABLES[table_name]
     seen: dict[tuple[Any, ...], int] = {}
-    rounds: list[list[Any]] = [[]]
+    rounds: list[list[tuple[tuple[Any, ...], Any]]] = [[]]
     for record in records:
         key = table.key_of(record)
         n = seen.get(key, 0)
         seen[key] = n + 1
         if n == len(rounds):
             rounds.append([])
-        rounds[n].append(record)
-    return rounds
+        rounds[n].append((key, record))
+    return [[record for _, record in sorted(r, key=lambda pair: pair[0])] for r in rounds]
 
 
 def write_records(
