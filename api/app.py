@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import device, openapi, reads
+from api import device, openapi, push_status, signals, skills
 from api.auth import KeyStore
 from api.backpressure import QueueWatch
 from api.enqueue import Enqueuer
@@ -80,7 +80,9 @@ routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
-    *reads.routes,
+    *push_status.routes,
+    *signals.routes,
+    *skills.routes,
     *device.routes,
     *openapi.routes,
 ]

@@ -2,19 +2,23 @@
 
 The compressed limit applies to the bytes on the wire, the decompressed limit
 to what they inflate to; inflation stops as soon as the limit is passed, so a
-small gzip bomb never grows in memory.
+small gzip bomb never grows in memory. The small JSON bodies of the other
+endpoints (consume, device code, poll) are read the same way, then decoded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import zlib
+from typing import Any
 
+import msgspec
 from starlette.requests import ClientDisconnect, Request
 
 from api.errors import ApiError
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer
+MAX_SMALL_BODY_BYTES = 64 * 1024  # consume, device-code and poll bodies are a few dozen bytes
 
 
 def _too_large(what: str, limit: int, setting: str) -> ApiError:
@@ -90,3 +94,14 @@ async def _read_body(request: Request, gzip: bool, max_bytes: int, max_compresse
         # A second gzip member or trailing bytes: refuse rather than ignore part of the body.
         raise ApiError(400, "bad_gzip", "body is not valid gzip: bytes follow the end of the gzip stream")
     return b"".join(chunks)
+
+
+async def read_json(request: Request, decoder: msgspec.json.Decoder[Any]) -> Any:
+    """A small JSON body decoded into its Struct: 400 if not JSON, 422 naming the field at fault."""
+    body = await read_body(request, check_content_headers(request), MAX_SMALL_BODY_BYTES, MAX_SMALL_BODY_BYTES)
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, "invalid_body", f"body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None

@@ -33,9 +33,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from api.auth import authenticate
+from api.body import read_json
+from api.db import RETRY_AFTER_S, db_connection, json_response, utc
 from api.errors import ApiError, unauthorized, unavailable
 from api.openapi import Text, describe, errors
-from api.reads import RETRY_AFTER_S, db_connection, json_response, read_json, utc
 from schema.keys import generate_key, hash_key, key_prefix
 
 DEVICE_CODE_TTL_S = 900  # RFC 8628's expires_in

@@ -11,7 +11,8 @@ Merge rules:
   `normalized_at` wins; null never overwrites (per-field versions are kept in
   `field_versions`, so the result does not depend on arrival order).
 - "signal": as immutable, plus monotonic consumption: consumed = stored OR
-  incoming; consumed_at and consumed_by_run come from the earliest consumption.
+  incoming; consumed_at and consumed_by_run come from the earliest consumption
+  (schema/consumption.py, shared with the consume endpoint).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from psycopg import sql
 from psycopg.adapt import PyFormat
 from psycopg.types.json import Jsonb
 
+from schema.consumption import is_earlier, keep_earliest
 from schema.records import RECORD_TYPES
 
 _SCALAR_SQL_TYPES = {
@@ -173,20 +175,14 @@ def _session_update(table: Table, fields: list[str]) -> tuple[list[sql.Composabl
 
 
 def _signal_update(fields: list[str]) -> tuple[list[sql.Composable], sql.Composable]:
-    """Consumption is monotonic; the earliest consumption (and its run) wins."""
-    earlier = sql.SQL(
-        "((excluded.consumed_at IS NOT NULL AND (t.consumed_at IS NULL OR excluded.consumed_at < t.consumed_at))"
-        " OR (excluded.consumed_at IS NOT DISTINCT FROM t.consumed_at AND excluded.consumed_by_run IS NOT NULL"
-        " AND (t.consumed_by_run IS NULL OR excluded.consumed_by_run < t.consumed_by_run)))"
-    )
+    """Consumption is monotonic; the earliest consumption (and its run) wins (schema/consumption.py)."""
+    at, run = sql.SQL("excluded.consumed_at"), sql.SQL("excluded.consumed_by_run")
     consumption = ("consumed", "consumed_at", "consumed_by_run")
     plain = [f for f in fields if f not in consumption]
     sets = [_fill_null(sql.Identifier(f)) for f in plain]
     sets.append(sql.SQL("consumed = t.consumed OR excluded.consumed"))
-    for f in ("consumed_at", "consumed_by_run"):
-        sets.append(
-            sql.SQL("{c} = CASE WHEN {e} THEN excluded.{c} ELSE t.{c} END").format(c=sql.Identifier(f), e=earlier)
-        )
+    sets.append(keep_earliest(at, run))
+    earlier = is_earlier(at, run)
     where = sql.SQL(" OR ").join(
         [*(_null_filled(sql.Identifier(f)) for f in plain), sql.SQL("(excluded.consumed AND NOT t.consumed)"), earlier]
     )

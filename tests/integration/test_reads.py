@@ -24,9 +24,11 @@ from redis import Redis
 from starlette.testclient import TestClient
 
 import workers.jobs
-from api import reads
 from api.app import create_app
+from api.params import DEFAULT_LIMIT, MAX_LIMIT
 from api.push import PushAnswer
+from api.signals import SignalFilters, signals_query
+from api.skills import GRADING_FIELDS, SKILLS, TREND, grading_query
 from schema import samples
 from schema.queue import dedupe_key
 from schema.settings import Settings
@@ -464,7 +466,7 @@ def test_grading_history_pages_and_its_trend_matches_a_hand_computation(
         ["grade-4", "grade-2", "grade-3"],
         ["grade-1"],
     ]
-    assert pages[0][0] == dict.fromkeys(reads.GRADING_FIELDS) | results[7]  # the record as pushed
+    assert pages[0][0] == dict.fromkeys(GRADING_FIELDS) | results[7]  # the record as pushed
 
     unknown = client.get("/v2/skills/nobody/grading", headers=acme.auth).json()
     assert (unknown["results"], unknown["trend"], unknown["next_cursor"]) == ([], [], None)
@@ -581,26 +583,26 @@ def test_lists_read_indexes_not_tables_at_200k_rows(db: psycopg.Connection) -> N
     cursor_key = (datetime(2026, 3, 1, tzinfo=UTC), "sig-84000")
     since, until = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
     signal_cases = [
-        (reads.SignalFilters(), None, "improvement_signals_newest"),
-        (reads.SignalFilters(), cursor_key, "improvement_signals_newest"),
-        (reads.SignalFilters(since=since, until=until), cursor_key, "improvement_signals_newest"),
-        (reads.SignalFilters(signal_type="correction"), cursor_key, "improvement_signals_newest"),
-        (reads.SignalFilters(consumed=False), None, "improvement_signals_unconsumed"),
-        (reads.SignalFilters(consumed=False), cursor_key, "improvement_signals_unconsumed"),
-        (reads.SignalFilters(skill="skill-7"), cursor_key, "improvement_signals_skill"),
-        (reads.SignalFilters(skill="skill-7", since=since), None, "improvement_signals_skill"),
+        (SignalFilters(), None, "improvement_signals_newest"),
+        (SignalFilters(), cursor_key, "improvement_signals_newest"),
+        (SignalFilters(since=since, until=until), cursor_key, "improvement_signals_newest"),
+        (SignalFilters(signal_type="correction"), cursor_key, "improvement_signals_newest"),
+        (SignalFilters(consumed=False), None, "improvement_signals_unconsumed"),
+        (SignalFilters(consumed=False), cursor_key, "improvement_signals_unconsumed"),
+        (SignalFilters(skill="skill-7"), cursor_key, "improvement_signals_skill"),
+        (SignalFilters(skill="skill-7", since=since), None, "improvement_signals_skill"),
     ]
     for filters, after, index in signal_cases:
-        query, args = reads.signals_query(ws, filters, after, reads.DEFAULT_LIMIT)
+        query, args = signals_query(ws, filters, after, DEFAULT_LIMIT)
         assert_reads_index(explain(db, query, args), "improvement_signals", index)
 
     grade_key = (datetime(2026, 3, 1, tzinfo=UTC), "grade-84000")
     for s, u, after in ((None, None, None), (None, None, grade_key), (since, until, grade_key)):
-        query, args = reads.grading_query(ws, "skill-7", s, u, after, reads.MAX_LIMIT)
+        query, args = grading_query(ws, "skill-7", s, u, after, MAX_LIMIT)
         assert_reads_index(explain(db, query, args), "grading_results", "grading_results_skill_newest")
-    trend = explain(db, reads.TREND, (ws, "skill-7", since, until))
+    trend = explain(db, TREND, (ws, "skill-7", since, until))
     assert_reads_index(trend, "grading_results", "grading_results_skill_newest", ordered=False)
 
     # GET /v2/skills: index probes only, whatever the number of rows.
-    skills = explain(db, reads.SKILLS, {"ws": ws, "after": "", "limit": 51, "since": since})
+    skills = explain(db, SKILLS, {"ws": ws, "after": "", "limit": 51, "since": since})
     assert not [n for n in skills if n["Node Type"] == "Seq Scan"], [n.get("Relation Name") for n in skills]
