@@ -10,7 +10,7 @@ export TEST_REDIS_URL ?= redis://127.0.0.1:56379/1
 # honcho would otherwise hand the web process port 5000.
 PORT ?= 8000
 
-.PHONY: venv services run test test-unit lint typecheck bench clean stop
+.PHONY: venv services run test test-slow test-faults test-unit lint typecheck bench clean stop
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -26,10 +26,19 @@ run: venv
 	@scripts/dev-key.sh
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT)
 
-## make test: the whole suite against real servers started for the tests (ports 55432, 56379).
+## make test: the whole suite against real servers started for the tests (ports 55432, 56379);
+## long variants of the fuzz and fault tiers are marked slow and run by make test-slow.
 test: venv
 	scripts/services.sh up test
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow"
+
+test-slow: venv
+	scripts/services.sh up test
+	$(BIN)/pytest -q -m slow
+
+test-faults: venv
+	scripts/services.sh up test
+	$(BIN)/pytest -q tests/faults
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit

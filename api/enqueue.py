@@ -126,7 +126,10 @@ class Enqueuer:
             description=job_description(workspace_id, push_id),
             timeout=self._settings.job_timeout_s,
             failure_ttl=self._settings.failed_ttl_s,
-            result_ttl=0,  # outcomes live in the pushes table; RQ need not keep results
+            # Outcomes live in the pushes table; RQ keeps a result for a second only.
+            # (0 would make RQ delete the job on success, which fails for a batch
+            # retried after its worker was killed: RQ looks for the dead execution.)
+            result_ttl=1,
             retry=self._retry,
             meta={"workspace_id": workspace_id, "push_id": push_id},
         )

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from redis import Redis
@@ -40,7 +41,8 @@ class IngestWorker(SimpleWorker):
         # RQ runs maintenance (which retries abandoned batches) only between
         # waits for a job, and an idle wait lasts up to worker_ttl - 15 s (6+ min).
         # Wait at most one maintenance interval, so a dead worker's batch is
-        # retried within timeout + grace + interval.
+        # retried within about timeout + grace + interval (RQ's own locks can
+        # add up to a minute: its scheduler lock, its intermediate queue).
         return max(1, min(super().dequeue_timeout, int(self.maintenance_interval)))
 
 
@@ -78,24 +80,46 @@ def _work(burst: bool) -> None:
     worker.work(burst=burst, with_scheduler=True, logging_level=os.environ.get("LOG_LEVEL", "INFO"))
 
 
+RESTART_BACKOFF_S = 2.0  # a worker that died (Redis gone, say) is replaced after this pause
+
+
 def run_workers(count: int, burst: bool = False) -> int:
-    """Run `count` worker processes until they stop; SIGTERM/SIGINT stop them warmly."""
-    if count == 1:
+    """Run `count` worker processes and keep them running; SIGTERM/SIGINT stop them warmly.
+
+    RQ's worker quits when Redis disappears under it: a child that exits
+    unexpectedly is replaced, so a Redis blip never halves capacity silently.
+    In burst mode the children end when the queue is empty, and are not replaced.
+    """
+    if count == 1 and burst:
         _work(burst)
         return 0
-    procs = [multiprocessing.Process(target=_work, args=(burst,), name=f"worker-{i}") for i in range(count)]
-    for p in procs:
-        p.start()
+
+    def spawn(i: int) -> multiprocessing.Process:
+        proc = multiprocessing.Process(target=_work, args=(burst,), name=f"worker-{i}")
+        proc.start()
+        return proc
+
+    procs = [spawn(i) for i in range(count)]
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for p in procs:
             if p.pid and p.is_alive():
                 os.kill(p.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for p in procs:
-        p.join()
+    while any(p.is_alive() for p in procs) or not (stopping or burst):
+        for i, p in enumerate(procs):
+            if p.is_alive() or stopping or burst:
+                continue
+            log.warning("%s exited with code %s; starting a new one", p.name, p.exitcode)
+            time.sleep(RESTART_BACKOFF_S)
+            if not stopping:
+                procs[i] = spawn(i)
+        time.sleep(0.5)
     return max((p.exitcode or 0) for p in procs)
 
 
