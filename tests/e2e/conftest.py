@@ -8,7 +8,6 @@ every second, a key cache of one second.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,27 +16,14 @@ import pytest
 from redis import Redis
 
 from schema.settings import Settings
-from tests.e2e.stack import REPO, Account, Api, PostgresServer, Stack
+from tests.e2e.stack import Account, Api, PostgresServer, Stack, process_env
 from workers.accounts import create_key, create_workspace
 
 
 @pytest.fixture
 def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     """Starts api and worker processes; stops every one of them at teardown, pass or fail."""
-    env = {
-        **os.environ,
-        # Run this checkout's code, whatever the venv was installed from.
-        "PYTHONPATH": str(REPO),
-        "PYTHONUNBUFFERED": "1",
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "QUEUE_NAME": settings.queue_name,
-        "JOB_RETRIES": "3",
-        "JOB_RETRY_BACKOFF_S": "1",
-        "WORKER_MAINTENANCE_INTERVAL_S": "1",
-        "JOB_TIMEOUT_S": "5",
-        "KEY_CACHE_TTL_S": "1",
-    }
+    env = process_env(settings)
     processes = Stack(env, tmp_path)
     try:
         yield processes

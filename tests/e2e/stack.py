@@ -194,3 +194,22 @@ class Stack:
             except Exception as exc:
                 errors.append(f"{service.name} (pid {service.pid}): {exc!r}")
         assert not errors, f"could not stop: {errors}"
+
+
+def process_env(settings: Any, **overrides: str) -> dict[str, str]:
+    """Environment of api and worker processes: this checkout's code, the test servers, quick retries."""
+    return {
+        **os.environ,
+        # Run this checkout's code, whatever the venv was installed from.
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "QUEUE_NAME": settings.queue_name,
+        "JOB_RETRIES": "3",
+        "JOB_RETRY_BACKOFF_S": "1",
+        "WORKER_MAINTENANCE_INTERVAL_S": "1",
+        "JOB_TIMEOUT_S": "5",
+        "KEY_CACHE_TTL_S": "1",
+        **overrides,
+    }

@@ -1,0 +1,75 @@
+"""PostgreSQL stopped under load, then started again (SPEC 5: transient failures retried, then replayable).
+
+While Postgres is down the api keeps accepting pushes from keys it has cached
+(KEY_CACHE_TTL_S, 5 s here) and answers 503 for the others ("cannot check the
+API key", after waiting up to 5 s for a pooled connection); workers fail their batches, retry them with backoff, and a batch out
+of retries lands in RQ's failed registry. Once Postgres is back, the operator
+runs `selftune-ingest replay --all` (after a dry run listing the same batches),
+and every acknowledged push must land exactly once.
+
+The retries here are short (3 retries, 1 + 1 + 2 s) so that the batches of the
+first seconds of the outage run out of them while Postgres is still down: both
+paths, "ridden out by retries" and "failed, then replayed", are taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from redis import Redis
+
+from schema.settings import Settings
+from tests.e2e.stack import Stack
+from tests.faults.harness import ApiProcess, Scenario, WorkerPool, queue_state
+from tests.faults.load import Ledger, LoadGenerator, resend_unacked
+from tests.faults.servers import Servers
+
+OUTAGE_AT_S = 3.0
+
+
+@pytest.mark.parametrize(
+    ("load_s", "outage_s"),
+    [pytest.param(16.0, 9.0, id="9s"), pytest.param(40.0, 30.0, id="30s", marks=pytest.mark.slow)],
+)
+def test_postgres_stopped_under_load_then_failed_batches_replayed(
+    stack: Stack,
+    settings: Settings,
+    workspace: tuple[str, list[str]],
+    rq_redis: Redis,
+    worker_pool: Callable[[int], WorkerPool],
+    servers: Servers,
+    load_s: float,
+    outage_s: float,
+) -> None:
+    workspace_id, keys = workspace
+    # Retries are read by the api, which sets each job's Retry.
+    api = ApiProcess.start(stack, JOB_RETRIES="3", JOB_RETRY_BACKOFF_S="1,1,2")
+    ledger = Ledger()
+    scenario = Scenario("Postgres outage", stack, settings, workspace_id, ledger, rq_redis)
+    pool = worker_pool(2)
+    load = LoadGenerator(lambda: api.url, keys[:-1], workspace_id, ledger, tag="pgdown")
+
+    def outage() -> None:
+        load.sleep_until(OUTAGE_AT_S)
+        try:
+            servers.stop_postgres()
+            load.sleep_until(OUTAGE_AT_S + outage_s)
+        finally:
+            servers.start()
+
+    load.run_for(load_s, during=outage)
+    scenario.wait_quiet()  # every batch written, or out of retries in the failed registry
+    failed = queue_state(rq_redis, settings).failed
+    replayed = scenario.replay_failed()
+    resend_unacked(api.url, keys[-1], ledger, deadline_s=30)
+    scenario.wait_landed()
+    figures = scenario.verify(
+        f"Postgres stopped {outage_s:g} s; {failed} batches reached the failed registry,"
+        f" {replayed} replayed with `selftune-ingest replay --all`; {pool.replaced_after_exit} worker exits",
+        load.elapsed_s,
+    )
+
+    assert failed > 0, "no batch ran out of retries: the replay path was not exercised"
+    assert figures.refused_503 > 0, "with Postgres down past the key cache TTL, some pushes must get 503"
+    assert queue_state(rq_redis, settings).failed == 0
