@@ -89,8 +89,9 @@ def run_workers(count: int, burst: bool = False) -> int:
     RQ's worker quits when Redis disappears under it: a child that exits
     unexpectedly is replaced, so a Redis blip never halves capacity silently.
     In burst mode the children end when the queue is empty, and are not replaced.
+    A single worker runs in this process: its process manager restarts it.
     """
-    if count == 1 and burst:
+    if count == 1:
         _work(burst)
         return 0
 
