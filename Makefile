@@ -10,7 +10,7 @@ export TEST_REDIS_URL ?= redis://127.0.0.1:56379/1
 # honcho would otherwise hand the web process port 5000.
 PORT ?= 8000
 
-.PHONY: venv services run test test-slow test-faults test-unit lint typecheck bench clean stop
+.PHONY: venv services run test test-slow test-faults test-unit lint typecheck bench bench-quick bench-profile clean stop
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -42,6 +42,19 @@ test-faults: venv
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit
+
+## make bench: throughput, latency, CPU and RSS against in-run baselines (bench/README.md).
+bench: venv
+	scripts/services.sh up dev
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-quick: venv
+	scripts/services.sh up dev
+	$(BIN)/python -m bench.run --quick
+
+bench-profile: venv
+	scripts/services.sh up dev
+	$(BIN)/python -m bench.run --profile --out bench/results/profile-run.json
 
 lint: venv
 	$(BIN)/ruff check .

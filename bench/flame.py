@@ -51,6 +51,7 @@ def _is_process(frame: str) -> bool:
 # Where a sample's time goes, by the first rule (in order) whose frame is on its stack.
 BREAKDOWNS: dict[str, list[tuple[str, str]]] = {
     "api": [
+        ("job hash: zlib-compress the data (api.enqueue.job_hash)", "job_hash (api/enqueue.py)"),
         ("RQ Job.to_dict (zlib-compresses the payload)", "Job.to_dict (rq/job.py)"),
         ("RQ Queue.create_job", "Queue.create_job (rq/queue.py)"),
         ("validate_push (msgspec, record by record)", "validate_push (schema/envelope.py)"),
@@ -66,12 +67,13 @@ BREAKDOWNS: dict[str, list[tuple[str, str]]] = {
         ("RQ Job.to_dict on success (re-compresses the payload)", "Job.to_dict (rq/job.py)"),
         ("counters pipeline (workers.jobs._count)", "_count (workers/jobs.py)"),
         ("psycopg: render the sql.Composed upsert (every execute)", "Composed.as_bytes (psycopg/sql.py)"),
-        ("psycopg: dump parameters (text arrays: regex quoting)", "PostgresQuery.convert (psycopg/_queries.py)"),
+        ("psycopg: dump parameters (the column arrays)", "PostgresQuery.convert (psycopg/_queries.py)"),
         ("libpq: send the statement and parameters", "_send_query_prepared (psycopg/_cursor_base.py)"),
         ("writer: re-validate records (check_record)", "check_record (schema/envelope.py)"),
         ("writer: build column arrays (column_arrays)", "column_arrays (workers/tables.py)"),
         ("writer: rest of write_batch (claim, finish, commit)", "write_batch (workers/jobs.py)"),
         ("job body: decode the payload, log line", "Job.perform (rq/job.py)"),
+        ("RQ scheduler process", "RQScheduler.work (rq/scheduler.py)"),
         ("RQ bookkeeping (dequeue, heartbeats, registries, job status)", ""),
     ],
 }

@@ -2,9 +2,10 @@
 
 Why not httpx2: the generator shares the 2 cores with everything it measures.
 A request here costs ~4 us to build (the body is `token.join(parts)`), one
-`writelines` and a bytes search for the end of the response headers; an
-httpx2 AsyncClient request costs ~10x more Python. The client's own CPU is
-measured and reported with everything else.
+`writelines` and a bytes search for the end of the response headers, with
+none of an HTTP client library's per-request machinery (request and response
+models, pool bookkeeping). The client's own CPU is measured and reported with
+everything else.
 
 Two modes, both over `connections` keep-alive connections:
 - closed loop (`rate=None`): each connection sends its next push as soon as

@@ -36,7 +36,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from bench import flame, load, procstat
 from bench.gen import WORKSPACES, PushStream, Template, describe, make_templates
-from bench.stack import BIN, QUEUE_KEY, REPO, Stack, wait_for
+from bench.stack import BIN, QUEUE_KEY, REPO, Stack, code_digest
 
 RESULTS = REPO / "bench" / "results"
 
@@ -61,6 +61,28 @@ class Config:
     runs: int
     profile: bool
     seed: int
+    quiet_wait: float = 0.0  # seconds to wait, before each phase, for the machine to calm down
+
+
+def wait_quiet(cfg: Config, log: Any) -> None:
+    """Before a phase: wait (at most cfg.quiet_wait s) until the machine is under 30 % busy for 1 s.
+
+    Other users' test runs share these 2 cores; this trades run time for less noise.
+    """
+    if cfg.quiet_wait <= 0:
+        return
+    ncpu = os.cpu_count() or 1
+    deadline = time.monotonic() + cfg.quiet_wait
+    waited = 0.0
+    while True:
+        a = procstat.machine_cpu()["busy"]
+        time.sleep(1.0)
+        busy = 100 * (procstat.machine_cpu()["busy"] - a) / ncpu
+        if busy < 30 or time.monotonic() >= deadline:
+            break
+        waited += 1.0
+    if waited:
+        log(f"waited {waited:.0f} s for the machine to calm down (now {busy:.0f} % busy)")
 
 
 # -- one load phase -------------------------------------------------------------------------
@@ -144,6 +166,19 @@ def load_phase(*args: Any, **kwargs: Any) -> tuple[load.LoadResult, dict[str, An
     return uvloop.run(_load_phase(*args, **kwargs))
 
 
+def dump_samples(stack: Stack, name: str, result: load.LoadResult) -> None:
+    """With --keep-logs: every request of a phase as CSV (seconds from the phase start), for diagnosis."""
+    if not stack.keep_logs:
+        return
+    t0 = result.started
+    with (stack.tmp / f"samples-{name}.csv").open("w") as f:
+        f.write("due_s,done_s,latency_ms,status,records,repeat\n")
+        for x in result.samples:
+            f.write(
+                f"{x.due - t0:.4f},{x.done - t0:.4f},{(x.done - x.due) * 1000:.2f},{x.status},{x.records},{int(x.repeat)}\n"
+            )
+
+
 # -- Postgres side of the e2e phases ------------------------------------------------------------
 
 
@@ -169,20 +204,27 @@ def push_counts(stack: Stack) -> dict[str, int]:
 
 
 def wait_processed(stack: Stack, expected: int, timeout: float) -> bool:
-    try:
-        wait_for(
-            f"{expected} pushes processed",
-            lambda: push_counts(stack).get("processed", 0) >= expected,
-            timeout=timeout,
-            proc=stack.worker,
-        )
-        return True
-    except RuntimeError as exc:
-        print(f"  ! {str(exc).splitlines()[0]}", file=sys.stderr)
-        return False
+    """Wait until `expected` pushes are processed; give up early if nothing moves for 20 s."""
+    deadline = time.monotonic() + timeout
+    last, moved = -1, time.monotonic()
+    while True:
+        counts = push_counts(stack)
+        done = counts.get("processed", 0)
+        if done >= expected:
+            return True
+        if done != last:
+            last, moved = done, time.monotonic()
+        if time.monotonic() > deadline or time.monotonic() - moved > 20:
+            print(
+                f"  ! only {done} of {expected} pushes processed ({counts}); see the workers' log"
+                f" (--keep-logs):\n{stack.worker.tail(8) if stack.worker else ''}",
+                file=sys.stderr,
+            )
+            return False
+        time.sleep(0.2)
 
 
-def lags(stack: Stack, samples: list[load.Sample]) -> dict[str, Any]:
+def lags(stack: Stack, samples: list[load.Sample], name: str = "") -> dict[str, Any]:
     """Lag from the client's 202 to the batch's commit (processed_at + write_ms), and server-side."""
     if not samples:
         return {}
@@ -192,6 +234,13 @@ def lags(stack: Stack, samples: list[load.Sample]) -> dict[str, Any]:
         " extract(epoch FROM received_at)::float8 FROM pushes WHERE status = 'processed' AND push_id = ANY(%s)",
         (list(done),),
     ).fetchall()
+    if stack.keep_logs and name:
+        t0 = min(done.values())
+        with (stack.tmp / f"lags-{name}.csv").open("w") as f:
+            f.write("done_s,until_txn_start_ms,write_ms,lag_ms\n")
+            for pid, pa, wm, _ in sorted(rows, key=lambda r: done[r[0]]):
+                w = done[pid]
+                f.write(f"{w - t0:.3f},{(pa - w) * 1000:.1f},{wm:.1f},{(pa + wm / 1000 - w) * 1000:.1f}\n")
     client = sorted((pa + wm / 1000 - done[pid]) * 1000 for pid, pa, wm, _ in rows)
     server = sorted((pa + wm / 1000 - rec) * 1000 for _, pa, wm, rec in rows)
 
@@ -258,20 +307,24 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     # raw Redis baseline
     stack.truncate()
     stack.flush_redis()
+    wait_quiet(cfg, log)
     log("raw redis endpoint, full speed")
     probe = procstat.Probe(pids={"raw_app": stack.raw.pid, "redis": stack.redis.pid, "client": me})
     res, b, a, _ = load_phase(stack, stack.raw_port, PushStream(templates, phase_base + 0), probe, cfg)
     s = load.summarize(res)
+    dump_samples(stack, f"raw-{size}-run{run + 1}", res)
     out["raw"] = {**s, "cpu": cpu(b, a, s["records_ok"])}  # type: ignore[arg-type]
     _warn_statuses("raw", s)
 
     # api, full speed, no workers
     stack.flush_redis()
+    wait_quiet(cfg, log)
     log("api full speed (workers stopped)")
     probe = procstat.Probe(pids={"api": stack.api.pid, "redis": stack.redis.pid, "client": me})
     prof = start_profile(stack.api.pid, f"api-{size}", cfg.warmup + cfg.duration) if cfg.profile else None
     res, b, a, _ = load_phase(stack, stack.api_port, PushStream(templates, phase_base + 1), probe, cfg)
     s = load.summarize(res)
+    dump_samples(stack, f"api-full-{size}-run{run + 1}", res)
     out["api_full"] = {**s, "cpu": cpu(b, a, s["records_ok"])}  # type: ignore[arg-type]
     _warn_statuses("api-full", s)
     out["api_full"]["profile"] = finish_profile(prof, f"api, {size}-record pushes at full speed", "api")
@@ -280,24 +333,27 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     # api, paced at half
     stack.flush_redis()
     half = max(1.0, s["ok_per_s"] / 2)  # type: ignore[operator]
+    wait_quiet(cfg, log)
     log(f"api paced at half: {half:.0f} pushes/s")
     res, b, a, _ = load_phase(
         stack, stack.api_port, PushStream(templates, phase_base + 2), probe, cfg, rate=half, connections=64
     )
     s = load.summarize(res)
+    dump_samples(stack, f"api-half-{size}-run{run + 1}", res)
     out["api_half"] = {"rate": round(half, 1), **s, "cpu": cpu(b, a, s["records_ok"])}  # type: ignore[arg-type]
     _warn_statuses("api-half", s)
 
     # writer alone
     stack.flush_redis()
     stack.truncate()
+    wait_quiet(cfg, log)
     log(f"postgres writer alone, {cfg.workers} processes")
     proc = subprocess.run(
         [sys.executable, "-m", "bench.writer", "--database-url", stack.database_url,
          "--workspaces", ",".join(stack.workspaces), "--size", str(size), "--procs", str(cfg.workers),
          "--duration", str(cfg.duration), "--phase", str(phase_base + 3), "--seed", str(cfg.seed),
          "--postmaster-pid", str(stack.postmaster_pid)],
-        cwd=REPO, capture_output=True, text=True, timeout=900, env=stack.env(),
+        cwd=stack.src, capture_output=True, text=True, timeout=cfg.duration + 900, env=stack.env(),
     )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"bench.writer failed:\n{proc.stderr[-3000:]}")
@@ -309,6 +365,7 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     stack.start_workers(cfg.workers)
     high = max(2 * cfg.workers, math.ceil(4000 / size))
     gate = (high, high // 2)
+    wait_quiet(cfg, log)
     log(f"end to end, saturated (queue held between {gate[1]} and {gate[0]} jobs)")
     probe = procstat.Probe(
         pids={"api": stack.api.pid, "redis": stack.redis.pid, "client": me},
@@ -323,6 +380,7 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
         stack, stack.api_port, PushStream(templates, phase_base + 4), probe, cfg, gate_jobs=gate
     )
     s = load.summarize(res)
+    dump_samples(stack, f"e2e-sat-{size}-run{run + 1}", res)
     _warn_statuses("e2e-sat", s)
     sent_202 = sum(1 for x in res.samples if x.status == 202)
     pushes, records = processed_between(stack, *res.wall_window)
@@ -336,17 +394,21 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     }
     out["e2e_sat"]["profile"] = finish_profile(prof, f"workers, {size}-record pushes, end to end saturated", "workers")
     wait_processed(stack, sent_202, timeout=120)
-    out["e2e_sat"]["lag"] = lags(stack, [x for x in res.samples if x.status == 202 and res.window[0] <= x.done])
+    out["e2e_sat"]["lag"] = lags(
+        stack, [x for x in res.samples if x.status == 202 and res.window[0] <= x.done], f"e2e-sat-{size}-run{run + 1}"
+    )
     out["e2e_sat"]["redis_used_mb_after"] = round(stack.r.info("memory")["used_memory"] / 2**20, 1)
 
     # e2e, paced at half of the sustained rate
     half = max(1.0, s["ok_per_s"] / 2)  # type: ignore[operator]
+    wait_quiet(cfg, log)
     log(f"end to end, paced at half: {half:.0f} pushes/s")
     before_counts = push_counts(stack).get("processed", 0)
     res, b, a, depth = load_phase(
         stack, stack.api_port, PushStream(templates, phase_base + 5), probe, cfg, rate=half, connections=64
     )
     s = load.summarize(res)
+    dump_samples(stack, f"e2e-half-{size}-run{run + 1}", res)
     _warn_statuses("e2e-half", s)
     sent_202 = sum(1 for x in res.samples if x.status == 202)
     wait_processed(stack, before_counts + sent_202, timeout=120)
@@ -357,7 +419,11 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
         "records_per_s": round(records / seconds, 1),
         "client": s,
         "cpu": cpu(b, a, records),
-        "lag": lags(stack, [x for x in res.samples if x.status == 202 and res.window[0] <= x.done < res.window[1]]),
+        "lag": lags(
+            stack,
+            [x for x in res.samples if x.status == 202 and res.window[0] <= x.done < res.window[1]],
+            f"e2e-half-{size}-run{run + 1}",
+        ),
     }
     out["worker_peak_rss_mb"] = [procstat.peak_rss_mb(p) for p in stack.worker_pids()]
     # VmHWM is the api's peak since it started: after the 500-record phases it covers both sizes.
@@ -556,13 +622,14 @@ def machine() -> dict[str, Any]:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout
         except Exception:
             return ""
 
+    # Porcelain lines are "XY path": the path starts at column 3.
     dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("bench/")]
     return {
-        "git_head": git("rev-parse", "--short", "HEAD"),
+        "git_head": git("rev-parse", "--short", "HEAD").strip(),
         "git_dirty_files": dirty,
         "nproc": os.cpu_count(),
         "cpu_model": model,
@@ -594,6 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="py-spy the api (api-full) and workers (e2e-sat)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each phase, wait up to S s for the machine to be under 30%% busy (shared machines)",
+    )
+    p.add_argument(
         "--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
@@ -608,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         runs=a.runs,
         profile=a.profile,
         seed=a.seed,
+        quiet_wait=a.quiet_wait,
     )
     started = time.time()
     info = machine()
@@ -631,17 +706,31 @@ def main(argv: list[str] | None = None) -> int:
         api_rss = procstat.peak_rss_mb(stack.api.pid)
     finally:
         stack.close()
+    changed = code_digest(REPO) != stack.code_digest
+    code_note = {
+        "git_head": info["git_head"],
+        "dirty_files": info["git_dirty_files"],
+        "snapshot_digest": stack.code_digest,
+        "work_tree_changed_during_run": changed,
+    }
     summary = {size: medians([headline(r[size]) for r in runs]) for size in cfg.sizes}
     text = table(summary, api_rss, cfg)
     elapsed = time.time() - started
     print()
     print(text)
     print(f"\n{elapsed:.0f} s; load average now {os.getloadavg()[0]:.2f}; results in {a.out}")
+    print(
+        f"code: git {info['git_head']}"
+        + (f" + {len(info['git_dirty_files'])} uncommitted files" if info["git_dirty_files"] else "")
+        + f", snapshot {stack.code_digest}"
+        + (" (the work tree changed during the run; the processes ran the snapshot)" if changed else "")
+    )
     report = {
         "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 1),
         "machine": {**info, "loadavg_end": os.getloadavg()},
+        "code": code_note,
         "config": cfg.__dict__,
         "api_peak_rss_mb": api_rss,
         "summary": {str(k): v for k, v in summary.items()},

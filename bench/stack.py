@@ -11,11 +11,17 @@
 
 Every process runs in a session of its own and is stopped (SIGTERM, then
 SIGKILL) by its process group id, however the benchmark ended.
+
+The code they run is a snapshot: api/, workers/, schema/ and bench/ are copied
+to a temporary directory when the stack is made, and every process runs from
+there (cwd and PYTHONPATH), so edits to the work tree during a run (another
+session, your editor) cannot mix two versions of the code in one result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -69,15 +75,37 @@ def wait_for(what: str, condition, timeout: float = 30.0, proc: Service | None =
         time.sleep(0.05)
 
 
+SNAPSHOT_DIRS = ("api", "workers", "schema", "bench")
+
+
+def code_digest(root: Path) -> str:
+    """sha256 (12 hex digits) of the product code under root: api/, workers/, schema/ (.py, .sql)."""
+    digest = hashlib.sha256()
+    for name in SNAPSHOT_DIRS[:3]:
+        for path in sorted((root / name).rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".sql") and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(root)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def snapshot_code(dest: Path) -> str:
+    """Copy the code the processes run to `dest`; return its code_digest."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "results")
+    for name in SNAPSHOT_DIRS:
+        shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    return code_digest(dest)
+
+
 class Service:
     """A started process (its own session), with its log file."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path = REPO) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     @property
@@ -117,6 +145,8 @@ class Stack:
         self.admin_url = admin_url
         self.workers_n = workers
         self.tmp = Path(tempfile.mkdtemp(prefix="selftune-bench-"))
+        self.src = self.tmp / "src"
+        self.code_digest = snapshot_code(self.src)
         self.keep_logs = keep_logs
         parts = urlsplit(admin_url)
         self.database_url = urlunsplit(parts._replace(path="/" + BENCH_DB))
@@ -142,7 +172,7 @@ class Stack:
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(self.src),
             "PYTHONUNBUFFERED": "1",
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
@@ -244,7 +274,7 @@ class Stack:
             str(BIN / "uvicorn"), app, "--factory", "--host", "127.0.0.1", "--port", str(port),
             "--no-access-log", "--loop", "uvloop", "--http", "httptools",
         ]  # fmt: skip
-        svc = Service(name, argv, self.env(), self.tmp)
+        svc = Service(name, argv, self.env(), self.tmp, cwd=self.src)
         wait_for(f"{name} GET /healthz on :{port}", lambda: _http_ok(port), proc=svc)
         return svc, port
 
@@ -256,7 +286,8 @@ class Stack:
 
     def start_workers(self, n: int | None = None) -> None:
         n = n or self.workers_n
-        self.worker = Service("workers", [str(BIN / "selftune-ingest"), "worker", "-n", str(n)], self.env(), self.tmp)
+        argv = [str(BIN / "selftune-ingest"), "worker", "-n", str(n)]
+        self.worker = Service("workers", argv, self.env(), self.tmp, cwd=self.src)
         wait_for(f"{n} RQ workers to register", lambda: self.r.scard("rq:workers") >= n, proc=self.worker)
 
     def worker_pids(self) -> list[int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import sys
 import time
 from datetime import UTC, datetime
@@ -74,7 +75,7 @@ def _child(
     index: int,
     args: argparse.Namespace,
     workspaces: list[str],
-    barrier: Any,
+    go: Any,
     out: Any,
 ) -> None:
     from workers import db
@@ -98,7 +99,8 @@ def _child(
     # Enough for the phase at 3x the calibrated pace (the others were warming up meanwhile).
     wanted = int(3 * args.duration / max(per_batch, 1e-4)) + 16
     mine = [source.get(args.phase, n) for n in range(index, min(wanted, args.max_batches_per_proc) * procs, procs)]
-    barrier.wait()
+    out.put({"ready": index})
+    go.wait()
     start = time.perf_counter()
     cpu0 = time.process_time()
     deadline = start + args.duration
@@ -141,17 +143,38 @@ def main(argv: list[str] | None = None) -> int:
     args.max_batches_per_proc = max(16, args.max_records // args.size // args.procs)
 
     ctx = mp.get_context("fork")
-    barrier = ctx.Barrier(args.procs + 1)
+    go = ctx.Event()
     out = ctx.Queue()
-    procs = [ctx.Process(target=_child, args=(i, args, workspaces, barrier, out)) for i in range(args.procs)]
+    procs = [ctx.Process(target=_child, args=(i, args, workspaces, go, out)) for i in range(args.procs)]
     for proc in procs:
         proc.start()
     probe = procstat.Probe(pids={f"writer{i}": proc.pid for i, proc in enumerate(procs)})  # type: ignore[misc]
     if args.postmaster_pid:
         probe.trees["postgres"] = args.postmaster_pid
-    barrier.wait(timeout=600)
+
+    def collect(key: str, timeout: float) -> list[dict[str, Any]]:
+        """One message per child; fail fast (exit 1) if a child dies first."""
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < len(procs):
+            try:
+                msg = out.get(timeout=0.5)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    for p in procs:
+                        p.kill()
+                    why = f"writer process exited with {dead[0].exitcode}" if dead else f"no {key} in {timeout:g} s"
+                    raise SystemExit(f"bench.writer: {why} (its traceback is above)") from None
+                continue
+            if key in msg:
+                got.append(msg)
+        return got
+
+    collect("ready", timeout=600)
     before = probe.snapshot()
-    results = [out.get(timeout=args.duration + 600) for _ in procs]
+    go.set()
+    results = collect("records", timeout=args.duration + 300)
     after = probe.snapshot()
     for proc in procs:
         proc.join()

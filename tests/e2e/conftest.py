@@ -16,19 +16,15 @@ import pytest
 from redis import Redis
 
 from schema.settings import Settings
-from tests.e2e.stack import Account, Api, PostgresServer, Stack, process_env
+from tests.e2e.stack import Account, Api, PostgresServer, Stack, running_stack
 from workers.accounts import create_key, create_workspace
 
 
 @pytest.fixture
 def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     """Starts api and worker processes; stops every one of them at teardown, pass or fail."""
-    env = process_env(settings)
-    processes = Stack(env, tmp_path)
-    try:
+    with running_stack(settings, tmp_path) as processes:
         yield processes
-    finally:
-        processes.stop_all()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -213,3 +213,13 @@ def process_env(settings: Any, **overrides: str) -> dict[str, str]:
         "KEY_CACHE_TTL_S": "1",
         **overrides,
     }
+
+
+@contextlib.contextmanager
+def running_stack(settings: Any, tmp_path: Path, **overrides: str) -> Iterator[Stack]:
+    """A Stack whose processes are all stopped on exit, pass or fail."""
+    processes = Stack(process_env(settings, **overrides), tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop_all()

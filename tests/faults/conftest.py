@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from schema.settings import Settings
 from tests.conftest import missing_server
-from tests.e2e.stack import Stack, process_env
+from tests.e2e.stack import Stack, running_stack
 from tests.faults.harness import SUMMARIES, WorkerPool
 from tests.faults.servers import Servers
 from workers.accounts import create_key, create_workspace
@@ -33,12 +33,8 @@ LOAD_THREADS = 3  # concurrent clients, one key each (as separate CLIs)
 @pytest.fixture
 def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     """Starts api and worker processes; stops every one of them at teardown, pass or fail."""
-    env = process_env(settings, KEY_CACHE_TTL_S="5", RATE_LIMIT_PUSHES_PER_S="0")
-    processes = Stack(env, tmp_path)
-    try:
+    with running_stack(settings, tmp_path, KEY_CACHE_TTL_S="5", RATE_LIMIT_PUSHES_PER_S="0") as processes:
         yield processes
-    finally:
-        processes.stop_all()
 
 
 @pytest.fixture
