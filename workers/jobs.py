@@ -46,7 +46,18 @@ def write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool 
     """Write a batch in one transaction; a push already processed is a no-op.
 
     Returns a summary: accepted and rejected counts by type, or duplicate=True.
+    The fast path sends each type in one statement with no savepoints; if
+    Postgres refuses some value, the batch is written again carefully (see
+    `write_records`).
     """
+    try:
+        return _write_batch(conn, batch, clean_bytes, careful=False)
+    except psycopg.DataError as exc:
+        log.warning("push %s: Postgres refused a value (%s); writing carefully", batch.push_id, exc)
+        return _write_batch(conn, batch, clean_bytes, careful=True)
+
+
+def _write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool, careful: bool) -> dict[str, Any]:
     started = time.perf_counter()
     quarantined = [QuarantineRow(r.record_type, r.index, r.error, bytes(r.raw)) for r in batch.rejected]
     accepted: dict[str, int] = {}
@@ -70,7 +81,7 @@ def write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool 
                     good_positions.append(position)
                 else:
                     quarantined.append(QuarantineRow(record_type, position, error, bytes(raw)))
-            refused = write_records(conn, batch.workspace_id, record_type, records, good_raws, good_positions)
+            refused = write_records(conn, batch.workspace_id, record_type, records, good_raws, good_positions, careful)
             quarantined.extend(refused)
             if len(records) > len(refused):
                 accepted[record_type] = len(records) - len(refused)

@@ -55,16 +55,23 @@ def write_records(
     records: Sequence[Any],
     raws: Sequence[bytes],
     positions: Sequence[int],
+    careful: bool = False,
 ) -> list[QuarantineRow]:
     """Upsert one type's records in bulk; returns records Postgres itself refused.
 
-    A batch normally goes in with one statement. If Postgres rejects the data
-    (a value out of its range, say), the records are retried one by one, each
-    in a savepoint, so the good ones still land and the bad ones are quarantined
-    with Postgres's reason.
+    Normally one statement per type, in the caller's transaction: a refusal
+    (a value out of Postgres's range, say) raises DataError and aborts it. The
+    caller then writes the batch again `careful`ly: each type in a savepoint,
+    and a refused type record by record, so the good records still land and the
+    bad ones are quarantined with Postgres's reason.
     """
     table = TABLES[record_type]
     statement = UPSERTS[record_type]
+    if not careful:
+        with conn.cursor() as cur:
+            for batch in _rounds(record_type, records):
+                cur.execute(statement, [workspace_id, *column_arrays(table, batch)])
+        return []
     try:
         with conn.transaction(), conn.cursor() as cur:
             for batch in _rounds(record_type, records):

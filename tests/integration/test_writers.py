@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import msgspec
 import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schema import samples
 from tests.support import batch_of, count, snapshot
+from workers import jobs
 from workers.jobs import write_batch
 
 
@@ -216,3 +219,28 @@ def test_any_order_and_repetition_of_batches_leaves_identical_tables(
     shuffled = data.draw(st.permutations(batches))
     repeated = shuffled + data.draw(st.lists(st.sampled_from(batches), max_size=3))
     assert _apply(db, repeated) == reference
+
+
+def test_a_value_postgres_refuses_quarantines_that_record_and_the_rest_land(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Validation bounds every value Postgres cannot store; should one slip through
+    # (a worker on an older schema, say), the batch must still not be lost.
+    real_check = jobs.check_record
+
+    def slipped(record_type: str, raw: Any, path: str, *args: Any) -> Any:
+        record, error = real_check(record_type, raw, path, *args)
+        if record is not None and getattr(record, "prompt_id", None) == "prompt-2":
+            record = msgspec.structs.replace(record, prompt_index=2**70)  # past bigint
+        return record, error
+
+    monkeypatch.setattr(jobs, "check_record", slipped)
+    summary = write(
+        db, {"prompts": [samples.prompt(1), samples.prompt(2), samples.prompt(3)], "sessions": [samples.session(1)]}
+    )
+
+    assert summary["accepted"] == {"prompts": 2, "sessions": 1}
+    assert summary["rejected"] == {"prompts": 1}
+    assert sorted(r[0] for r in db.execute("SELECT prompt_id FROM prompts").fetchall()) == ["prompt-1", "prompt-3"]
+    [(index, error)] = db.execute("SELECT record_index, error FROM quarantine").fetchall()
+    assert index == 1 and "refused by the database" in error and "out of range" in error
