@@ -169,7 +169,7 @@ async def request_device_code(request: Request) -> Response:
     grant = DeviceCodeGrant(
         device_code=device_code,
         user_code=user_code,
-        verification_url=str(request.url_for("device_page")),
+        verification_url=_verification_url(request),
         expires_in=DEVICE_CODE_TTL_S,
         interval=POLL_INTERVAL_S,
     )
@@ -233,6 +233,14 @@ async def poll_device_code(request: Request) -> Response:
             )
             answer = PollAnswer("pending", interval=interval_s)
     return json_response(answer)
+
+
+def _verification_url(request: Request) -> str:
+    """PUBLIC_BASE_URL + /device when set (behind a TLS proxy the request's own URL is wrong)."""
+    base = request.app.state.settings.public_base_url
+    if base:
+        return str(base).rstrip("/") + str(request.app.url_path_for("device_page"))
+    return str(request.url_for("device_page"))
 
 
 # -- GET /device: where verification_url leads -------------------------------------------------------------

@@ -91,6 +91,8 @@ class Settings:
     max_queue_lag_s: float  # age of the oldest queued batch
     # Redis must keep queued batches: refuse to start unless it is durable and never evicts.
     redis_require_durable: bool
+    # The address clients reach the api at (device enrollment links); empty: the request's own.
+    public_base_url: str
     # Auth.
     key_cache_ttl_s: float  # a revoked key stops working within this bound
 
@@ -121,6 +123,7 @@ class Settings:
             max_queue_depth=_int("MAX_QUEUE_DEPTH", 100_000, 1),
             max_queue_lag_s=_float("MAX_QUEUE_LAG_S", 600.0, 1.0),
             redis_require_durable=_bool("REDIS_REQUIRE_DURABLE", False),
+            public_base_url=os.environ.get("PUBLIC_BASE_URL", ""),
             key_cache_ttl_s=_float("KEY_CACHE_TTL_S", 30.0),
         )
 

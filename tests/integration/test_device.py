@@ -7,6 +7,7 @@ back, not by sleeping.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -249,3 +250,10 @@ def test_verify_needs_a_live_key(client: TestClient, db: psycopg.Connection, acm
     accounts.revoke_key(db, key_id)
     resp = client.get("/api/v1/alpha/verify", headers={"Authorization": f"Bearer {key}"})
     assert resp.status_code == 401 and resp.json()["error"]["code"] == "unauthorized"
+
+
+def test_verification_url_uses_public_base_url_when_set(settings: Settings, db: psycopg.Connection) -> None:
+    db.execute("TRUNCATE device_codes")
+    proxied = dataclasses.replace(settings, public_base_url="https://ingest.example.com/")
+    with TestClient(create_app(proxied)) as c:
+        assert request_code(c)["verification_url"] == "https://ingest.example.com/device"
