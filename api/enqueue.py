@@ -107,10 +107,6 @@ class Enqueuer:
         )
         self._script = redis.register_script(_ENQUEUE_ONCE)
 
-    @property
-    def queue_key(self) -> str:
-        return str(self._queue.key)
-
     async def enqueue_once(
         self, key_id: str, workspace_id: str, push_id: str, payload: bytes, answer: bytes, records: int
     ) -> bytes | None:

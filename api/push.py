@@ -113,11 +113,9 @@ async def _push(request: Request) -> Response:
     if envelope.workspace_id is not None and envelope.workspace_id != key.workspace_id:
         raise forbidden_workspace(envelope.workspace_id)
     push_id = _push_id(request, validated)
-    request.state.push |= {
-        "push_id": push_id,
-        "accepted": sum(validated.accepted_counts.values()),
-        "rejected": len(validated.rejected),
-    }
+    accepted = validated.accepted_counts
+    accepted_records = sum(accepted.values())
+    request.state.push |= {"push_id": push_id, "accepted": accepted_records, "rejected": len(validated.rejected)}
     refusal = state.queue_watch.refusal()
     if refusal is not None:
         reason, retry_after = refusal
@@ -127,7 +125,7 @@ async def _push(request: Request) -> Response:
         ok=True,
         success=True,
         push_id=push_id,
-        accepted=validated.accepted_counts,
+        accepted=accepted,
         errors=validated.errors,
         rejected=validated.rejected_counts,
     )
@@ -142,7 +140,6 @@ async def _push(request: Request) -> Response:
     )
     answer_bytes = msgspec.json.encode(answer)
     payload = BATCH_ENCODER.encode(batch)
-    accepted_records = sum(answer.accepted.values())
     try:
         prior = await state.enqueuer.enqueue_once(
             key.key_id, key.workspace_id, push_id, payload, answer_bytes, accepted_records

@@ -12,7 +12,6 @@ import hashlib
 import re
 import secrets
 
-KEY_PREFIXES = ("st_live_", "st_test_")
 KEY_PATTERN = re.compile(r"st_(live|test)_[A-Za-z0-9_-]{32,200}")
 SHOWN_PREFIX_LENGTH = 12  # "st_live_" plus 4 characters: enough to tell keys apart in a list
 

@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Any
 
-import msgspec
 import psycopg
 from rq import get_current_job
 
@@ -184,8 +183,3 @@ def _record_failure(batch: QueuedBatch, exc: BaseException) -> None:
             fail_push(conn, batch, reason[:2000])
     except Exception as second:  # Postgres is likely what failed: RQ's failed registry still has it
         log.warning("could not mark push %s failed: %s", batch.push_id, second)
-
-
-def decode_payload(payload: bytes) -> QueuedBatch:
-    """Decode a job's payload (used by the ops command line to show and filter batches)."""
-    return msgspec.json.decode(payload, type=QueuedBatch)

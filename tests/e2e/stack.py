@@ -154,12 +154,7 @@ class Stack:
         return self.start("worker", [str(BIN / "selftune-ingest"), "worker", "-n", "1"], **env)
 
     def _healthy(self, api: Api) -> bool:
-        if not api.service.alive():
-            raise AssertionError(f"the api exited with {api.service.proc.returncode}:\n{api.service.tail()}")
-        try:
-            return httpx2.get(api.url + "/healthz", timeout=1).status_code == 200
-        except httpx2.TransportError:
-            return False
+        return answers_healthz(api.service, api.url)
 
     def wait_until(
         self,
@@ -223,3 +218,13 @@ def running_stack(settings: Any, tmp_path: Path, **overrides: str) -> Iterator[S
         yield processes
     finally:
         processes.stop_all()
+
+
+def answers_healthz(service: Service, url: str) -> bool:
+    """Whether the api at `url` answers GET /healthz; fails at once if its process exited."""
+    if not service.alive():
+        raise AssertionError(f"the api exited with {service.proc.returncode}:\n{service.tail()}")
+    try:
+        return httpx2.get(url + "/healthz", timeout=1).status_code == 200
+    except httpx2.TransportError:
+        return False

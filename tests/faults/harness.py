@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
 import msgspec
 import psycopg
 from psycopg import sql
@@ -33,7 +32,7 @@ from redis import Redis
 from schema.queue_state import QueueState, read_snapshot
 from schema.settings import Settings
 from tests.e2e.rows import ID_COLUMNS
-from tests.e2e.stack import BIN, Service, Stack, free_port
+from tests.e2e.stack import BIN, Service, Stack, answers_healthz, free_port
 from tests.faults.load import OTHER_STATUS, REFUSED_503, TRANSPORT, Ledger
 from workers.ops import failed_batches
 
@@ -70,12 +69,7 @@ class ApiProcess:
         return api
 
     def healthy(self) -> bool:
-        if not self.service.alive():
-            raise AssertionError(f"the api exited with {self.service.proc.returncode}:\n{self.service.tail()}")
-        try:
-            return httpx2.get(self.url + "/healthz", timeout=1).status_code == 200
-        except httpx2.TransportError:
-            return False
+        return answers_healthz(self.service, self.url)
 
     def restart(self, kill: bool = False) -> ApiProcess:
         """SIGTERM (graceful: in-flight requests finish) or SIGKILL, then a new api on the same port."""
