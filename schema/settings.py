@@ -20,7 +20,7 @@ class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
-def _int(name: str, default: int, minimum: int = 0) -> int:
+def _int(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -30,6 +30,8 @@ def _int(name: str, default: int, minimum: int = 0) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -82,6 +84,7 @@ class Settings:
     job_retries: int  # transient failures retried this many times...
     job_retry_backoff_s: tuple[int, ...]  # ...after these pauses (last one repeats)
     failed_ttl_s: int  # how long a failed batch stays in RQ's failed registry
+    job_data_zlib_level: int  # 0: queued batches are stored as sent; 1-9: zlib-compressed (less Redis memory, more api CPU)
     worker_maintenance_interval_s: int  # how often a worker requeues abandoned batches
     # Per API key: a token bucket in Redis (429 past it). 0 disables the limit.
     rate_limit_pushes_per_s: float
@@ -117,6 +120,7 @@ class Settings:
             job_retries=_int("JOB_RETRIES", 5),
             job_retry_backoff_s=tuple(int(s) for s in backoff.split(",")),
             failed_ttl_s=_int("FAILED_TTL_S", 30 * 24 * 3600, 1),
+            job_data_zlib_level=_int("JOB_DATA_ZLIB_LEVEL", 0, 0, 9),
             worker_maintenance_interval_s=_int("WORKER_MAINTENANCE_INTERVAL_S", 60, 1),
             rate_limit_pushes_per_s=_float("RATE_LIMIT_PUSHES_PER_S", 10.0),
             rate_limit_burst=_int("RATE_LIMIT_BURST", 60, 1),

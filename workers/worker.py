@@ -20,7 +20,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from schema import logs, redis_check
-from schema.queue import MsgpackSerializer
+from schema.queue import IngestJob, MsgpackSerializer
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ class IngestWorker(SimpleWorker):
 def make_worker(settings: Settings, connection: Redis | None = None, name: str | None = None) -> IngestWorker:
     """A worker on the ingest queue, speaking the api's job serializer."""
     redis = connection or Redis.from_url(settings.redis_url)
-    queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+    queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer, job_class=IngestJob)
     return IngestWorker(
         [queue],
         connection=redis,
         serializer=MsgpackSerializer,
+        job_class=IngestJob,
         name=name,
         maintenance_interval=settings.worker_maintenance_interval_s,
     )

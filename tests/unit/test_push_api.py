@@ -124,8 +124,21 @@ def test_job_carries_no_pickle_and_no_body_in_its_description(client: TestClient
     [job] = queue.jobs
     assert len(job.description) < 100 and "please refactor" not in job.description
     raw = queue.connection.hget(job.key, "data")
-    assert b"please refactor" not in raw  # compressed by RQ, and ...
-    assert not job.data.startswith(b"\x80")  # ... not a pickle (pickles start with PROTO 0x80)
+    # Stored as sent by default (JOB_DATA_ZLIB_LEVEL=0), as msgpack, not a pickle (PROTO 0x80).
+    assert b"please refactor" in raw and raw == job.data and raw.startswith(b"\x94")
+
+
+def test_job_data_is_compressed_when_asked_and_reads_back_the_same(
+    settings: Settings, server: fakeredis.FakeServer, queue: Queue
+) -> None:
+    body = {"push_id": "p-zlib", "data": {"prompts": [prompt(1, text_size=5000)]}}
+    with make_client(replace(settings, job_data_zlib_level=1), fakeredis.FakeAsyncRedis(server=server)) as c:
+        assert post(c, body).status_code == 202
+    [job] = queue.jobs
+    raw = queue.connection.hget(job.key, "data")
+    assert b"please refactor" not in raw and len(raw) < len(job.data) / 3
+    batch = BATCH_DECODER.decode(job.args[0])
+    assert batch.push_id == "p-zlib" and len(batch.records["prompts"]) == 1
 
 
 def test_invalid_record_is_reported_with_its_path_and_kept_for_quarantine(client: TestClient, queue: Queue) -> None:
