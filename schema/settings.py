@@ -84,8 +84,11 @@ class Settings:
     job_retries: int  # transient failures retried this many times...
     job_retry_backoff_s: tuple[int, ...]  # ...after these pauses (last one repeats)
     failed_ttl_s: int  # how long a failed batch stays in RQ's failed registry
-    job_data_zlib_level: int  # 0: queued batches are stored as sent; 1-9: zlib-compressed (less Redis memory, more api CPU)
+    job_data_zlib_level: (
+        int  # 0: queued batches are stored as sent; 1-9: zlib-compressed (less Redis memory, more api CPU)
+    )
     worker_maintenance_interval_s: int  # how often a worker requeues abandoned batches
+    worker_jobs_per_take: int  # a worker takes up to this many queued batches at once (RQ bookkeeping shared)
     # Per API key: a token bucket in Redis (429 past it). 0 disables the limit.
     rate_limit_pushes_per_s: float
     rate_limit_burst: int
@@ -122,6 +125,7 @@ class Settings:
             failed_ttl_s=_int("FAILED_TTL_S", 30 * 24 * 3600, 1),
             job_data_zlib_level=_int("JOB_DATA_ZLIB_LEVEL", 0, 0, 9),
             worker_maintenance_interval_s=_int("WORKER_MAINTENANCE_INTERVAL_S", 60, 1),
+            worker_jobs_per_take=_int("WORKER_JOBS_PER_TAKE", 8, 1, 100),
             rate_limit_pushes_per_s=_float("RATE_LIMIT_PUSHES_PER_S", 10.0),
             rate_limit_burst=_int("RATE_LIMIT_BURST", 60, 1),
             max_queue_depth=_int("MAX_QUEUE_DEPTH", 100_000, 1),

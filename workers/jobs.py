@@ -93,6 +93,19 @@ def _write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool
     return {"push_id": batch.push_id, "accepted": accepted, "rejected": rejected, "write_ms": round(write_ms, 2)}
 
 
+def write_payload(payload: bytes) -> tuple[QueuedBatch, dict[str, Any]]:
+    """Decode a queued push and write it in its own transaction; return the batch and its summary."""
+    batch = BATCH_DECODER.decode(payload)
+    return batch, _write_queued(batch, payload)
+
+
+def _write_queued(batch: QueuedBatch, payload: bytes) -> dict[str, Any]:
+    conn = db.connection(settings())
+    # One byte test of the whole payload spares each record its own (see check_record).
+    clean = b"\\u0000" not in payload and len(payload) <= settings().max_string_chars
+    return write_batch(conn, batch, clean)
+
+
 def ingest_batch(payload: bytes) -> dict[str, Any]:
     """RQ job: decode a queued push and write it to Postgres (SPEC 4 and 5).
 
@@ -104,10 +117,7 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
     batch = BATCH_DECODER.decode(payload)
     started = time.perf_counter()
     try:
-        conn = db.connection(settings())
-        # One byte test of the whole payload spares each record its own (see check_record).
-        clean = b"\\u0000" not in payload and len(payload) <= settings().max_string_chars
-        summary = write_batch(conn, batch, clean)
+        summary = _write_queued(batch, payload)
     except BaseException as exc:
         # A timeout (SIGALRM) can interrupt a query and leave the connection
         # mid-command without marking it broken: start the next job afresh.
@@ -119,7 +129,13 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
             _record_failure(batch, exc)
             _count(lambda pipe: pipe.hincrby(stats.BATCHES, "failed", 1))
         raise
-    _count(lambda pipe: _count_batch(pipe, summary, time.perf_counter() - started))
+    _count(lambda pipe: count_batch(pipe, summary, time.perf_counter() - started))
+    log_batch(batch, summary)
+    return summary
+
+
+def log_batch(batch: QueuedBatch, summary: dict[str, Any]) -> None:
+    """One structured line per written batch."""
     log.info(
         "batch written",
         extra={
@@ -131,7 +147,6 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
             "write_ms": summary.get("write_ms"),
         },
     )
-    return summary
 
 
 def _count_attempt(job: Any) -> None:
@@ -143,7 +158,7 @@ def _count_attempt(job: Any) -> None:
         log.warning("could not count the failed attempt: %s", exc)
 
 
-def _count_batch(pipe: Any, summary: dict[str, Any], seconds: float) -> None:
+def count_batch(pipe: Any, summary: dict[str, Any], seconds: float) -> None:
     """Add one written batch to the shared counters (see schema/stats.py)."""
     if summary.get("duplicate"):
         pipe.hincrby(stats.BATCHES, "duplicate", 1)

@@ -81,3 +81,26 @@ def test_failed_write_is_retried_then_lands_in_the_failed_registry_with_the_push
     run_worker(settings)
     assert count(db, "sessions") == 1
     assert db.execute("SELECT status, error FROM pushes WHERE push_id = 'stuck'").fetchone() == ("processed", None)
+
+
+def test_a_full_redis_refuses_pushes_with_503_and_keeps_the_batches_it_holds(
+    client: TestClient, api_key: str, settings: Settings
+) -> None:
+    # Queued batches are stored as sent (JOB_DATA_ZLIB_LEVEL=0); when they fill Redis's
+    # maxmemory, `noeviction` makes Redis refuse the enqueue script: the CLI gets 503 and
+    # sends again later, and nothing acknowledged is evicted.
+    redis = Redis.from_url(settings.redis_url)
+    assert push(client, api_key, {"prompts": [samples.prompt(1)]}, "fits").status_code == 202
+    policy = redis.config_get("maxmemory-policy")["maxmemory-policy"]
+    redis.config_set("maxmemory-policy", "noeviction")
+    redis.config_set("maxmemory", 1)  # below what Redis already uses: every write is refused
+    try:
+        resp = push(client, api_key, {"prompts": [samples.prompt(2)]}, "does-not-fit")
+        assert resp.status_code == 503, resp.text
+        assert "the queue is unavailable" in resp.json()["error"]["message"]
+        assert resp.headers["Retry-After"]
+    finally:
+        redis.config_set("maxmemory", 0)
+        redis.config_set("maxmemory-policy", policy)
+    assert Queue(settings.queue_name, connection=redis).count == 1
+    assert push(client, api_key, {"prompts": [samples.prompt(2)]}, "does-not-fit").status_code == 202

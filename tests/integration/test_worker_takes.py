@@ -1,0 +1,116 @@
+"""A worker takes several queued batches at once: same outcome as one by one, fewer Redis commands.
+
+Real Redis and Postgres; the worker runs in burst mode in the test process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from redis import Connection, ConnectionPool, Redis
+from rq import Queue
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from starlette.testclient import TestClient
+
+from api.app import create_app
+from schema import samples, stats
+from schema.queue import IngestJob, MsgpackSerializer
+from schema.settings import Settings
+from tests.support import count, push_json, run_burst_worker
+from workers.worker import make_worker
+
+PUSHES = 12
+
+
+class CountingConnection(Connection):
+    """A Redis connection that counts its round trips (each send of one command or one pipeline)."""
+
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sends += 1
+        super().send_packed_command(command, check_health)
+
+
+def _round_trips_to_drain(settings: Settings) -> int:
+    pool = ConnectionPool.from_url(settings.redis_url, connection_class=CountingConnection)
+    CountingConnection.sends = 0
+    make_worker(settings, connection=Redis(connection_pool=pool)).work(burst=True)
+    return CountingConnection.sends
+
+
+def _queue_and_push(client: TestClient, api_key: str, n: int, prefix: str = "take") -> None:
+    for i in range(n):
+        assert push_json(client, api_key, {"prompts": [samples.prompt(i)]}, f"{prefix}-{i}").status_code == 202
+
+
+def test_queued_batches_taken_together_land_once_each_and_rq_sees_them_finished(
+    client: TestClient, api_key: str, db: psycopg.Connection, settings: Settings, use_worker_settings: Any
+) -> None:
+    _queue_and_push(client, api_key, PUSHES)
+    redis = Redis.from_url(settings.redis_url)
+    before = redis.hgetall(stats.WRITTEN).get(b"prompts", b"0")
+
+    run_burst_worker(replace(settings, worker_jobs_per_take=5))
+
+    assert count(db, "prompts") == PUSHES
+    statuses = db.execute("SELECT status, count(*) FROM pushes GROUP BY status").fetchall()
+    assert statuses == [("processed", PUSHES)]
+    name = settings.queue_name
+    assert Queue(name, connection=redis).count == 0
+    assert StartedJobRegistry(name, connection=redis).count == 0
+    assert FailedJobRegistry(name, connection=redis).count == 0
+    assert redis.llen(Queue(name, connection=redis).intermediate_queue_key) == 0
+    # What ops read: the written-records counter and RQ's per-worker totals.
+    assert int(redis.hget(stats.WRITTEN, "prompts") or 0) - int(before) == PUSHES
+    finished = FinishedJobRegistry(name, connection=redis, serializer=MsgpackSerializer, job_class=IngestJob)
+    for job_id in finished.get_job_ids():
+        job = IngestJob.fetch(job_id, connection=redis, serializer=MsgpackSerializer)
+        assert job.get_status() == "finished"
+
+
+def test_taking_several_batches_at_once_needs_far_fewer_redis_round_trips(
+    client: TestClient, api_key: str, db: psycopg.Connection, settings: Settings, use_worker_settings: Any
+) -> None:
+    spent = {}
+    for per_take in (1, 8):
+        _queue_and_push(client, api_key, PUSHES, prefix=f"take{per_take}")
+        spent[per_take] = _round_trips_to_drain(replace(settings, worker_jobs_per_take=per_take))
+    assert db.execute("SELECT count(*) FROM pushes WHERE status = 'processed'").fetchone() == (2 * PUSHES,)
+    assert spent[8] < spent[1] / 3, spent
+
+
+def test_a_batch_that_fails_inside_a_take_is_retried_alone_and_its_neighbours_land(
+    api_key: str, db: psycopg.Connection, settings: Settings, use_worker_settings: Any
+) -> None:
+    # Postgres refuses the sessions batch (the test holds a lock the worker cannot get in 0.2 s);
+    # the prompts batches before and after it in the same take are written.
+    impatient = replace(settings, database_url=settings.database_url + "?options=-c%20lock_timeout%3D200")
+    use_worker_settings(impatient)
+    retrying = replace(settings, job_retries=1, job_retry_backoff_s=(0,))
+    with TestClient(create_app(retrying)) as c:
+        assert push_json(c, api_key, {"prompts": [samples.prompt(1)]}, "before").status_code == 202
+        assert push_json(c, api_key, {"sessions": [samples.session(1)]}, "stuck").status_code == 202
+        assert push_json(c, api_key, {"prompts": [samples.prompt(2)]}, "after").status_code == 202
+
+    with psycopg.connect(settings.database_url) as locker:
+        locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        run_burst_worker(replace(settings, worker_jobs_per_take=8))
+        locker.rollback()
+
+    rows = dict(db.execute("SELECT push_id, status FROM pushes").fetchall())
+    assert rows == {"before": "processed", "stuck": "failed", "after": "processed"}
+    assert count(db, "prompts") == 2 and count(db, "sessions") == 0
+    redis = Redis.from_url(settings.redis_url)
+    failed = FailedJobRegistry(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+    [job_id] = failed.get_job_ids()
+    job = IngestJob.fetch(job_id, connection=redis, serializer=MsgpackSerializer)
+    assert job.retries_left == 0 and job.meta["push_id"] == "stuck"
+
+    use_worker_settings(settings)
+    failed.requeue(job_id)
+    run_burst_worker(settings)
+    assert count(db, "sessions") == 1
+    assert db.execute("SELECT status FROM pushes WHERE push_id = 'stuck'").fetchone() == ("processed",)
