@@ -1,9 +1,14 @@
 """Back-pressure: refuse pushes (503 + Retry-After) while the workers are too far behind.
 
 The queue is watched, not polled per request: a background task reads the
-queue snapshot once a second, and each push only looks at the last one. The
-depth bound is also enforced exactly, inside the enqueue script. Nothing is
-ever buffered in memory: refusing is the only back-pressure.
+queue snapshot (and Redis's memory use) once a second, and each push only
+looks at the last one. The depth bound is also enforced exactly, inside the
+enqueue script. Nothing is ever buffered in memory: refusing is the only
+back-pressure.
+
+Memory matters because Redis runs `noeviction`: a full Redis refuses the
+workers' writes too (RQ's bookkeeping), so they could not drain the queue
+that filled it. Pushes are refused well before that (REDIS_MEMORY_HIGH_PCT).
 """
 
 from __future__ import annotations
@@ -42,12 +47,16 @@ class QueueWatch:
         self._keys = QueueKeys.for_queue(settings.queue_name)
         self._script = redis.register_script(SNAPSHOT_SCRIPT)
         self.latest: QueueState | None = None
+        self.memory: tuple[int, int] | None = None  # Redis used_memory, maxmemory (bytes)
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> QueueState:
         now = time.time()
         keys, args = snapshot_args(self._keys, now)
         self.latest = parse_snapshot(await self._script(keys=keys, args=args), now)
+        if self._settings.redis_memory_high_pct > 0:
+            info = await self._redis.info("memory")
+            self.memory = (int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
         return self.latest
 
     def refusal(self) -> tuple[str, int] | None:
@@ -66,6 +75,14 @@ class QueueWatch:
                 f"the oldest queued batch is {s.lag_s:.0f} s old (MAX_QUEUE_LAG_S={limits.max_queue_lag_s:g})",
                 retry_after_s(s.depth * 0.1, drain),
             )
+        if self.memory is not None and self.memory[1] > 0:
+            used, cap = self.memory
+            if used >= cap * limits.redis_memory_high_pct / 100:
+                return (
+                    f"Redis holds {used / 2**20:.0f} MB of its {cap / 2**20:.0f} MB maxmemory"
+                    f" (REDIS_MEMORY_HIGH_PCT={limits.redis_memory_high_pct:g})",
+                    retry_after_s(s.depth * 0.1, drain),
+                )
         return None
 
     async def _run(self) -> None:

@@ -143,6 +143,7 @@ class Enqueuer:
         s = self._settings
         args = [answer, s.push_dedupe_ttl_s, job.id, self._queue.key, s.max_queue_depth, records, stats.RATE_TTL_S]
         args += [s.rate_limit_pushes_per_s, s.rate_limit_burst]
+        del payload, job  # the hash holds the batch now: one copy in memory while Redis answers
         outcome, value = await self._script(keys=keys, args=[*args, *fields])
         if outcome == b"dup":
             return value  # type: ignore[no-any-return]

@@ -55,6 +55,7 @@ TARGETS = {
 class Config:
     sizes: list[int]
     workers: int
+    api_procs: int
     connections: int
     warmup: float
     duration: float
@@ -258,6 +259,15 @@ def lags(stack: Stack, samples: list[load.Sample], name: str = "") -> dict[str, 
 # -- profiling ----------------------------------------------------------------------------------------
 
 
+def api_peak_rss_mb(stack: Stack) -> float | None:
+    """The largest peak RSS among the api's processes (with --api-procs N, each serving process)."""
+    assert stack.api is not None
+    pids = procstat.tree_of(stack.api.pid)
+    serving = [p for p in pids if p != stack.api.pid] or [stack.api.pid]
+    peaks = [r for r in (procstat.peak_rss_mb(p) for p in serving) if r is not None]
+    return max(peaks) if peaks else None
+
+
 def start_profile(
     pid: int, name: str, seconds: float, subprocesses: bool = False
 ) -> tuple[subprocess.Popen[bytes], Path]:
@@ -309,7 +319,7 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     stack.flush_redis()
     wait_quiet(cfg, log)
     log("raw redis endpoint, full speed")
-    probe = procstat.Probe(pids={"raw_app": stack.raw.pid, "redis": stack.redis.pid, "client": me})
+    probe = procstat.Probe(pids={"redis": stack.redis.pid, "client": me}, trees={"raw_app": stack.raw.pid})
     res, b, a, _ = load_phase(stack, stack.raw_port, PushStream(templates, phase_base + 0), probe, cfg)
     s = load.summarize(res)
     dump_samples(stack, f"raw-{size}-run{run + 1}", res)
@@ -320,8 +330,12 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     stack.flush_redis()
     wait_quiet(cfg, log)
     log("api full speed (workers stopped)")
-    probe = procstat.Probe(pids={"api": stack.api.pid, "redis": stack.redis.pid, "client": me})
-    prof = start_profile(stack.api.pid, f"api-{size}", cfg.warmup + cfg.duration) if cfg.profile else None
+    probe = procstat.Probe(pids={"redis": stack.redis.pid, "client": me}, trees={"api": stack.api.pid})
+    prof = (
+        start_profile(stack.api.pid, f"api-{size}", cfg.warmup + cfg.duration, subprocesses=cfg.api_procs > 1)
+        if cfg.profile
+        else None
+    )
     res, b, a, _ = load_phase(stack, stack.api_port, PushStream(templates, phase_base + 1), probe, cfg)
     s = load.summarize(res)
     dump_samples(stack, f"api-full-{size}-run{run + 1}", res)
@@ -368,8 +382,8 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     wait_quiet(cfg, log)
     log(f"end to end, saturated (queue held between {gate[1]} and {gate[0]} jobs)")
     probe = procstat.Probe(
-        pids={"api": stack.api.pid, "redis": stack.redis.pid, "client": me},
-        trees={"workers": stack.worker.pid, "postgres": stack.postmaster_pid},  # type: ignore[union-attr]
+        pids={"redis": stack.redis.pid, "client": me},
+        trees={"api": stack.api.pid, "workers": stack.worker.pid, "postgres": stack.postmaster_pid},  # type: ignore[union-attr]
     )
     prof = (
         start_profile(stack.worker.pid, f"workers-{size}", cfg.warmup + cfg.duration, subprocesses=True)  # type: ignore[union-attr]
@@ -427,7 +441,7 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     }
     out["worker_peak_rss_mb"] = [procstat.peak_rss_mb(p) for p in stack.worker_pids()]
     # VmHWM is the api's peak since it started: after the 500-record phases it covers both sizes.
-    out["api_peak_rss_mb_so_far"] = procstat.peak_rss_mb(stack.api.pid)
+    out["api_peak_rss_mb_so_far"] = api_peak_rss_mb(stack)
     out["pushes"] = push_counts(stack)
     out["redis_used_mb_end"] = round(stack.r.info("memory")["used_memory"] / 2**20, 1)
     stack.stop_workers()
@@ -654,6 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="short phases (about 80 s in all)")
     p.add_argument("--sizes", default="100,500", help="records per push (default 100,500)")
     p.add_argument("--workers", type=int, default=4, help="worker processes (selftune-ingest worker -n N)")
+    p.add_argument(
+        "--api-procs", type=int, default=1, help="uvicorn processes for the api and for the raw endpoint alike"
+    )
     p.add_argument("--connections", type=int, default=32, help="connections at full speed")
     p.add_argument("--duration", type=float, help="measured seconds per phase (default 12, --quick 3)")
     p.add_argument("--warmup", type=float, help="unmeasured seconds before each phase (default 2, --quick 1)")
@@ -676,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(
         sizes=[int(s) for s in a.sizes.split(",")],
         workers=a.workers,
+        api_procs=a.api_procs,
         connections=a.connections,
         warmup=a.warmup if a.warmup is not None else (1.0 if a.quick else 2.0),
         duration=a.duration if a.duration is not None else (3.0 if a.quick else 12.0),
@@ -687,10 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     info = machine()
     print(f"selftune ingest bench: {info['nproc']} x {info['cpu_model']}, {cfg.workers} workers, "
+          f"{cfg.api_procs} api process(es), "
           f"phases {cfg.warmup:g}+{cfg.duration:g} s, sizes {cfg.sizes}, runs {cfg.runs}"
           + (", PROFILING (py-spy attached: numbers are slower)" if cfg.profile else ""), flush=True)  # fmt: skip
     templates = {size: make_templates(size, seed=cfg.seed) for size in cfg.sizes}
-    stack = Stack(a.pg_admin_url, workers=cfg.workers, keep_logs=a.keep_logs)
+    stack = Stack(a.pg_admin_url, workers=cfg.workers, keep_logs=a.keep_logs, api_procs=cfg.api_procs)
     runs: list[dict[int, dict[str, Any]]] = []
     api_rss = None
     try:
@@ -703,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(cfg.runs):
             runs.append({size: run_size(stack, cfg, size, templates[size], run) for size in cfg.sizes})
         assert stack.api is not None
-        api_rss = procstat.peak_rss_mb(stack.api.pid)
+        api_rss = api_peak_rss_mb(stack)
     finally:
         stack.close()
     changed = code_digest(REPO) != stack.code_digest

@@ -141,9 +141,12 @@ def _http_ok(port: int, path: str = "/healthz") -> bool:
 class Stack:
     """Everything the benchmark starts; `close()` stops all of it."""
 
-    def __init__(self, admin_url: str = DEFAULT_ADMIN_URL, workers: int = 4, keep_logs: bool = False) -> None:
+    def __init__(
+        self, admin_url: str = DEFAULT_ADMIN_URL, workers: int = 4, keep_logs: bool = False, api_procs: int = 1
+    ) -> None:
         self.admin_url = admin_url
         self.workers_n = workers
+        self.api_procs = api_procs
         self.tmp = Path(tempfile.mkdtemp(prefix="selftune-bench-"))
         self.src = self.tmp / "src"
         self.code_digest = snapshot_code(self.src)
@@ -272,9 +275,14 @@ class Stack:
         port = free_port()
         argv = [
             str(BIN / "uvicorn"), app, "--factory", "--host", "127.0.0.1", "--port", str(port),
-            "--no-access-log", "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", str(self.api_procs),
         ]  # fmt: skip
-        svc = Service(name, argv, self.env(), self.tmp, cwd=self.src)
+        env = self.env()
+        if self.api_procs > 1:  # the api's /metrics then shares counters between its processes
+            metrics_dir = self.tmp / f"metrics-{name}"
+            metrics_dir.mkdir(exist_ok=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        svc = Service(name, argv, env, self.tmp, cwd=self.src)
         wait_for(f"{name} GET /healthz on :{port}", lambda: _http_ok(port), proc=svc)
         return svc, port
 

@@ -95,6 +95,7 @@ class Settings:
     # Back-pressure: pushes are refused (503) past either bound.
     max_queue_depth: int  # queued batches
     max_queue_lag_s: float  # age of the oldest queued batch
+    redis_memory_high_pct: float  # share of Redis's maxmemory in use (0: no check)
     # Redis must keep queued batches: refuse to start unless it is durable and never evicts.
     redis_require_durable: bool
     # The address clients reach the api at (device enrollment links); empty: the request's own.
@@ -130,6 +131,7 @@ class Settings:
             rate_limit_burst=_int("RATE_LIMIT_BURST", 60, 1),
             max_queue_depth=_int("MAX_QUEUE_DEPTH", 100_000, 1),
             max_queue_lag_s=_float("MAX_QUEUE_LAG_S", 600.0, 1.0),
+            redis_memory_high_pct=_float("REDIS_MEMORY_HIGH_PCT", 80.0),
             redis_require_durable=_bool("REDIS_REQUIRE_DURABLE", False),
             public_base_url=os.environ.get("PUBLIC_BASE_URL", ""),
             key_cache_ttl_s=_float("KEY_CACHE_TTL_S", 30.0),

@@ -104,3 +104,25 @@ def test_a_full_redis_refuses_pushes_with_503_and_keeps_the_batches_it_holds(
         redis.config_set("maxmemory-policy", policy)
     assert Queue(settings.queue_name, connection=redis).count == 1
     assert push(client, api_key, {"prompts": [samples.prompt(2)]}, "does-not-fit").status_code == 202
+
+
+def test_pushes_are_refused_while_redis_nears_maxmemory_so_workers_can_still_drain(
+    client: TestClient, api_key: str, settings: Settings
+) -> None:
+    # A full `noeviction` Redis refuses RQ's bookkeeping writes too, so the workers could
+    # not drain the queue that filled it: the api refuses pushes at REDIS_MEMORY_HIGH_PCT.
+    import time
+
+    redis = Redis.from_url(settings.redis_url)
+    used = int(redis.info("memory")["used_memory"])
+    redis.config_set("maxmemory", int(used / 0.9))  # ~90 % in use: over the 80 % bound, under the cap
+    try:
+        time.sleep(1.5)  # the api reads Redis's memory use once a second
+        resp = push(client, api_key, {"prompts": [samples.prompt(1)]}, "near-full")
+        assert resp.status_code == 503, resp.text
+        assert "maxmemory (REDIS_MEMORY_HIGH_PCT=80)" in resp.json()["error"]["message"]
+        assert int(resp.headers["Retry-After"]) >= 1
+    finally:
+        redis.config_set("maxmemory", 0)
+    time.sleep(1.5)
+    assert push(client, api_key, {"prompts": [samples.prompt(1)]}, "near-full").status_code == 202
