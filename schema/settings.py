@@ -59,6 +59,13 @@ def _bool(name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
@@ -84,9 +91,7 @@ class Settings:
     job_retries: int  # transient failures retried this many times...
     job_retry_backoff_s: tuple[int, ...]  # ...after these pauses (last one repeats)
     failed_ttl_s: int  # how long a failed batch stays in RQ's failed registry
-    job_data_zlib_level: (
-        int  # 0: queued batches are stored as sent; 1-9: zlib-compressed (less Redis memory, more api CPU)
-    )
+    job_data_compression: str  # "lz4": queued batches compressed in Redis; "none": kept as sent
     worker_maintenance_interval_s: int  # how often a worker requeues abandoned batches
     worker_jobs_per_take: int  # a worker takes up to this many queued batches at once (RQ bookkeeping shared)
     # Per API key: a token bucket in Redis (429 past it). 0 disables the limit.
@@ -124,7 +129,7 @@ class Settings:
             job_retries=_int("JOB_RETRIES", 5),
             job_retry_backoff_s=tuple(int(s) for s in backoff.split(",")),
             failed_ttl_s=_int("FAILED_TTL_S", 30 * 24 * 3600, 1),
-            job_data_zlib_level=_int("JOB_DATA_ZLIB_LEVEL", 0, 0, 9),
+            job_data_compression=_choice("JOB_DATA_COMPRESSION", "lz4", ("lz4", "none")),
             worker_maintenance_interval_s=_int("WORKER_MAINTENANCE_INTERVAL_S", 60, 1),
             worker_jobs_per_take=_int("WORKER_JOBS_PER_TAKE", 8, 1, 100),
             rate_limit_pushes_per_s=_float("RATE_LIMIT_PUSHES_PER_S", 10.0),

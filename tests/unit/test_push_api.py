@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import fakeredis
+import lz4.frame
 import msgspec
 import pytest
 from redis.asyncio import Redis as AsyncRedis
@@ -124,21 +125,24 @@ def test_job_carries_no_pickle_and_no_body_in_its_description(client: TestClient
     [job] = queue.jobs
     assert len(job.description) < 100 and "please refactor" not in job.description
     raw = queue.connection.hget(job.key, "data")
-    # Stored as sent by default (JOB_DATA_ZLIB_LEVEL=0), as msgpack, not a pickle (PROTO 0x80).
-    assert b"please refactor" in raw and raw == job.data and raw.startswith(b"\x94")
+    assert raw.startswith(b"\x04\x22\x4d\x18")  # an lz4 frame (JOB_DATA_COMPRESSION=lz4) ...
+    plain = lz4.frame.decompress(raw)
+    assert plain.startswith(b"\x94") and len(raw) < len(plain) / 2  # ... of msgpack, not a pickle (0x80)
+    batch = BATCH_DECODER.decode(job.args[0])
+    assert batch.push_id == "p-desc" and len(batch.records["prompts"]) == 1
 
 
-def test_job_data_is_compressed_when_asked_and_reads_back_the_same(
+def test_job_data_is_stored_as_sent_when_asked_and_reads_back_the_same(
     settings: Settings, server: fakeredis.FakeServer, queue: Queue
 ) -> None:
-    body = {"push_id": "p-zlib", "data": {"prompts": [prompt(1, text_size=5000)]}}
-    with make_client(replace(settings, job_data_zlib_level=1), fakeredis.FakeAsyncRedis(server=server)) as c:
+    body = {"push_id": "p-plain", "data": {"prompts": [prompt(1, text_size=5000)]}}
+    with make_client(replace(settings, job_data_compression="none"), fakeredis.FakeAsyncRedis(server=server)) as c:
         assert post(c, body).status_code == 202
     [job] = queue.jobs
     raw = queue.connection.hget(job.key, "data")
-    assert b"please refactor" not in raw and len(raw) < len(job.data) / 3
+    assert b"please refactor" in raw and raw.startswith(b"\x94")  # msgpack of RQ's 4-tuple
     batch = BATCH_DECODER.decode(job.args[0])
-    assert batch.push_id == "p-zlib" and len(batch.records["prompts"]) == 1
+    assert batch.push_id == "p-plain" and len(batch.records["prompts"]) == 1
 
 
 def test_invalid_record_is_reported_with_its_path_and_kept_for_quarantine(client: TestClient, queue: Queue) -> None:
