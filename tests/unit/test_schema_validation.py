@@ -610,3 +610,37 @@ def test_indexes_run_on_from_data_into_canonical() -> None:
         "canonical.improvement_signals[0].query",
     ]
     assert [json.loads(bytes(r.raw)) for r in v.rejected] == [bad, signal, bad, signal]
+
+
+def _record_by_record(body: bytes) -> ValidatedPush:
+    """What validation says when every record is decoded on its own (the path for pushes with bad records)."""
+    from schema.envelope import DEFAULT_LIMITS, ENVELOPE_DECODER, _validate_each
+
+    return _validate_each(ENVELOPE_DECODER.decode(body), DEFAULT_LIMITS, clean=True)
+
+
+@pytest.mark.parametrize("section", ["data", "canonical"])
+@pytest.mark.parametrize("copies", [1, 7])
+def test_a_wholly_valid_push_is_accepted_exactly_as_record_by_record_checking_would(section: str, copies: int) -> None:
+    arrays: dict[str, list[dict[str, Any]]] = {name: [] for name in FACTORIES}
+    for n in range(copies):
+        for name, records in one_of_each(n).items():
+            arrays[name].extend(records)
+    body = json.dumps({section: arrays}).encode()
+    fast, slow = validate_push(body), _record_by_record(body)
+    assert not fast.rejected and not slow.rejected
+    assert {k: [bytes(r) for r in v] for k, v in fast.records.items()} == {
+        k: [bytes(r) for r in v] for k, v in slow.records.items()
+    }
+
+
+def test_one_record_nested_too_deeply_in_free_form_json_is_rejected_alone_by_a_push_otherwise_valid() -> None:
+    deep: Any = "bottom"
+    for _ in range(40):
+        deep = {"d": deep}
+    records = one_of_each(1)
+    records["prompts"][0]["raw_source_ref"] = {"path": "/x", "metadata": deep}
+    pushed = validate_push(json.dumps({"data": records}).encode())
+    assert [r.index for r in pushed.rejected] == [0]
+    assert "MAX_NESTING_DEPTH" in pushed.rejected[0].error
+    assert pushed.accepted_counts == {name: 1 for name in FACTORIES if name != "prompts"}
