@@ -669,7 +669,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="100,500", help="records per push (default 100,500)")
     p.add_argument("--workers", type=int, default=4, help="worker processes (selftune-ingest worker -n N)")
     p.add_argument(
-        "--api-procs", type=int, default=1, help="uvicorn processes for the api and for the raw endpoint alike"
+        "--api-procs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="uvicorn processes for the api and for the raw endpoint alike (default: one per core)",
     )
     p.add_argument("--connections", type=int, default=32, help="connections at full speed")
     p.add_argument("--duration", type=float, help="measured seconds per phase (default 12, --quick 3)")
