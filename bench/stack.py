@@ -240,7 +240,7 @@ class Stack:
         argv = [
             "redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--dir", str(data),
             "--daemonize", "no", "--appendonly", "yes", "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction", "--save", "", "--protected-mode", "yes",
+            "--maxmemory-policy", "noeviction", "--save", "", "--protected-mode", "yes", "--rdbcompression", "no",
         ]  # fmt: skip
         self.redis = Service("redis", argv, self.env(), self.tmp)
         client = Redis.from_url(self.redis_url)

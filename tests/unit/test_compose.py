@@ -125,6 +125,7 @@ def test_redis_persists_and_never_evicts(services: dict[str, dict[str, Any]]) ->
     assert options.get("--maxmemory-policy") == "noeviction", (
         f"redis must run with --maxmemory-policy noeviction (SPEC 5): {argv}"
     )
+    assert options.get("--rdbcompression") == "no", f"queued batches are lz4 already: --rdbcompression no: {argv}"
     mounts = [str(v).split(":")[1] for v in services["redis"].get("volumes", []) if ":" in str(v)]
     assert "/data" in mounts, "redis's /data (the append-only file) must be on a volume"
 
