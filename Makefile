@@ -54,7 +54,7 @@ bench-quick: venv
 
 bench-profile: venv
 	scripts/services.sh up dev
-	$(BIN)/python -m bench.run --profile --out bench/results/profile-run.json
+	$(BIN)/python -m bench.run --profile --api-procs 1 --out bench/results/profile-run.json
 
 lint: venv
 	$(BIN)/ruff check .

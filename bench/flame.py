@@ -54,7 +54,10 @@ BREAKDOWNS: dict[str, list[tuple[str, str]]] = {
         ("job hash: compress the job data (api.enqueue.job_hash)", "job_hash (api/enqueue.py)"),
         ("RQ Job.to_dict (zlib-compresses the payload)", "Job.to_dict (rq/job.py)"),
         ("RQ Queue.create_job", "Queue.create_job (rq/queue.py)"),
-        ("validate_push (msgspec, record by record)", "validate_push (schema/envelope.py)"),
+        (
+            "validate_push (msgspec: one typed decode of the body; record by record if one is bad)",
+            "validate_push (schema/envelope.py)",
+        ),
         ("enqueue Lua script (Redis round trip)", "Enqueuer.enqueue_once (api/enqueue.py)"),
         ("read_body", "read_body (api/body.py)"),
         ("per-push log line", "_log_push (api/push.py)"),
