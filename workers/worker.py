@@ -27,7 +27,7 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from schema import logs, redis_check
-from schema.queue import IngestJob, MsgpackSerializer
+from schema.queue import INGEST_JOB, IngestJob, MsgpackSerializer
 from schema.settings import Settings
 from workers import db
 from workers.jobs import count_batch, log_batch, write_payload
@@ -91,14 +91,19 @@ class IngestWorker(SimpleWorker):
         return max(1, min(super().dequeue_timeout, int(self.maintenance_interval)))
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        more = self._take_more(queue) if self.jobs_per_take > 1 else []
-        if not more:
+        more = self._take_more(queue) if self.jobs_per_take > 1 and job.func_name == INGEST_JOB else []
+        # Only ingest jobs are written together; anything else on the queue runs RQ's own way.
+        batches = [j for j in more if j.func_name == INGEST_JOB]
+        others = [j for j in more if j.func_name != INGEST_JOB]
+        if batches:
+            try:
+                self._perform_together([job, *batches], queue)
+            finally:
+                self.set_state(WorkerStatus.IDLE)
+        else:
             super().execute_job(job, queue)
-            return
-        try:
-            self._perform_together([job, *more], queue)
-        finally:
-            self.set_state(WorkerStatus.IDLE)
+        for other in others:
+            super().execute_job(other, queue)
 
     def _take_more(self, queue: Queue) -> list[Job]:
         """Up to jobs_per_take - 1 more jobs from the queue, moved as RQ's dequeue moves one."""

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import psycopg
+import pytest
 from redis import Connection, ConnectionPool, Redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
@@ -114,3 +115,27 @@ def test_a_batch_that_fails_inside_a_take_is_retried_alone_and_its_neighbours_la
     run_burst_worker(settings)
     assert count(db, "sessions") == 1
     assert db.execute("SELECT status FROM pushes WHERE push_id = 'stuck'").fetchone() == ("processed",)
+
+
+def test_a_job_of_another_kind_in_a_backlog_runs_on_its_own_and_the_batches_around_it_land(
+    client: TestClient,
+    api_key: str,
+    db: psycopg.Connection,
+    settings: Settings,
+    use_worker_settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _queue_and_push(client, api_key, 3, prefix="before")
+    redis = Redis.from_url(settings.redis_url)
+    queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer, job_class=IngestJob)
+    other = queue.enqueue("schema.samples.one_of_each", 3)
+    _queue_and_push(client, api_key, 3, prefix="after")
+
+    run_burst_worker(replace(settings, worker_jobs_per_take=8))
+
+    assert db.execute("SELECT count(*) FROM pushes WHERE status = 'processed'").fetchone() == (6,)
+    done = IngestJob.fetch(other.id, connection=redis, serializer=MsgpackSerializer)
+    assert done.get_status() == "finished"
+    assert done.return_value() == samples.one_of_each(3)
+    # It was never written as a batch (which would fail, then fall back to RQ's own path).
+    assert not [r for r in caplog.records if "failed in a take" in r.getMessage()]
