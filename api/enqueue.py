@@ -17,10 +17,9 @@ from typing import Any
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from rq import Queue, Retry
-from rq.job import Job
 
 from schema import stats
-from schema.queue import INGEST_JOB, MsgpackSerializer, compress_job_data, dedupe_key, job_description
+from schema.queue import INGEST_JOB, IngestJob, MsgpackSerializer, compress_job_data, dedupe_key, job_description
 from schema.settings import Settings
 
 # KEYS: 1 dedupe key, 2 job hash, 3 queue list, 4 RQ's set of queues,
@@ -73,7 +72,7 @@ class QueueFull(Exception):
         self.depth = depth
 
 
-def job_hash(job: Job, compression: str) -> dict[str, Any]:
+def job_hash(job: IngestJob, compression: str) -> dict[str, Any]:
     """The job's Redis hash, as RQ's `Job.to_dict` writes it, with its data compressed by lz4 (or not at all).
 
     RQ compresses job data with zlib at level 6: for a 100 KB batch of realistic
@@ -82,9 +81,8 @@ def job_hash(job: Job, compression: str) -> dict[str, Any]:
     `MsgpackSerializer.loads` undoes it in the worker (RQ's own loader tries
     zlib, and hands anything else on as it is).
     """
-    data = job.data  # the serialized (func, instance, args, kwargs), built once
-    job.data = b""  # so to_dict compresses nothing; the real data goes in below
-    mapping = job.to_dict()
+    mapping = job.to_dict_without_data()
+    data = job.data  # the serialized (func, instance, args, kwargs)
     mapping["data"] = compress_job_data(data) if compression == "lz4" else data
     return mapping
 
@@ -97,7 +95,10 @@ class Enqueuer:
         self._redis = redis
         # Never used for I/O: RQ's Job wants a connection object to be built.
         self._queue = Queue(
-            settings.queue_name, connection=Redis.from_url(settings.redis_url), serializer=MsgpackSerializer
+            settings.queue_name,
+            connection=Redis.from_url(settings.redis_url),
+            serializer=MsgpackSerializer,
+            job_class=IngestJob,
         )
         self._retry = (
             Retry(max=settings.job_retries, interval=list(settings.job_retry_backoff_s))
@@ -114,7 +115,7 @@ class Enqueuer:
         Raises QueueFull when the queue is at its depth limit, RateLimited when
         the key is over RATE_LIMIT_PUSHES_PER_S (a duplicate is answered either way).
         """
-        job = self._queue.create_job(
+        job: IngestJob = self._queue.create_job(  # type: ignore[assignment]
             INGEST_JOB,
             args=(payload,),
             job_id=uuid.uuid4().hex,

@@ -89,6 +89,14 @@ class IngestJob(Job):
     def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
         if not self._data_stored:
             return super().to_dict(include_meta=include_meta, include_result=include_result)
+        return self.to_dict_without_data(include_meta=include_meta, include_result=include_result)
+
+    def to_dict_without_data(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
+        """RQ's hash of this job without its `data` field, and without compressing the data to build it.
+
+        The worker saves a loaded job with it; the api writes the data itself
+        (see `api.enqueue.job_hash`).
+        """
         data, self._data = self._data, b""  # the attribute, not the setter: keeps func and args
         try:
             mapping = super().to_dict(include_meta=include_meta, include_result=include_result)

@@ -131,8 +131,9 @@ class IngestWorker(SimpleWorker):
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
                 for job, execution in zip(jobs, executions, strict=True):
-                    started = time.perf_counter()
+                    started, job.started_at = time.perf_counter(), now()  # this batch's own start and end,
                     batch, summary = write_payload(job.args[0])
+                    job.ended_at = now()  # so RQ's working times are not those of the whole take
                     written.append((job, execution, summary, time.perf_counter() - started))
                     log_batch(batch, summary)
         except Exception as exc:
@@ -154,9 +155,9 @@ class IngestWorker(SimpleWorker):
     def _start_all(self, jobs: list[Job], queue: Queue) -> list[Execution]:
         """Register the jobs as started, as RQ's prepare_execution and prepare_job_execution do, in one pipeline."""
         executions = []
+        ttls = [self.get_heartbeat_ttl(job) for job in jobs]
         with self.connection.pipeline() as pipe:
-            for job in jobs:
-                ttl = self.get_heartbeat_ttl(job)
+            for job, ttl in zip(jobs, ttls, strict=True):
                 execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
                 self.executions[execution.id] = execution
                 job.heartbeat(now(), ttl, pipeline=pipe)
@@ -164,7 +165,7 @@ class IngestWorker(SimpleWorker):
                 pipe.persist(job.key)
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
                 executions.append(execution)
-            self.heartbeat(max(self.get_heartbeat_ttl(j) for j in jobs), pipeline=pipe)
+            self.heartbeat(max(ttls), pipeline=pipe)
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             pipe.execute()
         return executions
@@ -175,7 +176,6 @@ class IngestWorker(SimpleWorker):
             return
         with self.connection.pipeline() as pipe:
             for job, execution, summary, seconds in written:
-                job.ended_at = now()
                 job._result = summary
                 job._status = JobStatus.FINISHED
                 result_ttl = job.get_result_ttl(self.default_result_ttl)
