@@ -72,7 +72,10 @@ class RejectedRecord(msgspec.Struct):
     record_type: str
     index: int  # position among all of the push's records of this type
     error: str
-    raw: msgspec.Raw
+    # Bytes, not msgspec.Raw: in the queued batch they travel as an opaque string, so
+    # decoding the batch never walks a rejected record's nesting, however deep the api
+    # found it (near the decoder's recursion limit the worker could fail where the api did not).
+    raw: bytes
 
 
 class ValidatedPush(msgspec.Struct):
@@ -317,6 +320,6 @@ def _validate_each(envelope: PushEnvelope, limits: RecordLimits, clean: bool) ->
                 if error is None:
                     good.append(raw)
                 else:
-                    rejected.append(RejectedRecord(record_type, seen[record_type] + index, error, raw))
+                    rejected.append(RejectedRecord(record_type, seen[record_type] + index, error, bytes(raw)))
             seen[record_type] += len(raws)
     return ValidatedPush(envelope=envelope, records=records, rejected=rejected)

@@ -58,7 +58,7 @@ def write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool 
 
 def _write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool, careful: bool) -> dict[str, Any]:
     started = time.perf_counter()
-    quarantined = [QuarantineRow(r.record_type, r.index, r.error, bytes(r.raw)) for r in batch.rejected]
+    quarantined = [QuarantineRow(r.record_type, r.index, r.error, r.raw) for r in batch.rejected]
     accepted: dict[str, int] = {}
     limits = settings().record_limits
     with conn.transaction():

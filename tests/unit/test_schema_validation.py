@@ -644,3 +644,36 @@ def test_one_record_nested_too_deeply_in_free_form_json_is_rejected_alone_by_a_p
     assert [r.index for r in pushed.rejected] == [0]
     assert "MAX_NESTING_DEPTH" in pushed.rejected[0].error
     assert pushed.accepted_counts == {name: 1 for name in FACTORIES if name != "prompts"}
+
+
+def test_a_queued_batch_decodes_without_walking_its_rejected_records_however_deep() -> None:
+    # A record nested just under the decoder's limit is rejected by the api; the worker must
+    # still decode the batch, even with less stack to spare than the api had.
+    import sys
+    from datetime import UTC, datetime
+
+    from schema.queue import BATCH_DECODER, BATCH_ENCODER, QueuedBatch
+
+    records = one_of_each(1)
+    records["prompts"][0]["raw_source_ref"] = {"path": "/x", "metadata": {"d": "MARK"}}
+    body = json.dumps({"data": records}).replace('"MARK"', "[" * 900 + "]" * 900).encode()
+    pushed = validate_push(body)
+    assert [r.record_type for r in pushed.rejected] == ["prompts"]
+    now = datetime.now(UTC)
+    payload = BATCH_ENCODER.encode(
+        QueuedBatch(
+            workspace_id="w",
+            push_id="p",
+            received_at=now,
+            pushed_at=now,
+            records={k: v for k, v in pushed.records.items() if v},
+            rejected=pushed.rejected,
+        )
+    )
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)
+    try:
+        batch = BATCH_DECODER.decode(payload)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert batch.rejected[0].raw == pushed.rejected[0].raw and b"[" * 900 in batch.rejected[0].raw
