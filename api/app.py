@@ -23,6 +23,7 @@ from api.errors import ApiError, api_error_handler, error_response
 from api.metrics import metrics
 from api.push import push
 from schema import logs, redis_check
+from schema.heap import freeze_startup_heap
 from schema.migrate import latest_version
 from schema.settings import Settings
 
@@ -127,6 +128,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     log.info("api starting with %s", settings.redacted())
     await _check_redis(redis, settings)
     app.state.queue_watch.start()
+    if app.state.freeze_heap:
+        freeze_startup_heap()
     try:
         yield
     finally:
@@ -146,6 +149,9 @@ def create_app(settings: Settings | None = None, **injected: Any) -> Starlette:
     if settings is None:  # a real process (not a test): JSON logs
         logs.configure()
     app = Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)
+    # A real process freezes its startup heap (schema.heap); a test process, which makes many
+    # apps, would only keep their garbage forever.
+    app.state.freeze_heap = settings is None
     app.state.settings = settings or Settings.from_env()
     app.state.injected = injected
     return app

@@ -27,6 +27,7 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from schema import logs, redis_check
+from schema.heap import freeze_startup_heap
 from schema.queue import INGEST_JOB, IngestJob, MsgpackSerializer
 from schema.settings import Settings
 from workers import db
@@ -230,6 +231,7 @@ def _work(burst: bool) -> None:
     settings = Settings.from_env()
     check_redis(Redis.from_url(settings.redis_url), settings)
     worker = make_worker(settings)
+    freeze_startup_heap()
     worker.work(burst=burst, with_scheduler=True, logging_level=os.environ.get("LOG_LEVEL", "INFO"))
 
 
