@@ -163,8 +163,14 @@ async def _load_phase(
     return result, snaps["before"], snaps["after"], depth
 
 
-def load_phase(*args: Any, **kwargs: Any) -> tuple[load.LoadResult, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    return uvloop.run(_load_phase(*args, **kwargs))
+def load_phase(
+    stack: Stack, *args: Any, **kwargs: Any
+) -> tuple[load.LoadResult, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """One phase of load; its `depth` dict also gets Redis's own stalls in the phase (`redis_stalls_ms`)."""
+    stack.redis_stalls(reset=True)
+    result, before, after, depth = uvloop.run(_load_phase(stack, *args, **kwargs))
+    depth["redis_stalls_ms"] = stack.redis_stalls()
+    return result, before, after, depth
 
 
 def dump_samples(stack: Stack, name: str, result: load.LoadResult) -> None:
@@ -349,12 +355,17 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     half = max(1.0, s["ok_per_s"] / 2)  # type: ignore[operator]
     wait_quiet(cfg, log)
     log(f"api paced at half: {half:.0f} pushes/s")
-    res, b, a, _ = load_phase(
+    res, b, a, d = load_phase(
         stack, stack.api_port, PushStream(templates, phase_base + 2), probe, cfg, rate=half, connections=64
     )
     s = load.summarize(res)
     dump_samples(stack, f"api-half-{size}-run{run + 1}", res)
-    out["api_half"] = {"rate": round(half, 1), **s, "cpu": cpu(b, a, s["records_ok"])}  # type: ignore[arg-type]
+    out["api_half"] = {
+        "rate": round(half, 1),
+        **s,
+        "cpu": cpu(b, a, s["records_ok"]),
+        "redis_stalls_ms": d["redis_stalls_ms"],
+    }  # type: ignore[arg-type]
     _warn_statuses("api-half", s)
 
     # writer alone
@@ -478,6 +489,8 @@ def headline(r: dict[str, Any]) -> dict[str, float | None]:
         "half_push_s": g("api_half", "ok_per_s"),
         "half_p50": g("api_half", "latency_ms", "p50"),
         "half_p99": g("api_half", "latency_ms", "p99"),
+        "half_p90": g("api_half", "latency_ms", "p90"),
+        "half_redis_stall": max((g("api_half", "redis_stalls_ms") or {}).values(), default=None),
         "writer_rec_s": g("writer", "records_per_s"),
         "e2e_rec_s": g("e2e_sat", "records_per_s"),
         "e2e_push_s": g("e2e_sat", "pushes_per_s"),
@@ -543,7 +556,8 @@ ROWS: list[tuple[str, str, int]] = [
     ("  records/s", "api_rec_s", 0),
     ("  latency p50 / p99 ms", "api_p50|api_p99", 1),
     ("api at half rate: pushes/s", "half_push_s", 0),
-    ("  latency p50 / p99 ms", "half_p50|half_p99", 1),
+    ("  latency p50 / p90 / p99 ms", "half_p50|half_p90|half_p99", 1),
+    ("  longest Redis stall in the phase, ms", "half_redis_stall", 0),
     ("writer alone (N procs): records/s", "writer_rec_s", 0),
     ("e2e sustained (flat queue): records/s", "e2e_rec_s", 0),
     ("  pushes/s", "e2e_push_s", 0),

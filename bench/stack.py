@@ -138,6 +138,9 @@ def _http_ok(port: int, path: str = "/healthz") -> bool:
         return s.recv(64).startswith(b"HTTP/1.1 200")
 
 
+REDIS_STALL_MS = 5
+
+
 class Stack:
     """Everything the benchmark starts; `close()` stops all of it."""
 
@@ -241,6 +244,9 @@ class Stack:
             "redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--dir", str(data),
             "--daemonize", "no", "--appendonly", "yes", "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction", "--save", "", "--protected-mode", "yes", "--rdbcompression", "no",
+            # Redis's own record of its event loop's stalls (a fork, an AOF write, a slow
+            # command) of REDIS_STALL_MS or more: read per phase, to tell them from the api's.
+            "--latency-monitor-threshold", str(REDIS_STALL_MS),
         ]  # fmt: skip
         self.redis = Service("redis", argv, self.env(), self.tmp)
         client = Redis.from_url(self.redis_url)
@@ -265,6 +271,13 @@ class Stack:
             ),
             timeout=60,
         )
+
+    def redis_stalls(self, reset: bool = False) -> dict[str, int]:
+        """The longest stall (ms) of Redis's event loop per kind since the last reset (LATENCY LATEST)."""
+        latest = self.r.execute_command("LATENCY", "LATEST")
+        if reset:
+            self.r.execute_command("LATENCY", "RESET")
+        return {(e[0].decode() if isinstance(e[0], bytes) else str(e[0])): int(e[3]) for e in latest}
 
     def queue_depth(self) -> int:
         return int(self.r.llen(QUEUE_KEY))
