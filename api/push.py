@@ -18,7 +18,7 @@ from api.enqueue import QueueFull, RateLimited
 from api.errors import ApiError, unavailable
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED, observe_push
 from schema.envelope import MAX_PUSH_ID_LENGTH, EnvelopeError, ValidatedPush, validate_push
-from schema.queue import BATCH_ENCODER, QueuedBatch
+from schema.queue import encode_batch, queued_batch
 
 log = logging.getLogger("selftune.push")
 
@@ -101,7 +101,7 @@ async def _push(request: Request) -> Response:
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
-    records = sum(len(raws) for raws in validated.records.values()) + len(validated.rejected)
+    records = sum(validated.accepted_counts.values()) + len(validated.rejected)
     if records > settings.max_records_per_push:
         raise ApiError(
             413,
@@ -129,17 +129,9 @@ async def _push(request: Request) -> Response:
         errors=validated.errors,
         rejected=validated.rejected_counts,
     )
-    batch = QueuedBatch(
-        workspace_id=key.workspace_id,
-        push_id=push_id,
-        received_at=received_at,
-        pushed_at=envelope.pushed_at or received_at,
-        cli_version=envelope.cli_version or envelope.client_version,
-        records={name: raws for name, raws in validated.records.items() if raws},
-        rejected=validated.rejected,
-    )
+    batch = queued_batch(validated, workspace_id=key.workspace_id, push_id=push_id, received_at=received_at)
     answer_bytes = msgspec.json.encode(answer)
-    payload = BATCH_ENCODER.encode(batch)
+    payload = encode_batch(batch)
     # The body, and the records that point into it, are not needed past here: let go of them
     # while the enqueue waits on Redis, so an in-flight push holds one copy of itself, not three.
     del body, validated, batch

@@ -29,7 +29,7 @@ import msgspec
 from bench import procstat
 from bench.gen import TOKEN, WORKSPACES, Template, make_templates, token
 from schema.envelope import validate_push
-from schema.queue import BATCH_DECODER, BATCH_ENCODER, QueuedBatch
+from schema.queue import QueuedBatch, decode_batch, encode_batch, queued_batch
 
 WARMUP_BATCHES = 8  # psycopg prepares a statement after 5 executions
 CALIBRATION_BATCHES = 4
@@ -38,9 +38,10 @@ CALIBRATION_BATCHES = 4
 class _Batches:
     """Fresh pushes as a worker receives them, built per template once, then per push by token.
 
-    The api's path (validate_push, QueuedBatch, BATCH_ENCODER) runs once per
+    The api's path (validate_push, queued_batch, encode_batch) runs once per
     template with the TOKEN placeholder; a push is then `token.join(parts)` of
-    that payload, decoded with the worker's BATCH_DECODER.
+    that payload (the token has the placeholder's length), decoded with the
+    worker's decode_batch, with the worker's test of the payload for `clean_bytes`.
     """
 
     def __init__(self, templates: list[Template], workspaces: list[str]) -> None:
@@ -50,25 +51,20 @@ class _Batches:
         for t in templates:
             validated = validate_push(t.body(TOKEN))
             assert not validated.rejected, validated.errors[:3]
-            batch = QueuedBatch(
+            batch = queued_batch(
+                validated,
                 workspace_id=workspaces[t.index % len(workspaces)],
                 push_id=f"push-{TOKEN.decode()}",
                 received_at=now,
-                pushed_at=now,
-                cli_version=validated.envelope.cli_version or validated.envelope.client_version,
-                records={name: raws for name, raws in validated.records.items() if raws},
-                rejected=validated.rejected,
             )
-            self.parts.append(BATCH_ENCODER.encode(batch).split(TOKEN))
+            self.parts.append(encode_batch(batch).split(TOKEN))
 
-    def get(self, phase: int, n: int) -> QueuedBatch:
-        """Fresh push n of a phase: the same ids, workspace and records as PushStream.fresh_push(n)."""
+    def get(self, phase: int, n: int) -> tuple[QueuedBatch, bool]:
+        """Fresh push n of a phase (the same ids, workspace and records as PushStream.fresh_push(n)), and `clean_bytes`."""
+        from workers.jobs import payload_is_clean
+
         payload = token(phase, n).join(self.parts[n % len(self.parts)])
-        return BATCH_DECODER.decode(payload)
-
-
-def _records(batch: QueuedBatch) -> int:
-    return sum(len(v) for v in batch.records.values())
+        return decode_batch(payload), payload_is_clean(payload)
 
 
 def _child(
@@ -89,11 +85,11 @@ def _child(
     conn = db.connect(args.database_url)
     # Warm up (psycopg prepares statements after 5 executions), then calibrate the pool's size.
     for n in range(index, WARMUP_BATCHES * procs, procs):
-        write_batch(conn, source.get(warm_phase, n))
+        write_batch(conn, *source.get(warm_phase, n))
     t = time.perf_counter()
     calib = 0
     for n in range(WARMUP_BATCHES * procs + index, (WARMUP_BATCHES + CALIBRATION_BATCHES) * procs, procs):
-        write_batch(conn, source.get(warm_phase, n))
+        write_batch(conn, *source.get(warm_phase, n))
         calib += 1
     per_batch = (time.perf_counter() - t) / max(1, calib)
     # Enough for the phase at 3x the calibrated pace (the others were warming up meanwhile).
@@ -105,10 +101,10 @@ def _child(
     cpu0 = time.process_time()
     deadline = start + args.duration
     records = batches = 0
-    for b in mine:
-        write_batch(conn, b)
+    for b, clean in mine:
+        summary = write_batch(conn, b, clean)
         batches += 1
-        records += _records(b)
+        records += sum(summary["accepted"].values())
         if time.perf_counter() >= deadline:
             break
     end = time.perf_counter()

@@ -53,7 +53,9 @@ ENVELOPE_DECODER = msgspec.json.Decoder(PushEnvelope)
 
 # The same envelope with every record typed: one decode checks all of a push's
 # records at C speed, without a Python call per record. Most pushes are wholly
-# valid, and for those this one pass settles validation (validate_push).
+# valid, and for those this one pass settles validation (validate_push); the
+# worker decodes the records of such a push the same way (decode_valid_records).
+_ENVELOPE_FIELDS = tuple(f.name for f in msgspec.structs.fields(PushEnvelope) if f.name not in ("data", "canonical"))
 _TypedArrays = msgspec.defstruct(
     "TypedRecordArrays",
     [(name, list[struct] | None, None) for name, struct in RECORD_TYPES.items()],  # type: ignore[valid-type]
@@ -61,7 +63,11 @@ _TypedArrays = msgspec.defstruct(
 _TYPED_DECODER = msgspec.json.Decoder(
     msgspec.defstruct(
         "TypedPushEnvelope",
-        [("data", _TypedArrays | None, None), ("canonical", _TypedArrays | None, None)],
+        [
+            *((f.name, f.type, f.default) for f in msgspec.structs.fields(PushEnvelope) if f.name in _ENVELOPE_FIELDS),
+            ("data", _TypedArrays | None, None),
+            ("canonical", _TypedArrays | None, None),
+        ],
     )
 )
 
@@ -78,17 +84,34 @@ class RejectedRecord(msgspec.Struct):
     raw: bytes
 
 
-class ValidatedPush(msgspec.Struct):
-    """What validation made of a push: good records by type, and the rejected ones."""
+class ValidatedPush:
+    """What validation made of a push: good records by type, and the rejected ones.
 
-    envelope: PushEnvelope
-    records: dict[str, list[msgspec.Raw]]
-    rejected: list[RejectedRecord]
+    When every record is good (most pushes), `body` is the body as sent: the api
+    queues it whole, and `records` is split out of it only if someone asks.
+    """
+
+    def __init__(
+        self,
+        envelope: PushEnvelope,
+        records: dict[str, list[msgspec.Raw]] | None,
+        rejected: list[RejectedRecord],
+        counts: dict[str, int],
+        body: bytes | None = None,
+    ) -> None:
+        self.envelope = envelope
+        self._records = records
+        self.rejected = rejected
+        self.accepted_counts = counts  # records accepted per type, listing only types with at least one
+        self.body = body
 
     @property
-    def accepted_counts(self) -> dict[str, int]:
-        """Records accepted per type, listing only types with at least one."""
-        return {name: len(raws) for name, raws in self.records.items() if raws}
+    def records(self) -> dict[str, list[msgspec.Raw]]:
+        """The accepted records by type, each still the bytes the client sent."""
+        if self._records is None:
+            assert self.body is not None
+            self._records = split_records(self.body)
+        return self._records
 
     @property
     def rejected_counts(self) -> dict[str, int]:
@@ -260,6 +283,14 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
         body.decode()
     except UnicodeDecodeError as exc:
         raise msgspec.DecodeError(f"JSON is malformed: invalid UTF-8 (byte {exc.start})") from None
+    # One byte test of the whole body spares each record its NUL and length checks (see check_record).
+    clean = b"\\u0000" not in body and len(body) <= limits.max_string_chars
+    typed = _decode_if_all_valid(body, limits) if clean else None
+    if typed is not None:
+        envelope = PushEnvelope(**{name: getattr(typed, name) for name in _ENVELOPE_FIELDS})
+        counts = {name: len(records) for name, records in _by_type(typed).items() if records}
+        return ValidatedPush(envelope=envelope, records=None, rejected=[], counts=counts, body=body)
+    # Something is wrong, with the envelope or with some records: find what, and where.
     try:
         envelope = ENVELOPE_DECODER.decode(body)
     except RecursionError:
@@ -268,37 +299,56 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
         raise msgspec.DecodeError("JSON is nested too deeply to read") from None
     except msgspec.ValidationError as exc:
         raise EnvelopeError(error_with_path("body", exc).removeprefix("body.")) from None
-
-    # One byte test of the whole body spares each record its NUL and length checks (see check_record).
-    clean = b"\\u0000" not in body and len(body) <= limits.max_string_chars
-    if clean and _all_records_valid(body, limits):
-        records: dict[str, list[msgspec.Raw]] = {name: [] for name in RECORD_TYPES}
-        for arrays in (envelope.data, envelope.canonical):
-            if arrays is not None:
-                for record_type in RECORD_TYPES:
-                    records[record_type].extend(getattr(arrays, record_type) or ())
-        return ValidatedPush(envelope=envelope, records=records, rejected=[])
     return _validate_each(envelope, limits, clean)
 
 
-def _all_records_valid(body: bytes, limits: RecordLimits) -> bool:
-    """True when every record of a clean body decodes and keeps within the nesting limit.
+def split_records(body: bytes) -> dict[str, list[msgspec.Raw]]:
+    """The records of a valid push body by type (data's before canonical's), each still undecoded."""
+    envelope = ENVELOPE_DECODER.decode(body)
+    records: dict[str, list[msgspec.Raw]] = {name: [] for name in RECORD_TYPES}
+    for arrays in (envelope.data, envelope.canonical):
+        if arrays is not None:
+            for record_type in RECORD_TYPES:
+                records[record_type].extend(getattr(arrays, record_type) or ())
+    return records
 
-    When it says False, `_validate_each` checks each record on its own, to tell
-    the bad ones (with their JSON paths) from the good ones.
+
+def decode_valid_records(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> dict[str, list[Any]] | None:
+    """Every record of a clean push body, decoded, by type (data's before canonical's); None if any is bad.
+
+    "Clean" as validate_push tests it: no NUL escape, no string over the limit.
+    """
+    typed = _decode_if_all_valid(body, limits)
+    return None if typed is None else _by_type(typed)
+
+
+def _decode_if_all_valid(body: bytes, limits: RecordLimits) -> Any:
+    """The typed envelope when the body is JSON, the envelope well formed and every record good, else None.
+
+    When it says None, validate_push looks at the envelope and at each record on
+    its own, to name what is wrong (with JSON paths) and keep the good records.
     """
     try:
         typed: Any = _TYPED_DECODER.decode(body)
-    except (msgspec.ValidationError, RecursionError):
-        return False
+    except (msgspec.DecodeError, RecursionError):  # DecodeError includes ValidationError
+        return None
     for arrays in (typed.data, typed.canonical):
         if arrays is None:
             continue
         for record_type, paths in FREE_FORM.items():
             for record in (getattr(arrays, record_type) if paths else None) or ():
                 if _nesting_problem(record, record_type, "", limits):
-                    return False
-    return True
+                    return None
+    return typed
+
+
+def _by_type(typed: Any) -> dict[str, list[Any]]:
+    records: dict[str, list[Any]] = {}
+    for record_type in RECORD_TYPES:
+        data = getattr(typed.data, record_type, None) if typed.data is not None else None
+        canonical = getattr(typed.canonical, record_type, None) if typed.canonical is not None else None
+        records[record_type] = (data or []) + canonical if canonical else (data or [])
+    return records
 
 
 def _validate_each(envelope: PushEnvelope, limits: RecordLimits, clean: bool) -> ValidatedPush:
@@ -322,4 +372,5 @@ def _validate_each(envelope: PushEnvelope, limits: RecordLimits, clean: bool) ->
                 else:
                     rejected.append(RejectedRecord(record_type, seen[record_type] + index, error, bytes(raw)))
             seen[record_type] += len(raws)
-    return ValidatedPush(envelope=envelope, records=records, rejected=rejected)
+    counts = {name: len(raws) for name, raws in records.items() if raws}
+    return ValidatedPush(envelope=envelope, records=records, rejected=rejected, counts=counts)

@@ -1,10 +1,12 @@
 """The contract between the api and the workers: what one RQ job carries.
 
 The api enqueues a job by its dotted path (it never imports `workers`), with a
-single argument: a `QueuedBatch` encoded as JSON. Records stay as the bytes the
-client sent (`msgspec.Raw`), so enqueueing copies bytes instead of re-serializing
-objects, and the job serializer is msgpack, which carries those bytes as-is
-(no pickle, no `repr()` of the body in a job description).
+single argument: a `QueuedBatch` encoded as msgpack. Records stay as the bytes
+the client sent: a push whose records are all valid travels as its whole body,
+otherwise each accepted record travels as its own JSON bytes. So enqueueing
+copies bytes instead of re-serializing objects, and no decoder walks a record
+until the worker decodes it (no pickle, no `repr()` of the body in a job
+description either: the job serializer is msgpack too).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import lz4.frame
 import msgspec
 from rq.job import Job
 
-from schema.envelope import RejectedRecord
+from schema.envelope import RejectedRecord, ValidatedPush, split_records
 
 INGEST_JOB = "workers.jobs.ingest_batch"
 
@@ -29,12 +31,73 @@ class QueuedBatch(msgspec.Struct, kw_only=True):
     received_at: datetime
     pushed_at: datetime
     cli_version: str | None = None
+    # Every record valid (most pushes): the body as the client sent it (JSON), which
+    # the worker decodes in one pass. Otherwise `records` and `rejected`.
+    body: bytes | None = None
+    records: dict[str, list[bytes]] = {}  # the valid records by type, each its JSON bytes
+    rejected: list[RejectedRecord] = []
+
+    def raw_records(self) -> dict[str, list[Any]]:
+        """The accepted records by type (types with any), each its JSON (bytes or msgspec.Raw), whichever form the batch has."""
+        if self.body is None:
+            return self.records
+        return {name: raws for name, raws in split_records(self.body).items() if raws}
+
+
+def queued_batch(validated: ValidatedPush, *, workspace_id: str, push_id: str, received_at: datetime) -> QueuedBatch:
+    """What the api queues for a validated push."""
+    envelope = validated.envelope
+    batch = QueuedBatch(
+        workspace_id=workspace_id,
+        push_id=push_id,
+        received_at=received_at,
+        pushed_at=envelope.pushed_at or received_at,
+        cli_version=envelope.cli_version or envelope.client_version,
+    )
+    if validated.body is not None:
+        batch.body = validated.body
+    else:
+        batch.records = {name: [bytes(r) for r in raws] for name, raws in validated.records.items() if raws}
+        batch.rejected = validated.rejected
+    return batch
+
+
+class _JsonQueuedBatch(msgspec.Struct, kw_only=True):
+    """A batch as earlier builds of the api queued it: JSON, records embedded as raw JSON (still read)."""
+
+    workspace_id: str
+    push_id: str
+    received_at: datetime
+    pushed_at: datetime
+    cli_version: str | None = None
     records: dict[str, list[msgspec.Raw]]
     rejected: list[RejectedRecord] = []
 
 
-BATCH_ENCODER = msgspec.json.Encoder()
-BATCH_DECODER = msgspec.json.Decoder(QueuedBatch)
+_BATCH_ENCODER = msgspec.msgpack.Encoder()
+_BATCH_DECODER = msgspec.msgpack.Decoder(QueuedBatch)
+_JSON_BATCH_DECODER = msgspec.json.Decoder(_JsonQueuedBatch)
+
+
+def encode_batch(batch: QueuedBatch) -> bytes:
+    """The job argument for a batch."""
+    return _BATCH_ENCODER.encode(batch)
+
+
+def decode_batch(payload: bytes) -> QueuedBatch:
+    """A job argument back into its batch, whichever api version queued it."""
+    if payload[:1] == b"{":  # JSON, from an earlier build (a msgpack map never starts so)
+        old = _JSON_BATCH_DECODER.decode(payload)
+        return QueuedBatch(
+            workspace_id=old.workspace_id,
+            push_id=old.push_id,
+            received_at=old.received_at,
+            pushed_at=old.pushed_at,
+            cli_version=old.cli_version,
+            records={name: [bytes(r) for r in raws] for name, raws in old.records.items()},
+            rejected=old.rejected,
+        )
+    return _BATCH_DECODER.decode(payload)
 
 
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"  # an lz4 frame's first four bytes

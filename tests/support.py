@@ -4,30 +4,42 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
 from schema.envelope import validate_push
-from schema.queue import QueuedBatch
+from schema.queue import QueuedBatch, decode_batch, encode_batch, queued_batch
 from workers.tables import TABLES
 
 
 def batch_of(
-    records: dict[str, list[dict[str, Any]]], push_id: str = "push-1", workspace_id: str = "ws_a"
+    records: dict[str, list[dict[str, Any]]],
+    push_id: str = "push-1",
+    workspace_id: str = "ws_a",
+    form: Literal["as queued", "records"] = "as queued",
 ) -> QueuedBatch:
-    """A batch as the api would queue it (validated, invalid records set aside)."""
-    validated = validate_push(json.dumps({"data": records}).encode())
+    """A batch as the api would queue it (validated, invalid records set aside).
+
+    `form="records"` carries the valid records one by one even when all are
+    valid (as the api queues a push with bad records, and as earlier builds
+    queued every push), instead of the whole body.
+    """
+    validated = validate_push(json.dumps({"data": records, "cli_version": "0.2.32"}).encode())
     now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-    return QueuedBatch(
-        workspace_id=workspace_id,
-        push_id=push_id,
-        received_at=now,
-        pushed_at=now,
-        cli_version="0.2.32",
-        records={k: v for k, v in validated.records.items() if v},
-        rejected=validated.rejected,
-    )
+    batch = queued_batch(validated, workspace_id=workspace_id, push_id=push_id, received_at=now)
+    if form == "records" and batch.body is not None:
+        batch.body = None
+        batch.records = {name: [bytes(r) for r in raws] for name, raws in validated.records.items() if raws}
+    return batch
+
+
+def write_queued(conn: psycopg.Connection, batch: QueuedBatch) -> dict[str, Any]:
+    """Write a batch as a worker does, from its queued bytes (so `clean_bytes` is the worker's own test)."""
+    from workers.jobs import payload_is_clean, write_batch
+
+    payload = encode_batch(batch)
+    return write_batch(conn, decode_batch(payload), payload_is_clean(payload))
 
 
 def snapshot(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
@@ -66,3 +78,20 @@ def run_burst_worker(settings: Any) -> None:
     from workers.worker import make_worker
 
     make_worker(settings, connection=Redis.from_url(settings.redis_url)).work(burst=True)
+
+
+def legacy_payload(records: dict[str, list[dict[str, Any]]], push_id: str, workspace_id: str) -> bytes:
+    """A job argument as earlier builds of the api queued it: JSON, each record embedded as it was sent."""
+    return json.dumps(
+        {
+            "workspace_id": workspace_id,
+            "push_id": push_id,
+            "received_at": "2026-11-28T12:00:00Z",
+            "pushed_at": "2026-11-28T11:59:00Z",
+            "cli_version": "0.2.31",
+            "records": records,
+            "rejected": [
+                {"record_type": "prompts", "index": 9, "error": "data.prompts[9].prompt_kind: bad", "raw": "e30="}
+            ],
+        }
+    ).encode()

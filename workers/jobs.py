@@ -10,8 +10,8 @@ import psycopg
 from rq import get_current_job
 
 from schema import stats
-from schema.envelope import check_record
-from schema.queue import BATCH_DECODER, QueuedBatch
+from schema.envelope import RecordLimits, check_record, decode_valid_records
+from schema.queue import QueuedBatch, decode_batch
 from schema.records import RECORD_TYPES
 from schema.settings import Settings
 from workers import db
@@ -29,12 +29,12 @@ def settings() -> Settings:
     return _settings
 
 
-def _valid_positions(batch: QueuedBatch, record_type: str) -> list[int]:
-    """Positions of the accepted records among all of the push's records of this type."""
+def _valid_positions(batch: QueuedBatch, record_type: str, count: int) -> list[int]:
+    """Positions of the `count` accepted records among all of the push's records of this type."""
     taken = {r.index for r in batch.rejected if r.record_type == record_type}
     positions: list[int] = []
     p = 0
-    while len(positions) < len(batch.records.get(record_type, ())):
+    while len(positions) < count:
         if p not in taken:
             positions.append(p)
         p += 1
@@ -64,26 +64,24 @@ def _write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool
     with conn.transaction():
         if claim_push(conn, batch) == "processed":
             return {"push_id": batch.push_id, "duplicate": True}
-        for record_type in RECORD_TYPES:
-            raws = batch.records.get(record_type)
-            if not raws:
-                continue
-            positions = _valid_positions(batch, record_type)
-            records, good_raws, good_positions = [], [], []
-            # The api validated these; decoding again also catches a record the
-            # current schema refuses (an api and a worker of different versions).
-            for raw, position in zip(raws, positions, strict=True):
-                record, error = check_record(record_type, raw, f"{record_type}[{position}]", limits, clean_bytes)
-                if error is None:
-                    records.append(record)
-                    good_raws.append(bytes(raw))
-                    good_positions.append(position)
-                else:
-                    quarantined.append(QuarantineRow(record_type, position, error, bytes(raw)))
-            refused = write_records(conn, batch.workspace_id, record_type, records, good_raws, good_positions, careful)
-            quarantined.extend(refused)
-            if len(records) > len(refused):
-                accepted[record_type] = len(records) - len(refused)
+        typed = None
+        if batch.body is not None and clean_bytes and not careful:
+            # A wholly valid push: all of its records decoded in one pass (writing
+            # carefully needs each record's own bytes: the body is split below).
+            typed = decode_valid_records(batch.body, limits)
+        if typed is not None:
+            for record_type, records in typed.items():
+                if records:
+                    write_records(conn, batch.workspace_id, record_type, records, [], [], careful=False)
+                    accepted[record_type] = len(records)
+        else:
+            raws_by_type = batch.raw_records()
+            for record_type in RECORD_TYPES:
+                raws = raws_by_type.get(record_type)
+                if raws:
+                    n = _write_each_checked(conn, batch, record_type, raws, limits, clean_bytes, careful, quarantined)
+                    if n:
+                        accepted[record_type] = n
         write_quarantine(conn, batch.workspace_id, batch.push_id, batch.received_at, quarantined)
         rejected: dict[str, int] = {}
         for q in quarantined:
@@ -93,17 +91,47 @@ def _write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool
     return {"push_id": batch.push_id, "accepted": accepted, "rejected": rejected, "write_ms": round(write_ms, 2)}
 
 
+def _write_each_checked(
+    conn: psycopg.Connection,
+    batch: QueuedBatch,
+    record_type: str,
+    raws: list[Any],
+    limits: RecordLimits,
+    clean_bytes: bool,
+    careful: bool,
+    quarantined: list[QuarantineRow],
+) -> int:
+    """Decode one type's records one by one, write the good ones, quarantine the rest; return how many landed."""
+    positions = _valid_positions(batch, record_type, len(raws))
+    records, good_raws, good_positions = [], [], []
+    # The api validated these; decoding again also catches a record the
+    # current schema refuses (an api and a worker of different versions).
+    for raw, position in zip(raws, positions, strict=True):
+        record, error = check_record(record_type, raw, f"{record_type}[{position}]", limits, clean_bytes)
+        if error is None:
+            records.append(record)
+            good_raws.append(bytes(raw))
+            good_positions.append(position)
+        else:
+            quarantined.append(QuarantineRow(record_type, position, error, bytes(raw)))
+    refused = write_records(conn, batch.workspace_id, record_type, records, good_raws, good_positions, careful)
+    quarantined.extend(refused)
+    return len(records) - len(refused)
+
+
 def write_payload(payload: bytes) -> tuple[QueuedBatch, dict[str, Any]]:
     """Decode a queued push and write it in its own transaction; return the batch and its summary."""
-    batch = BATCH_DECODER.decode(payload)
+    batch = decode_batch(payload)
     return batch, _write_queued(batch, payload)
 
 
+def payload_is_clean(payload: bytes) -> bool:
+    """One byte test of a whole queued payload that spares each record its own (see check_record)."""
+    return b"\\u0000" not in payload and len(payload) <= settings().max_string_chars
+
+
 def _write_queued(batch: QueuedBatch, payload: bytes) -> dict[str, Any]:
-    conn = db.connection(settings())
-    # One byte test of the whole payload spares each record its own (see check_record).
-    clean = b"\\u0000" not in payload and len(payload) <= settings().max_string_chars
-    return write_batch(conn, batch, clean)
+    return write_batch(db.connection(settings()), batch, payload_is_clean(payload))
 
 
 def ingest_batch(payload: bytes) -> dict[str, Any]:
@@ -114,7 +142,7 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
     failure may be that Postgres is down) and the job lands in RQ's failed
     registry, from where `selftune-ingest replay` brings it back.
     """
-    batch = BATCH_DECODER.decode(payload)
+    batch = decode_batch(payload)
     started = time.perf_counter()
     try:
         summary = _write_queued(batch, payload)

@@ -226,8 +226,21 @@ def check_redis(redis: Redis, settings: Settings) -> None:
     redis_check.check(config, settings.redis_require_durable)
 
 
+# A worker must read whatever the api accepted. The api's JSON decoder stops at
+# Python's recursion limit (1,000 levels, less the api's own stack), and a
+# worker's stack is not the api's: 10,000 leaves room to spare. msgspec's C
+# decoder uses little stack per level (15,000 levels read fine on a main thread).
+WORKER_RECURSION_LIMIT = 10_000
+
+
+def raise_recursion_limit() -> None:
+    """Let this process decode JSON nested deeper than the api can read (see WORKER_RECURSION_LIMIT)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), WORKER_RECURSION_LIMIT))
+
+
 def _work(burst: bool) -> None:
     logs.configure()
+    raise_recursion_limit()
     settings = Settings.from_env()
     check_redis(Redis.from_url(settings.redis_url), settings)
     worker = make_worker(settings)

@@ -24,7 +24,7 @@ from api.auth import ApiKey
 from api.openapi import ErrorBody
 from api.push import PushAnswer
 from schema.envelope import MAX_ERRORS_LISTED
-from schema.queue import BATCH_DECODER, MsgpackSerializer, QueuedBatch
+from schema.queue import MsgpackSerializer, QueuedBatch, decode_batch
 from schema.records import RECORD_TYPES
 from schema.settings import MIB, Settings
 
@@ -93,7 +93,7 @@ class Stack:
         """The one job a 202 enqueued."""
         jobs = self.queue.jobs
         assert len(jobs) == 1, f"expected exactly one queued job, found {len(jobs)}"
-        return BATCH_DECODER.decode(jobs[-1].args[0])
+        return decode_batch(jobs[-1].args[0])
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +162,6 @@ def assert_nothing_lost(answer: PushAnswer, batch: QueuedBatch, envelope: dict[s
             prefix = f"{section}.{record_type}[{position}]"
             assert r.error.startswith(prefix) and len(r.error) > len(prefix) + 2, r.error
         good = [record for index, (_, _, record) in enumerate(sent) if index not in bad]
-        assert [msgspec.json.decode(raw) for raw in batch.records.get(record_type, [])] == good, record_type
+        assert [msgspec.json.decode(raw) for raw in batch.raw_records().get(record_type, [])] == good, record_type
     shown = [r.error for r in batch.rejected[:MAX_ERRORS_LISTED]]
     assert answer.errors[: len(shown)] == shown

@@ -6,6 +6,7 @@ deterministic; the end-to-end tier runs real worker processes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -17,9 +18,9 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from schema import samples
-from schema.queue import MsgpackSerializer
+from schema.queue import INGEST_JOB, MsgpackSerializer
 from schema.settings import Settings
-from tests.support import count, push_json, run_burst_worker
+from tests.support import count, legacy_payload, push_json, run_burst_worker
 from workers import accounts
 
 push = push_json
@@ -126,3 +127,45 @@ def test_pushes_are_refused_while_redis_nears_maxmemory_so_workers_can_still_dra
         redis.config_set("maxmemory", 0)
     time.sleep(1.5)
     assert push(client, api_key, {"prompts": [samples.prompt(1)]}, "near-full").status_code == 202
+
+
+def test_a_batch_queued_as_json_by_an_earlier_build_is_written_by_a_worker(
+    db: psycopg.Connection, settings: Settings, use_worker_settings: Any
+) -> None:
+    # Jobs outlive deploys (the queue, the failed registry awaiting replay): a worker reads both forms.
+    records = {"sessions": [samples.session(1)], "prompts": [samples.prompt(1), samples.prompt(2)]}
+    queue = Queue(settings.queue_name, connection=Redis.from_url(settings.redis_url), serializer=MsgpackSerializer)
+    queue.enqueue(INGEST_JOB, legacy_payload(records, "p-old", "acme"))
+    run_worker(settings)
+    assert count(db, "sessions") == 1 and count(db, "prompts") == 2 and count(db, "quarantine") == 1
+    status, accepted = db.execute("SELECT status, accepted FROM pushes WHERE push_id = 'p-old'").fetchone()  # type: ignore[misc]
+    assert status == "processed" and accepted == {"sessions": 1, "prompts": 2}
+
+
+def _at_depth(frames: int, fn: Any) -> Any:
+    """Call fn with `frames` more frames on the stack (a worker's stack is not the api's)."""
+    return fn() if frames == 0 else _at_depth(frames - 1, fn)
+
+
+def test_a_record_nested_as_deep_as_the_api_reads_is_written_by_a_worker_with_less_stack_to_spare(
+    client: TestClient, api_key: str, db: psycopg.Connection, settings: Settings, use_worker_settings: Any
+) -> None:
+    import sys
+
+    from workers.worker import raise_recursion_limit
+
+    # An unknown field of a valid record, nested just under what the api's decoder follows:
+    # the push is wholly valid, so it is queued as its body, and the worker decodes that body.
+    record = samples.prompt(1)
+    record["future_field"] = "MARK"
+    body = json.dumps({"push_id": "p-deep", "data": {"prompts": [record]}}).replace('"MARK"', "[" * 900 + "]" * 900)
+    resp = client.post("/v2/push", content=body, headers={"Authorization": f"Bearer {api_key}"})
+    assert resp.status_code == 202 and resp.json()["accepted"] == {"prompts": 1}
+    limit = sys.getrecursionlimit()
+    try:
+        raise_recursion_limit()  # as every worker process does when it starts
+        _at_depth(300, lambda: run_worker(settings))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert count(db, "prompts") == 1
+    assert db.execute("SELECT status FROM pushes WHERE push_id = 'p-deep'").fetchone() == ("processed",)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import psycopg
@@ -12,15 +12,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schema import samples
-from tests.support import batch_of, count, snapshot
+from tests.support import batch_of, count, snapshot, write_queued
 from workers import jobs
-from workers.jobs import write_batch
 
 
 def write(
-    db: psycopg.Connection, records: dict[str, list[dict[str, Any]]], push_id: str = "p", ws: str = "ws_a"
+    db: psycopg.Connection,
+    records: dict[str, list[dict[str, Any]]],
+    push_id: str = "p",
+    ws: str = "ws_a",
+    form: Literal["as queued", "records"] = "as queued",
 ) -> dict[str, Any]:
-    return write_batch(db, batch_of(records, push_id=push_id, workspace_id=ws))
+    return write_queued(db, batch_of(records, push_id=push_id, workspace_id=ws, form=form))
 
 
 def row(db: psycopg.Connection, sql: str, *params: Any) -> tuple[Any, ...]:
@@ -44,6 +47,27 @@ def test_every_type_is_written_with_its_values(db: psycopg.Connection) -> None:
         dict.fromkeys(samples.FACTORIES, 1),
         {},
     )
+
+
+def test_a_whole_body_and_its_records_one_by_one_write_the_same_rows(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Most pushes are queued as their whole body (decoded in one pass); a push with bad
+    # records, or one queued by an earlier build, carries its records one by one.
+    first, second = samples.one_of_each(1), samples.one_of_each(2)
+    records = {name: first[name] + second[name] for name in first}
+    decoded_alone: list[str] = []
+    real_check = jobs.check_record
+    monkeypatch.setattr(jobs, "check_record", lambda t, *a: decoded_alone.append(t) or real_check(t, *a))
+    whole = write(db, records, push_id="whole", ws="ws_whole")
+    assert decoded_alone == []  # one decode of the body, no record decoded on its own
+    one_by_one = write(db, records, push_id="each", ws="ws_each", form="records")
+    assert len(decoded_alone) == 2 * len(samples.FACTORIES)
+    assert whole["accepted"] == one_by_one["accepted"] == dict.fromkeys(samples.FACTORIES, 2)
+    tables = snapshot(db)
+    for name, rows in tables.items():
+        mine = {ws: sorted(r[1:] for r in rows if r[0] == ws) for ws in ("ws_whole", "ws_each")}
+        assert mine["ws_whole"] == mine["ws_each"] and len(mine["ws_whole"]) == 2, name
 
 
 def test_the_same_batch_twice_leaves_identical_tables(db: psycopg.Connection) -> None:
@@ -236,7 +260,9 @@ def test_a_value_postgres_refuses_quarantines_that_record_and_the_rest_land(
 
     monkeypatch.setattr(jobs, "check_record", slipped)
     summary = write(
-        db, {"prompts": [samples.prompt(1), samples.prompt(2), samples.prompt(3)], "sessions": [samples.session(1)]}
+        db,
+        {"prompts": [samples.prompt(1), samples.prompt(2), samples.prompt(3)], "sessions": [samples.session(1)]},
+        form="records",  # record by record: where the slip is made
     )
 
     assert summary["accepted"] == {"prompts": 2, "sessions": 1}

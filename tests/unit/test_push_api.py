@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.auth import ApiKey
-from schema.queue import BATCH_DECODER, INGEST_JOB, MsgpackSerializer
+from schema.queue import INGEST_JOB, MsgpackSerializer, decode_batch
 from schema.samples import one_of_each, prompt, session
 from schema.settings import Settings
 
@@ -100,9 +100,9 @@ def test_push_of_every_type_is_accepted_and_queued_once(client: TestClient, queu
     }
     [job] = queue.jobs
     assert job.func_name == INGEST_JOB
-    batch = BATCH_DECODER.decode(job.args[0])
+    batch = decode_batch(job.args[0])
     assert (batch.workspace_id, batch.push_id, batch.cli_version) == (WORKSPACE, "p1", "0.2.32")
-    assert {k: len(v) for k, v in batch.records.items()} == dict.fromkeys(one_of_each(), 1)
+    assert {k: len(v) for k, v in batch.raw_records().items()} == dict.fromkeys(one_of_each(), 1)
 
 
 def test_cli_envelope_is_accepted(client: TestClient, queue: Queue) -> None:
@@ -117,7 +117,7 @@ def test_cli_envelope_is_accepted(client: TestClient, queue: Queue) -> None:
     resp = post(client, body)
     assert resp.status_code == 202
     assert resp.json()["accepted"] == {"sessions": 1, "prompts": 2}
-    assert BATCH_DECODER.decode(queue.jobs[0].args[0]).cli_version == "0.2.40"
+    assert decode_batch(queue.jobs[0].args[0]).cli_version == "0.2.40"
 
 
 def test_job_carries_no_pickle_and_no_body_in_its_description(client: TestClient, queue: Queue) -> None:
@@ -128,8 +128,8 @@ def test_job_carries_no_pickle_and_no_body_in_its_description(client: TestClient
     assert raw.startswith(b"\x04\x22\x4d\x18")  # an lz4 frame (JOB_DATA_COMPRESSION=lz4) ...
     plain = lz4.frame.decompress(raw)
     assert plain.startswith(b"\x94") and len(raw) < len(plain) / 2  # ... of msgpack, not a pickle (0x80)
-    batch = BATCH_DECODER.decode(job.args[0])
-    assert batch.push_id == "p-desc" and len(batch.records["prompts"]) == 1
+    batch = decode_batch(job.args[0])
+    assert batch.push_id == "p-desc" and len(batch.raw_records()["prompts"]) == 1
 
 
 def test_job_data_is_stored_as_sent_when_asked_and_reads_back_the_same(
@@ -141,8 +141,8 @@ def test_job_data_is_stored_as_sent_when_asked_and_reads_back_the_same(
     [job] = queue.jobs
     raw = queue.connection.hget(job.key, "data")
     assert b"please refactor" in raw and raw.startswith(b"\x94")  # msgpack of RQ's 4-tuple
-    batch = BATCH_DECODER.decode(job.args[0])
-    assert batch.push_id == "p-plain" and len(batch.records["prompts"]) == 1
+    batch = decode_batch(job.args[0])
+    assert batch.push_id == "p-plain" and len(batch.raw_records()["prompts"]) == 1
 
 
 def test_invalid_record_is_reported_with_its_path_and_kept_for_quarantine(client: TestClient, queue: Queue) -> None:
@@ -154,7 +154,7 @@ def test_invalid_record_is_reported_with_its_path_and_kept_for_quarantine(client
     assert body["accepted"] == {"prompts": 2}
     assert body["rejected"] == {"prompts": 1}
     assert len(body["errors"]) == 1 and body["errors"][0].startswith("data.prompts[1].prompt_kind: Invalid enum value")
-    batch = BATCH_DECODER.decode(queue.jobs[0].args[0])
+    batch = decode_batch(queue.jobs[0].args[0])
     [rejected] = batch.rejected
     assert (rejected.record_type, rejected.index) == ("prompts", 1)
     assert msgspec.json.decode(rejected.raw) == bad

@@ -652,7 +652,7 @@ def test_a_queued_batch_decodes_without_walking_its_rejected_records_however_dee
     import sys
     from datetime import UTC, datetime
 
-    from schema.queue import BATCH_DECODER, BATCH_ENCODER, QueuedBatch
+    from schema.queue import decode_batch, encode_batch, queued_batch
 
     records = one_of_each(1)
     records["prompts"][0]["raw_source_ref"] = {"path": "/x", "metadata": {"d": "MARK"}}
@@ -660,20 +660,11 @@ def test_a_queued_batch_decodes_without_walking_its_rejected_records_however_dee
     pushed = validate_push(body)
     assert [r.record_type for r in pushed.rejected] == ["prompts"]
     now = datetime.now(UTC)
-    payload = BATCH_ENCODER.encode(
-        QueuedBatch(
-            workspace_id="w",
-            push_id="p",
-            received_at=now,
-            pushed_at=now,
-            records={k: v for k, v in pushed.records.items() if v},
-            rejected=pushed.rejected,
-        )
-    )
+    payload = encode_batch(queued_batch(pushed, workspace_id="w", push_id="p", received_at=now))
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(200)
     try:
-        batch = BATCH_DECODER.decode(payload)
+        batch = decode_batch(payload)
     finally:
         sys.setrecursionlimit(limit)
     assert batch.rejected[0].raw == pushed.rejected[0].raw and b"[" * 900 in batch.rejected[0].raw
