@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import load, procstat
 from bench.gen import WORKSPACES, PushStream, make_templates
-from bench.run import RESULTS, Config, load_phase, machine
+from bench.run import RESULTS, Config, api_serving_pids, busiest_share, load_phase, machine
 from bench.stack import DEFAULT_ADMIN_URL, Stack
 
 VARIANTS: dict[str, dict[str, str]] = {
@@ -68,16 +68,20 @@ def main(argv: list[str] | None = None) -> int:
                 for key, value in config.items():
                     stack.r.config_set(key, value)
                 time.sleep(1)  # let the switch (and its AOF rewrite) settle
+                serving = api_serving_pids(stack)
+                split0 = {p: procstat.cpu_seconds(p) for p in serving}
                 res, _, _, extra = load_phase(
                     stack, stack.api_port, PushStream(templates, n), probe, cfg, rate=rate, connections=64
                 )
+                busiest = busiest_share(split0, {p: procstat.cpu_seconds(p) for p in serving})
                 n += 1
                 s = load.summarize(res)
                 lat: dict[str, float] = s["latency_ms"]  # type: ignore[assignment]
-                phases.append({"rep": rep + 1, "variant": variant, **s, "redis_stalls_ms": extra["redis_stalls_ms"]})
+                stalls = extra["redis_stalls_ms"]
+                phases.append({"rep": rep + 1, "variant": variant, **s, "redis_stalls_ms": stalls, "busiest": busiest})
                 print(
                     f"{variant:<13} {s['ok_per_s']:>7} pushes/s  p50 {lat['p50']:>6}  p90 {lat['p90']:>6}"
-                    f"  p99 {lat['p99']:>7}  max {lat['max']:>7}  redis stalls {extra['redis_stalls_ms']}",
+                    f"  p99 {lat['p99']:>7}  max {lat['max']:>7}  busiest api process {busiest}  redis stalls {stalls}",
                     flush=True,
                 )
                 stack.r.config_set("appendonly", "yes")

@@ -77,6 +77,15 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(cpu_seconds(p) for p in tree_of(root))
 
 
+def cmdline(pid: int) -> bytes:
+    """A process's command line (NUL-separated), empty if it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return b""
+
+
 def status_kb(pid: int, key: str) -> int | None:
     """A field of /proc/<pid>/status in kB (VmHWM = peak RSS, VmRSS = current RSS)."""
     try:

@@ -265,13 +265,29 @@ def lags(stack: Stack, samples: list[load.Sample], name: str = "") -> dict[str, 
 # -- profiling ----------------------------------------------------------------------------------------
 
 
-def api_peak_rss_mb(stack: Stack) -> float | None:
-    """The largest peak RSS among the api's processes (with --api-procs N, each serving process)."""
+def api_serving_pids(stack: Stack) -> list[int]:
+    """The api's processes that serve requests (with --api-procs N, uvicorn's N children)."""
     assert stack.api is not None
-    pids = procstat.tree_of(stack.api.pid)
-    serving = [p for p in pids if p != stack.api.pid] or [stack.api.pid]
-    peaks = [r for r in (procstat.peak_rss_mb(p) for p in serving) if r is not None]
+    kids = [p for p in procstat.tree_of(stack.api.pid) if p != stack.api.pid]
+    serving = [p for p in kids if b"resource_tracker" not in procstat.cmdline(p)]
+    return serving or [stack.api.pid]
+
+
+def api_peak_rss_mb(stack: Stack) -> float | None:
+    """The largest peak RSS among the api's serving processes."""
+    peaks = [r for r in (procstat.peak_rss_mb(p) for p in api_serving_pids(stack)) if r is not None]
     return max(peaks) if peaks else None
+
+
+def busiest_share(before: dict[int, float], after: dict[int, float]) -> float | None:
+    """The busiest api process's share of the api's CPU over a phase (1/N when the load is even).
+
+    uvicorn's processes share one listening socket, and a burst of keep-alive
+    connections may be accepted mostly by one of them: that one then carries
+    most of the phase, and its queue (not the machine) sets the tail latency.
+    """
+    used = [after[p] - before.get(p, 0.0) for p in after]
+    return round(max(used) / sum(used), 2) if len(used) > 1 and sum(used) > 0 else None
 
 
 def start_profile(
@@ -355,9 +371,12 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     half = max(1.0, s["ok_per_s"] / 2)  # type: ignore[operator]
     wait_quiet(cfg, log)
     log(f"api paced at half: {half:.0f} pushes/s")
+    serving = api_serving_pids(stack)
+    split0 = {p: procstat.cpu_seconds(p) for p in serving}
     res, b, a, d = load_phase(
         stack, stack.api_port, PushStream(templates, phase_base + 2), probe, cfg, rate=half, connections=64
     )
+    split1 = {p: procstat.cpu_seconds(p) for p in serving}
     s = load.summarize(res)
     dump_samples(stack, f"api-half-{size}-run{run + 1}", res)
     out["api_half"] = {
@@ -365,6 +384,7 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
         **s,
         "cpu": cpu(b, a, s["records_ok"]),
         "redis_stalls_ms": d["redis_stalls_ms"],
+        "api_busiest_share": busiest_share(split0, split1),
     }  # type: ignore[arg-type]
     _warn_statuses("api-half", s)
 
@@ -491,6 +511,7 @@ def headline(r: dict[str, Any]) -> dict[str, float | None]:
         "half_p99": g("api_half", "latency_ms", "p99"),
         "half_p90": g("api_half", "latency_ms", "p90"),
         "half_redis_stall": max((g("api_half", "redis_stalls_ms") or {}).values(), default=None),
+        "half_busiest": g("api_half", "api_busiest_share"),
         "writer_rec_s": g("writer", "records_per_s"),
         "e2e_rec_s": g("e2e_sat", "records_per_s"),
         "e2e_push_s": g("e2e_sat", "pushes_per_s"),
@@ -558,6 +579,7 @@ ROWS: list[tuple[str, str, int]] = [
     ("api at half rate: pushes/s", "half_push_s", 0),
     ("  latency p50 / p90 / p99 ms", "half_p50|half_p90|half_p99", 1),
     ("  longest Redis stall in the phase, ms", "half_redis_stall", 0),
+    ("  busiest api process's share of api CPU", "half_busiest", 2),
     ("writer alone (N procs): records/s", "writer_rec_s", 0),
     ("e2e sustained (flat queue): records/s", "e2e_rec_s", 0),
     ("  pushes/s", "e2e_push_s", 0),
