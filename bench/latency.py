@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from bench import load, procstat
 from bench.gen import WORKSPACES, PushStream, make_templates
 from bench.run import RESULTS, Config, api_serving_pids, busiest_share, load_phase, machine
 from bench.stack import DEFAULT_ADMIN_URL, Stack
+from bench.stallprobe import longest_stall_ms
 
 VARIANTS: dict[str, dict[str, str]] = {
     "aof everysec": {"appendonly": "yes", "appendfsync": "everysec"},
@@ -39,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=100, help="records per push")
     p.add_argument("--reps", type=int, default=3, help="phases per variant")
     p.add_argument("--duration", type=float, default=6.0, help="measured seconds per phase (after 1 s warm-up)")
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="serve the api as N processes on N SO_REUSEPORT sockets (bench/reuseport_serve.py), not uvicorn --workers",
+    )
     p.add_argument("--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_ADMIN_URL))
     p.add_argument("--out", default=str(RESULTS / "latency.json"))
     a = p.parse_args(argv)
@@ -49,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     templates = make_templates(a.size, seed=1)
     stack = Stack(a.pg_admin_url, api_procs=a.api_procs)
     phases: list[dict[str, Any]] = []
+    stalls_file = stack.tmp / "machine-stalls.txt"
+    prober = subprocess.Popen([sys.executable, "-m", "bench.stallprobe", str(stalls_file)], cwd=stack.src)
     try:
         stack.setup_database(WORKSPACES)
         stack.start_redis()
-        stack.start_api()
+        stack.start_api(reuse_port=a.reuse_port)
         assert stack.api is not None and stack.redis is not None
         probe = procstat.Probe(pids={"redis": stack.redis.pid}, trees={"api": stack.api.pid})
         rate = a.rate
@@ -74,18 +83,30 @@ def main(argv: list[str] | None = None) -> int:
                     stack, stack.api_port, PushStream(templates, n), probe, cfg, rate=rate, connections=64
                 )
                 busiest = busiest_share(split0, {p: procstat.cpu_seconds(p) for p in serving})
+                machine_stall = longest_stall_ms(stalls_file, *res.wall_window)
                 n += 1
                 s = load.summarize(res)
                 lat: dict[str, float] = s["latency_ms"]  # type: ignore[assignment]
                 stalls = extra["redis_stalls_ms"]
-                phases.append({"rep": rep + 1, "variant": variant, **s, "redis_stalls_ms": stalls, "busiest": busiest})
+                phases.append(
+                    {
+                        "rep": rep + 1,
+                        "variant": variant,
+                        **s,
+                        "redis_stalls_ms": stalls,
+                        "busiest": busiest,
+                        "machine_stall_ms": machine_stall,
+                    }
+                )
                 print(
                     f"{variant:<13} {s['ok_per_s']:>7} pushes/s  p50 {lat['p50']:>6}  p90 {lat['p90']:>6}"
-                    f"  p99 {lat['p99']:>7}  max {lat['max']:>7}  busiest api process {busiest}  redis stalls {stalls}",
+                    f"  p99 {lat['p99']:>7}  max {lat['max']:>7}  busiest api process {busiest}"
+                    f"  machine stall {machine_stall:.0f} ms  redis stalls {stalls}",
                     flush=True,
                 )
                 stack.r.config_set("appendonly", "yes")
     finally:
+        prober.kill()
         stack.close()
     print(f"\nmedians of {a.reps} phases at {rate:.0f} pushes/s, {a.api_procs} api process(es), {a.size}-record pushes")
     medians: dict[str, dict[str, float]] = {}
@@ -99,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "rate": rate,
+        "api": f"{a.api_procs} processes, " + ("SO_REUSEPORT sockets" if a.reuse_port else "uvicorn --workers"),
         "medians": medians,
         "phases": phases,
     }

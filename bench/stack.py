@@ -299,8 +299,25 @@ class Stack:
         wait_for(f"{name} GET /healthz on :{port}", lambda: _http_ok(port), proc=svc)
         return svc, port
 
-    def start_api(self) -> None:
-        self.api, self.api_port = self._uvicorn("api", "api.app:create_app")
+    def start_api(self, reuse_port: bool = False) -> None:
+        """The api, as `uvicorn --workers N`; or, with reuse_port, N processes on N SO_REUSEPORT sockets."""
+        if not reuse_port:
+            self.api, self.api_port = self._uvicorn("api", "api.app:create_app")
+            return
+        port = free_port()
+        env = self.env()
+        metrics_dir = self.tmp / "metrics-api"
+        metrics_dir.mkdir(exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        argv = [str(BIN / "python"), "-m", "bench.reuseport_serve", str(self.api_procs), str(port)]
+        self.api, self.api_port = Service("api", argv, env, self.tmp, cwd=self.src), port
+        # Every process must be listening before the load starts, or the first takes all connections.
+        wait_for(
+            f"{self.api_procs} api processes on :{port}",
+            lambda: _http_ok(port) and len(procstat.tree_of(self.api.pid)) > self.api_procs,  # type: ignore[union-attr]
+            proc=self.api,
+        )
+        time.sleep(2)
 
     def start_raw(self) -> None:
         self.raw, self.raw_port = self._uvicorn("raw-redis", "bench.raw_redis_app:create_app")

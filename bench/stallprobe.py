@@ -1,0 +1,47 @@
+"""How long the machine itself keeps a ready process from running: a real-time priority probe.
+
+`python -m bench.stallprobe FILE` sleeps 1 ms in a loop at SCHED_FIFO priority
+(falling back to normal priority where that is not allowed) and appends to FILE
+every wake-up that came `STALL_MS` or more late, as "unix-time late-ms". A
+real-time process preempts every ordinary one, so what it sees late is the
+machine (the hypervisor, the kernel, neighbours on the host), not our
+processes' contention: `bench.latency` reports the longest per phase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+STALL_MS = 5.0
+
+
+def longest_stall_ms(path: Path, since: float, until: float) -> float:
+    """The longest stall the probe logged in [since, until) (0 if none)."""
+    if not path.exists():
+        return 0.0
+    stalls = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return max((float(ms) for t, ms in stalls if since <= float(t) < until), default=0.0)
+
+
+def main() -> int:
+    out = Path(sys.argv[1])
+    # Where real-time priority is not allowed it runs at normal priority, and then also
+    # sees the contention of our own processes.
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    with out.open("a") as f:
+        while True:
+            t = time.perf_counter()
+            time.sleep(0.001)
+            late = (time.perf_counter() - t - 0.001) * 1000
+            if late >= STALL_MS:
+                f.write(f"{time.time():.3f} {late:.1f}\n")
+                f.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
