@@ -101,7 +101,9 @@ async def _push(request: Request) -> Response:
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
-    records = sum(validated.accepted_counts.values()) + len(validated.rejected)
+    accepted = validated.accepted_counts
+    accepted_records = sum(accepted.values())
+    records = accepted_records + len(validated.rejected)
     if records > settings.max_records_per_push:
         raise ApiError(
             413,
@@ -113,8 +115,6 @@ async def _push(request: Request) -> Response:
     if envelope.workspace_id is not None and envelope.workspace_id != key.workspace_id:
         raise forbidden_workspace(envelope.workspace_id)
     push_id = _push_id(request, validated)
-    accepted = validated.accepted_counts
-    accepted_records = sum(accepted.values())
     request.state.push |= {"push_id": push_id, "accepted": accepted_records, "rejected": len(validated.rejected)}
     refusal = state.queue_watch.refusal()
     if refusal is not None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import load, procstat
 from bench.gen import WORKSPACES, PushStream, make_templates
-from bench.run import RESULTS, Config, api_serving_pids, busiest_share, load_phase, machine
+from bench.run import RESULTS, Config, load_phase, machine
 from bench.stack import DEFAULT_ADMIN_URL, Stack
 from bench.stallprobe import longest_stall_ms
 
@@ -77,12 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                 for key, value in config.items():
                     stack.r.config_set(key, value)
                 time.sleep(1)  # let the switch (and its AOF rewrite) settle
-                serving = api_serving_pids(stack)
-                split0 = {p: procstat.cpu_seconds(p) for p in serving}
                 res, _, _, extra = load_phase(
                     stack, stack.api_port, PushStream(templates, n), probe, cfg, rate=rate, connections=64
                 )
-                busiest = busiest_share(split0, {p: procstat.cpu_seconds(p) for p in serving})
+                busiest = extra["api_busiest_share"]
                 machine_stall = longest_stall_ms(stalls_file, *res.wall_window)
                 n += 1
                 s = load.summarize(res)

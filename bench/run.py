@@ -164,12 +164,16 @@ async def _load_phase(
 
 
 def load_phase(
-    stack: Stack, *args: Any, **kwargs: Any
+    stack: Stack, port: int, *args: Any, **kwargs: Any
 ) -> tuple[load.LoadResult, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """One phase of load; its `depth` dict also gets Redis's own stalls in the phase (`redis_stalls_ms`)."""
-    stack.redis_stalls(reset=True)
-    result, before, after, depth = uvloop.run(_load_phase(stack, *args, **kwargs))
+    """One phase of load; its `depth` dict also gets Redis's own stalls in the phase (`redis_stalls_ms`)
+    and, when the load is on the api, its busiest process's share of its CPU (`api_busiest_share`)."""
+    serving = api_serving_pids(stack) if port == stack.api_port else []
+    split0 = {p: procstat.cpu_seconds(p) for p in serving}
+    stack.reset_redis_stalls()
+    result, before, after, depth = uvloop.run(_load_phase(stack, port, *args, **kwargs))
     depth["redis_stalls_ms"] = stack.redis_stalls()
+    depth["api_busiest_share"] = busiest_share(split0, {p: procstat.cpu_seconds(p) for p in serving})
     return result, before, after, depth
 
 
@@ -371,12 +375,9 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
     half = max(1.0, s["ok_per_s"] / 2)  # type: ignore[operator]
     wait_quiet(cfg, log)
     log(f"api paced at half: {half:.0f} pushes/s")
-    serving = api_serving_pids(stack)
-    split0 = {p: procstat.cpu_seconds(p) for p in serving}
     res, b, a, d = load_phase(
         stack, stack.api_port, PushStream(templates, phase_base + 2), probe, cfg, rate=half, connections=64
     )
-    split1 = {p: procstat.cpu_seconds(p) for p in serving}
     s = load.summarize(res)
     dump_samples(stack, f"api-half-{size}-run{run + 1}", res)
     out["api_half"] = {
@@ -384,7 +385,7 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
         **s,
         "cpu": cpu(b, a, s["records_ok"]),
         "redis_stalls_ms": d["redis_stalls_ms"],
-        "api_busiest_share": busiest_share(split0, split1),
+        "api_busiest_share": d["api_busiest_share"],
     }  # type: ignore[arg-type]
     _warn_statuses("api-half", s)
 

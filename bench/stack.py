@@ -272,11 +272,12 @@ class Stack:
             timeout=60,
         )
 
-    def redis_stalls(self, reset: bool = False) -> dict[str, int]:
+    def reset_redis_stalls(self) -> None:
+        self.r.execute_command("LATENCY", "RESET")
+
+    def redis_stalls(self) -> dict[str, int]:
         """The longest stall (ms) of Redis's event loop per kind since the last reset (LATENCY LATEST)."""
         latest = self.r.execute_command("LATENCY", "LATEST")
-        if reset:
-            self.r.execute_command("LATENCY", "RESET")
         return {(e[0].decode() if isinstance(e[0], bytes) else str(e[0])): int(e[3]) for e in latest}
 
     def queue_depth(self) -> int:

@@ -55,7 +55,9 @@ ENVELOPE_DECODER = msgspec.json.Decoder(PushEnvelope)
 # records at C speed, without a Python call per record. Most pushes are wholly
 # valid, and for those this one pass settles validation (validate_push); the
 # worker decodes the records of such a push the same way (decode_valid_records).
-_ENVELOPE_FIELDS = tuple(f.name for f in msgspec.structs.fields(PushEnvelope) if f.name not in ("data", "canonical"))
+_ENVELOPE_FIELDS = [
+    (f.name, f.type, f.default) for f in msgspec.structs.fields(PushEnvelope) if f.name not in ("data", "canonical")
+]
 _TypedArrays = msgspec.defstruct(
     "TypedRecordArrays",
     [(name, list[struct] | None, None) for name, struct in RECORD_TYPES.items()],  # type: ignore[valid-type]
@@ -63,11 +65,7 @@ _TypedArrays = msgspec.defstruct(
 _TYPED_DECODER = msgspec.json.Decoder(
     msgspec.defstruct(
         "TypedPushEnvelope",
-        [
-            *((f.name, f.type, f.default) for f in msgspec.structs.fields(PushEnvelope) if f.name in _ENVELOPE_FIELDS),
-            ("data", _TypedArrays | None, None),
-            ("canonical", _TypedArrays | None, None),
-        ],
+        [*_ENVELOPE_FIELDS, ("data", _TypedArrays | None, None), ("canonical", _TypedArrays | None, None)],
     )
 )
 
@@ -287,7 +285,7 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
     clean = b"\\u0000" not in body and len(body) <= limits.max_string_chars
     typed = _decode_if_all_valid(body, limits) if clean else None
     if typed is not None:
-        envelope = PushEnvelope(**{name: getattr(typed, name) for name in _ENVELOPE_FIELDS})
+        envelope = PushEnvelope(**{name: getattr(typed, name) for name, _, _ in _ENVELOPE_FIELDS})
         counts = {name: len(records) for name, records in _by_type(typed).items() if records}
         return ValidatedPush(envelope=envelope, records=None, rejected=[], counts=counts, body=body)
     # Something is wrong, with the envelope or with some records: find what, and where.
@@ -304,13 +302,7 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
 
 def split_records(body: bytes) -> dict[str, list[msgspec.Raw]]:
     """The records of a valid push body by type (data's before canonical's), each still undecoded."""
-    envelope = ENVELOPE_DECODER.decode(body)
-    records: dict[str, list[msgspec.Raw]] = {name: [] for name in RECORD_TYPES}
-    for arrays in (envelope.data, envelope.canonical):
-        if arrays is not None:
-            for record_type in RECORD_TYPES:
-                records[record_type].extend(getattr(arrays, record_type) or ())
-    return records
+    return _by_type(ENVELOPE_DECODER.decode(body))
 
 
 def decode_valid_records(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> dict[str, list[Any]] | None:
@@ -342,11 +334,12 @@ def _decode_if_all_valid(body: bytes, limits: RecordLimits) -> Any:
     return typed
 
 
-def _by_type(typed: Any) -> dict[str, list[Any]]:
+def _by_type(envelope: Any) -> dict[str, list[Any]]:
+    """Each type's records of a decoded envelope (typed or raw), data's before canonical's."""
     records: dict[str, list[Any]] = {}
     for record_type in RECORD_TYPES:
-        data = getattr(typed.data, record_type, None) if typed.data is not None else None
-        canonical = getattr(typed.canonical, record_type, None) if typed.canonical is not None else None
+        data = getattr(envelope.data, record_type, None) if envelope.data is not None else None
+        canonical = getattr(envelope.canonical, record_type, None) if envelope.canonical is not None else None
         records[record_type] = (data or []) + canonical if canonical else (data or [])
     return records
 

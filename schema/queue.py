@@ -23,14 +23,19 @@ from schema.envelope import RejectedRecord, ValidatedPush, split_records
 INGEST_JOB = "workers.jobs.ingest_batch"
 
 
-class QueuedBatch(msgspec.Struct, kw_only=True):
-    """One accepted push, as the worker receives it."""
+class _BatchHead(msgspec.Struct, kw_only=True):
+    """What every queued batch says about its push, in any form."""
 
     workspace_id: str
     push_id: str
     received_at: datetime
     pushed_at: datetime
     cli_version: str | None = None
+
+
+class QueuedBatch(_BatchHead, kw_only=True):
+    """One accepted push, as the worker receives it."""
+
     # Every record valid (most pushes): the body as the client sent it (JSON), which
     # the worker decodes in one pass. Otherwise `records` and `rejected`.
     body: bytes | None = None
@@ -62,14 +67,9 @@ def queued_batch(validated: ValidatedPush, *, workspace_id: str, push_id: str, r
     return batch
 
 
-class _JsonQueuedBatch(msgspec.Struct, kw_only=True):
+class _JsonQueuedBatch(_BatchHead, kw_only=True):
     """A batch as earlier builds of the api queued it: JSON, records embedded as raw JSON (still read)."""
 
-    workspace_id: str
-    push_id: str
-    received_at: datetime
-    pushed_at: datetime
-    cli_version: str | None = None
     records: dict[str, list[msgspec.Raw]]
     rejected: list[RejectedRecord] = []
 
@@ -88,15 +88,8 @@ def decode_batch(payload: bytes) -> QueuedBatch:
     """A job argument back into its batch, whichever api version queued it."""
     if payload[:1] == b"{":  # JSON, from an earlier build (a msgpack map never starts so)
         old = _JSON_BATCH_DECODER.decode(payload)
-        return QueuedBatch(
-            workspace_id=old.workspace_id,
-            push_id=old.push_id,
-            received_at=old.received_at,
-            pushed_at=old.pushed_at,
-            cli_version=old.cli_version,
-            records={name: [bytes(r) for r in raws] for name, raws in old.records.items()},
-            rejected=old.rejected,
-        )
+        records = {name: [bytes(r) for r in raws] for name, raws in old.records.items()}
+        return QueuedBatch(**{**msgspec.structs.asdict(old), "records": records})
     return _BATCH_DECODER.decode(payload)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -40,6 +41,11 @@ def write_queued(conn: psycopg.Connection, batch: QueuedBatch) -> dict[str, Any]
 
     payload = encode_batch(batch)
     return write_batch(conn, decode_batch(payload), payload_is_clean(payload))
+
+
+def with_lock_timeout(settings: Any, ms: int = 200) -> Any:
+    """The settings with a Postgres lock_timeout: a worker then fails fast on a table a test holds locked."""
+    return replace(settings, database_url=settings.database_url + f"?options=-c%20lock_timeout%3D{ms}")
 
 
 def snapshot(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:

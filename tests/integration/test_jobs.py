@@ -20,7 +20,7 @@ from api.app import create_app
 from schema import samples
 from schema.queue import INGEST_JOB, MsgpackSerializer
 from schema.settings import Settings
-from tests.support import count, legacy_payload, push_json, run_burst_worker
+from tests.support import count, legacy_payload, push_json, run_burst_worker, with_lock_timeout
 from workers import accounts
 
 push = push_json
@@ -55,7 +55,7 @@ def test_failed_write_is_retried_then_lands_in_the_failed_registry_with_the_push
     client: TestClient, api_key: str, db: psycopg.Connection, settings: Settings, use_worker_settings: Any
 ) -> None:
     # Postgres refuses the batch every time: the test holds a lock the worker cannot get in 0.2 s.
-    impatient = replace(settings, database_url=settings.database_url + "?options=-c%20lock_timeout%3D200")
+    impatient = with_lock_timeout(settings)
     use_worker_settings(impatient)
     retrying = replace(settings, job_retries=2, job_retry_backoff_s=(0,))
     with TestClient(create_app(retrying)) as c:

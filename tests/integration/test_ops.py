@@ -25,7 +25,7 @@ from api.app import create_app
 from schema import samples
 from schema.queue import INGEST_JOB, MsgpackSerializer
 from schema.settings import Settings
-from tests.support import count, push_json, run_burst_worker
+from tests.support import count, push_json, run_burst_worker, with_lock_timeout
 from workers import accounts, cli, ops
 
 
@@ -69,7 +69,7 @@ def failed_pushes(
         for push_id, ws, n in (("a1", "alpha", 1), ("a2", "alpha", 2), ("b1", "beta", 3)):
             records = {"sessions": [samples.session(n)], "prompts": [samples.prompt(n)]}
             assert push_json(c, two_workspaces[ws], records, push_id).status_code == 202
-    use_worker_settings(replace(settings, database_url=settings.database_url + "?options=-c%20lock_timeout%3D100"))
+    use_worker_settings(with_lock_timeout(settings, 100))
     with psycopg.connect(settings.database_url) as locker:
         locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
         run_burst_worker(settings)

@@ -19,7 +19,7 @@ from api.app import create_app
 from schema import samples, stats
 from schema.queue import IngestJob, MsgpackSerializer
 from schema.settings import Settings
-from tests.support import count, push_json, run_burst_worker
+from tests.support import count, push_json, run_burst_worker, with_lock_timeout
 from workers.worker import make_worker
 
 PUSHES = 12
@@ -88,7 +88,7 @@ def test_a_batch_that_fails_inside_a_take_is_retried_alone_and_its_neighbours_la
 ) -> None:
     # Postgres refuses the sessions batch (the test holds a lock the worker cannot get in 0.2 s);
     # the prompts batches before and after it in the same take are written.
-    impatient = replace(settings, database_url=settings.database_url + "?options=-c%20lock_timeout%3D200")
+    impatient = with_lock_timeout(settings)
     use_worker_settings(impatient)
     retrying = replace(settings, job_retries=1, job_retry_backoff_s=(0,))
     with TestClient(create_app(retrying)) as c:
