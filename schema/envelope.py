@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, inspect
 
+from schema.jsonbytes import first_invalid_utf8, has_nul_escape
 from schema.records import RECORD_DECODERS, RECORD_TYPES, Timestamp
 
 MAX_ERRORS_LISTED = 100  # a batch of 10,000 bad records gets a readable answer
@@ -250,7 +251,7 @@ def check_record(
         # JSON carries U+0000 only as an escape, and a long string needs long bytes:
         # the precise walk of the decoded record runs only when a byte test says so
         # (unknown fields are ignored, so the walk looks at what is stored).
-        if b"\\u0000" in data or len(data) > limits.max_string_chars:
+        if has_nul_escape(data) or len(data) > limits.max_string_chars:
             try:
                 stored = msgspec.to_builtins(record)
             except RecursionError:
@@ -277,12 +278,11 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
     """
     # JSON is UTF-8. msgspec skips unknown strings unchecked and raises a bare
     # UnicodeDecodeError (a 500) for known ones, so check the whole body first.
-    try:
-        body.decode()
-    except UnicodeDecodeError as exc:
-        raise msgspec.DecodeError(f"JSON is malformed: invalid UTF-8 (byte {exc.start})") from None
+    bad_byte = first_invalid_utf8(body)
+    if bad_byte is not None:
+        raise msgspec.DecodeError(f"JSON is malformed: invalid UTF-8 (byte {bad_byte})")
     # One byte test of the whole body spares each record its NUL and length checks (see check_record).
-    clean = b"\\u0000" not in body and len(body) <= limits.max_string_chars
+    clean = not has_nul_escape(body) and len(body) <= limits.max_string_chars
     typed = _decode_if_all_valid(body, limits) if clean else None
     if typed is not None:
         envelope = PushEnvelope(**{name: getattr(typed, name) for name, _, _ in _ENVELOPE_FIELDS})

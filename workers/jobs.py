@@ -11,6 +11,7 @@ from rq import get_current_job
 
 from schema import stats
 from schema.envelope import RecordLimits, check_record, decode_valid_records
+from schema.jsonbytes import has_nul_escape
 from schema.queue import QueuedBatch, decode_batch
 from schema.records import RECORD_TYPES
 from schema.settings import Settings
@@ -127,7 +128,7 @@ def write_payload(payload: bytes) -> tuple[QueuedBatch, dict[str, Any]]:
 
 def payload_is_clean(payload: bytes) -> bool:
     """One byte test of a whole queued payload that spares each record its own (see check_record)."""
-    return b"\\u0000" not in payload and len(payload) <= settings().max_string_chars
+    return not has_nul_escape(payload) and len(payload) <= settings().max_string_chars
 
 
 def _write_queued(batch: QueuedBatch, payload: bytes) -> dict[str, Any]:
