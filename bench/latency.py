@@ -29,7 +29,8 @@ from bench.stack import DEFAULT_ADMIN_URL, Stack
 from bench.stallprobe import longest_stall_ms
 
 VARIANTS: dict[str, dict[str, str]] = {
-    "aof everysec": {"appendonly": "yes", "appendfsync": "everysec"},
+    "aof everysec": {"appendonly": "yes", "appendfsync": "everysec", "auto-aof-rewrite-min-size": "64mb"},
+    "aof, rewrite >1gb": {"appendonly": "yes", "appendfsync": "everysec", "auto-aof-rewrite-min-size": "1gb"},
     "aof off": {"appendonly": "no"},
 }
 
@@ -46,12 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve the api as N processes on N SO_REUSEPORT sockets (bench/reuseport_serve.py), not uvicorn --workers",
     )
+    p.add_argument("--pushes-per-connection", type=int, default=0, help="reconnect after this many pushes (0: never)")
     p.add_argument("--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_ADMIN_URL))
     p.add_argument("--out", default=str(RESULTS / "latency.json"))
     a = p.parse_args(argv)
     cfg = Config(
         sizes=[a.size], workers=0, api_procs=a.api_procs, connections=32, warmup=1.0,
-        duration=a.duration, runs=1, profile=False, seed=1,
+        duration=a.duration, runs=1, profile=False, seed=1, pushes_per_connection=a.pushes_per_connection,
     )  # fmt: skip
     templates = make_templates(a.size, seed=1)
     stack = Stack(a.pg_admin_url, api_procs=a.api_procs)
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 print(
-                    f"{variant:<13} {s['ok_per_s']:>7} pushes/s  p50 {lat['p50']:>6}  p90 {lat['p90']:>6}"
+                    f"{variant:<17} {s['ok_per_s']:>7} pushes/s  p50 {lat['p50']:>6}  p90 {lat['p90']:>6}"
                     f"  p99 {lat['p99']:>7}  max {lat['max']:>7}  busiest api process {busiest}"
                     f"  machine stall {machine_stall:.0f} ms  redis stalls {stalls}",
                     flush=True,
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         mine = [x["latency_ms"] for x in phases if x["variant"] == variant]
         medians[variant] = {q: statistics.median(m[q] for m in mine) for q in ("p50", "p90", "p99", "max")}
         m = medians[variant]
-        print(f"  {variant:<13} p50 {m['p50']:>6.1f}  p90 {m['p90']:>6.1f}  p99 {m['p99']:>7.1f}  max {m['max']:>7.1f}")
+        print(f"  {variant:<17} p50 {m['p50']:>6.1f}  p90 {m['p90']:>6.1f}  p99 {m['p99']:>7.1f}  max {m['max']:>7.1f}")
     report = {
         "command": "python -m bench.latency " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

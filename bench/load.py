@@ -70,6 +70,10 @@ class _Conn(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result((self._status, body))
 
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
     def request(self, head: bytes, body: bytes) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None
         self.waiter = asyncio.get_running_loop().create_future()
@@ -175,10 +179,16 @@ async def run(
     duration_s: float,
     rate: float | None = None,
     gate: asyncio.Event | None = None,
+    pushes_per_connection: int = 0,
     on_window_start: Callable[[], None] | None = None,
     on_window_end: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """Push for warmup_s + duration_s; the window is the last duration_s."""
+    """Push for warmup_s + duration_s; the window is the last duration_s.
+
+    pushes_per_connection > 0: each connection is closed after that many pushes
+    and a new one opened, as the CLIs of a fleet each open one for a sync's
+    pushes; 0 keeps every connection for the whole run.
+    """
     loop = asyncio.get_running_loop()
     result = LoadResult()
     t0 = time.perf_counter()
@@ -197,6 +207,7 @@ async def run(
     async def one_connection() -> None:
         nonlocal slot
         conn = await target.connect()
+        sent = 0
         try:
             while True:
                 if rate is None:
@@ -215,8 +226,11 @@ async def run(
                     if delay > 0:
                         await asyncio.sleep(delay)
                 push = stream.next()
-                if conn.lost:
+                # After the wait, so that a new connection's setup counts in the push's latency.
+                if conn.lost or 0 < pushes_per_connection <= sent:
+                    conn.close()
                     conn = await target.connect()
+                    sent = 0
                 try:
                     status, _ = await conn.request(target.head(push), push.body)
                 except ConnectionError:
@@ -226,9 +240,9 @@ async def run(
                 samples.append(
                     Sample(due, time.perf_counter(), time.time(), status, push.records, push.push_id, push.repeat)
                 )
+                sent += 1
         finally:
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
 
     await asyncio.gather(*(one_connection() for _ in range(connections)))
     return result

@@ -51,6 +51,13 @@ TARGETS = {
 }
 
 
+# A `selftune sync` opens a connection, sends its pending records in a few pushes
+# and exits; the load's connections do the same, so uvicorn's processes share
+# them as they would a fleet's. (Kept all phase long, the 64 connections opened
+# at once may all be accepted by one process: bench/README.md.)
+PUSHES_PER_CONNECTION = 8
+
+
 @dataclass
 class Config:
     sizes: list[int]
@@ -63,6 +70,7 @@ class Config:
     profile: bool
     seed: int
     quiet_wait: float = 0.0  # seconds to wait, before each phase, for the machine to calm down
+    pushes_per_connection: int = 0  # 0: each connection is kept for the whole phase
 
 
 def wait_quiet(cfg: Config, log: Any) -> None:
@@ -149,6 +157,7 @@ async def _load_phase(
             duration_s=cfg.duration,
             rate=rate,
             gate=gate,
+            pushes_per_connection=cfg.pushes_per_connection,
             on_window_start=start,
             on_window_end=end,
         )
@@ -173,6 +182,7 @@ def load_phase(
     stack.reset_redis_stalls()
     result, before, after, depth = uvloop.run(_load_phase(stack, port, *args, **kwargs))
     depth["redis_stalls_ms"] = stack.redis_stalls()
+    depth["redis_slow_commands"] = stack.slow_commands()
     depth["api_busiest_share"] = busiest_share(split0, {p: procstat.cpu_seconds(p) for p in serving})
     return result, before, after, depth
 
@@ -183,10 +193,11 @@ def dump_samples(stack: Stack, name: str, result: load.LoadResult) -> None:
         return
     t0 = result.started
     with (stack.tmp / f"samples-{name}.csv").open("w") as f:
-        f.write("due_s,done_s,latency_ms,status,records,repeat\n")
+        f.write("due_s,done_s,latency_ms,status,records,repeat,wall_done\n")
         for x in result.samples:
             f.write(
-                f"{x.due - t0:.4f},{x.done - t0:.4f},{(x.done - x.due) * 1000:.2f},{x.status},{x.records},{int(x.repeat)}\n"
+                f"{x.due - t0:.4f},{x.done - t0:.4f},{(x.done - x.due) * 1000:.2f},{x.status},{x.records},{int(x.repeat)},"
+                f"{x.wall_done:.3f}\n"
             )
 
 
@@ -385,6 +396,7 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
         **s,
         "cpu": cpu(b, a, s["records_ok"]),
         "redis_stalls_ms": d["redis_stalls_ms"],
+        "redis_slow_commands": d["redis_slow_commands"],
         "api_busiest_share": d["api_busiest_share"],
     }  # type: ignore[arg-type]
     _warn_statuses("api-half", s)
@@ -715,6 +727,13 @@ def main(argv: list[str] | None = None) -> int:
         help="uvicorn processes for the api and for the raw endpoint alike (default: one per core)",
     )
     p.add_argument("--connections", type=int, default=32, help="connections at full speed")
+    p.add_argument(
+        "--pushes-per-connection",
+        type=int,
+        default=PUSHES_PER_CONNECTION,
+        metavar="K",
+        help=f"close each connection after K pushes and open a new one, as a CLI's sync does (default {PUSHES_PER_CONNECTION}; 0: keep them all phase long)",
+    )
     p.add_argument("--duration", type=float, help="measured seconds per phase (default 12, --quick 3)")
     p.add_argument("--warmup", type=float, help="unmeasured seconds before each phase (default 2, --quick 1)")
     p.add_argument("--runs", type=int, default=1, help="repeat all phases; the table shows medians")
@@ -744,11 +763,12 @@ def main(argv: list[str] | None = None) -> int:
         profile=a.profile,
         seed=a.seed,
         quiet_wait=a.quiet_wait,
+        pushes_per_connection=a.pushes_per_connection,
     )
     started = time.time()
     info = machine()
     print(f"selftune ingest bench: {info['nproc']} x {info['cpu_model']}, {cfg.workers} workers, "
-          f"{cfg.api_procs} api process(es), "
+          f"{cfg.api_procs} api process(es), {cfg.pushes_per_connection or 'all'} pushes per connection, "
           f"phases {cfg.warmup:g}+{cfg.duration:g} s, sizes {cfg.sizes}, runs {cfg.runs}"
           + (", PROFILING (py-spy attached: numbers are slower)" if cfg.profile else ""), flush=True)  # fmt: skip
     templates = {size: make_templates(size, seed=cfg.seed) for size in cfg.sizes}

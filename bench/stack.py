@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -247,6 +248,7 @@ class Stack:
             # Redis's own record of its event loop's stalls (a fork, an AOF write, a slow
             # command) of REDIS_STALL_MS or more: read per phase, to tell them from the api's.
             "--latency-monitor-threshold", str(REDIS_STALL_MS),
+            "--slowlog-log-slower-than", str(REDIS_STALL_MS * 1000),
         ]  # fmt: skip
         self.redis = Service("redis", argv, self.env(), self.tmp)
         client = Redis.from_url(self.redis_url)
@@ -274,6 +276,21 @@ class Stack:
 
     def reset_redis_stalls(self) -> None:
         self.r.execute_command("LATENCY", "RESET")
+        self.r.slowlog_reset()
+
+    def slow_commands(self, n: int = 5) -> list[dict[str, Any]]:
+        """Redis's slowest commands since the last reset (SLOWLOG, REDIS_STALL_MS or more): ms and the command's head."""
+        out = []
+        for e in self.r.slowlog_get(128):
+            head = e["command"][:60]
+            out.append(
+                {
+                    "ms": round(e["duration"] / 1000, 1),
+                    "at": e["start_time"],
+                    "command": head.decode(errors="replace") if isinstance(head, bytes) else str(head),
+                }
+            )
+        return sorted(out, key=lambda x: -x["ms"])[:n]
 
     def redis_stalls(self) -> dict[str, int]:
         """The longest stall (ms) of Redis's event loop per kind since the last reset (LATENCY LATEST)."""
