@@ -245,6 +245,7 @@ class Stack:
             "redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--dir", str(data),
             "--daemonize", "no", "--appendonly", "yes", "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction", "--save", "", "--protected-mode", "yes", "--rdbcompression", "no",
+            "--auto-aof-rewrite-min-size", "1gb",
             # Redis's own record of its event loop's stalls (a fork, an AOF write, a slow
             # command) of REDIS_STALL_MS or more: read per phase, to tell them from the api's.
             "--latency-monitor-threshold", str(REDIS_STALL_MS),

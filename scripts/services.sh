@@ -31,9 +31,13 @@ redis_up() {
   # Append-only persistence and noeviction: an evicted or unsaved RQ key is a lost batch.
   # rdbcompression no: queued batches are lz4 already, and LZF over them only made every
   # AOF rewrite slower (1.5 s -> 0.3 s for 150 MB of queued batches, bench/README.md).
+  # auto-aof-rewrite-min-size 1gb: no rewrite (a fork, and a copy of the whole backlog
+  # competing for the CPU) while a burst's backlog builds up; at 64mb those rewrites
+  # doubled the api's p99 latency (bench/README.md, "The api's tail at half rate").
   redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$data/redis" --daemonize yes \
     --pidfile "$data/redis/redis.pid" --logfile "$data/redis/redis.log" \
-    --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --save "" --rdbcompression no
+    --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --save "" --rdbcompression no \
+    --auto-aof-rewrite-min-size 1gb
   for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return; sleep 0.1; done
   echo "services: redis did not start; see $data/redis/redis.log" >&2; exit 1
 }
