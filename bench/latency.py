@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -28,7 +27,6 @@ from bench import load, procstat
 from bench.gen import WORKSPACES, PushStream, make_templates
 from bench.run import RESULTS, Config, load_phase, machine
 from bench.stack import DEFAULT_ADMIN_URL, Stack
-from bench.stallprobe import longest_stall_ms
 
 VARIANTS: dict[str, dict[str, str]] = {
     "aof as deployed": {"appendonly": "yes", "appendfsync": "everysec", "auto-aof-rewrite-min-size": "1gb"},
@@ -60,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     templates = make_templates(a.size, seed=1)
     stack = Stack(a.pg_admin_url, api_procs=a.api_procs)
     phases: list[dict[str, Any]] = []
-    stalls_file = stack.tmp / "machine-stalls.txt"
-    prober = subprocess.Popen([sys.executable, "-m", "bench.stallprobe", str(stalls_file)], cwd=stack.src)
     try:
+        stack.start_stall_probe()
         stack.setup_database(WORKSPACES)
         stack.start_redis()
         stack.start_api(reuse_port=a.reuse_port)
@@ -85,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                     stack, stack.api_port, PushStream(templates, n), probe, cfg, rate=rate, connections=64
                 )
                 busiest = extra["api_busiest_share"]
-                machine_stall = longest_stall_ms(stalls_file, *res.wall_window)
+                machine_stall = stack.machine_stall_ms(*res.wall_window) or 0.0
                 n += 1
                 s = load.summarize(res)
                 lat: dict[str, float] = s["latency_ms"]  # type: ignore[assignment]
@@ -108,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 stack.r.config_set("appendonly", "yes")
     finally:
-        prober.kill()
         stack.close()
     print(f"\nmedians of {a.reps} phases at {rate:.0f} pushes/s, {a.api_procs} api process(es), {a.size}-record pushes")
     medians: dict[str, dict[str, float]] = {}

@@ -183,6 +183,7 @@ def load_phase(
     result, before, after, depth = uvloop.run(_load_phase(stack, port, *args, **kwargs))
     depth["redis_stalls_ms"] = stack.redis_stalls()
     depth["redis_slow_commands"] = stack.slow_commands()
+    depth["machine_stall_ms"] = stack.machine_stall_ms(*result.wall_window)
     depth["api_busiest_share"] = busiest_share(split0, {p: procstat.cpu_seconds(p) for p in serving})
     return result, before, after, depth
 
@@ -397,6 +398,7 @@ def run_size(stack: Stack, cfg: Config, size: int, templates: list[Template], ru
         "cpu": cpu(b, a, s["records_ok"]),
         "redis_stalls_ms": d["redis_stalls_ms"],
         "redis_slow_commands": d["redis_slow_commands"],
+        "machine_stall_ms": d["machine_stall_ms"],
         "api_busiest_share": d["api_busiest_share"],
     }  # type: ignore[arg-type]
     _warn_statuses("api-half", s)
@@ -525,6 +527,7 @@ def headline(r: dict[str, Any]) -> dict[str, float | None]:
         "half_p90": g("api_half", "latency_ms", "p90"),
         "half_redis_stall": max((g("api_half", "redis_stalls_ms") or {}).values(), default=None),
         "half_busiest": g("api_half", "api_busiest_share"),
+        "half_machine_stall": g("api_half", "machine_stall_ms"),
         "writer_rec_s": g("writer", "records_per_s"),
         "e2e_rec_s": g("e2e_sat", "records_per_s"),
         "e2e_push_s": g("e2e_sat", "pushes_per_s"),
@@ -594,6 +597,7 @@ ROWS: list[tuple[str, str, int]] = [
     ("api at half rate: pushes/s", "half_push_s", 0),
     ("  latency p50 / p90 / p99 ms", "half_p50|half_p90|half_p99", 1),
     ("  longest Redis stall in the phase, ms", "half_redis_stall", 0),
+    ("  longest stall of the machine itself, ms", "half_machine_stall", 0),
     ("  busiest api process's share of api CPU", "half_busiest", 2),
     ("writer alone (N procs): records/s", "writer_rec_s", 0),
     ("e2e sustained (flat queue): records/s", "e2e_rec_s", 0),
@@ -777,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     api_rss = None
     try:
         stack.setup_database(WORKSPACES)
+        stack.start_stall_probe()
         stack.start_redis()
         stack.start_api()
         stack.start_raw()

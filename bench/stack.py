@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from psycopg import sql
 from redis import Redis
 
 from bench import procstat
+from bench.stallprobe import longest_stall_ms
 from schema.migrate import migrate
 from workers import accounts
 from workers.tables import TABLES
@@ -164,6 +166,7 @@ class Stack:
         self.raw: Service | None = None
         self.raw_port = 0
         self.worker: Service | None = None
+        self.stall_probe: Service | None = None
         self.workspaces: list[str] = []
         self.keys: list[str] = []
         self.postmaster_pid = 0
@@ -264,6 +267,9 @@ class Stack:
     def flush_redis(self) -> None:
         """Empty Redis and shrink its append-only file (so phases start alike)."""
         self.r.flushall()
+        # Hand the freed memory back to the OS now, not in the middle of the next phase.
+        with contextlib.suppress(Exception):
+            self.r.execute_command("MEMORY", "PURGE")
         with contextlib.suppress(Exception):
             self.r.bgrewriteaof()
         wait_for(
@@ -361,8 +367,21 @@ class Stack:
         with contextlib.suppress(Exception):
             self.r.delete("rq:workers")
 
+    # -- the machine's own stalls ------------------------------------------------------------
+
+    def start_stall_probe(self) -> None:
+        """Run bench/stallprobe.py (real-time priority) for the whole bench: see machine_stall_ms."""
+        argv = [sys.executable, "-m", "bench.stallprobe", str(self.tmp / "machine-stalls.txt")]
+        self.stall_probe = Service("stallprobe", argv, self.env(), self.tmp, cwd=self.src)
+
+    def machine_stall_ms(self, since: float, until: float) -> float | None:
+        """The longest time (ms) the machine kept a real-time process from running in [since, until) (wall clock)."""
+        if self.stall_probe is None:
+            return None
+        return longest_stall_ms(self.tmp / "machine-stalls.txt", since, until)
+
     def close(self) -> None:
-        for svc in (self.worker, self.raw, self.api):
+        for svc in (self.stall_probe, self.worker, self.raw, self.api):
             if svc is not None:
                 with contextlib.suppress(Exception):
                     svc.stop()
