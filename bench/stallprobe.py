@@ -1,11 +1,13 @@
 """How long the machine itself keeps a ready process from running: a real-time priority probe.
 
-`python -m bench.stallprobe FILE` sleeps 1 ms in a loop at SCHED_FIFO priority
-(falling back to normal priority where that is not allowed) and appends to FILE
-every wake-up that came `STALL_MS` or more late, as "unix-time late-ms". A
-real-time process preempts every ordinary one, so what it sees late is the
-machine (the hypervisor, the kernel, neighbours on the host), not our
-processes' contention: `bench.latency` reports the longest per phase.
+`python -m bench.stallprobe FILE` runs one probe per CPU, each pinned to its
+CPU: it sleeps 1 ms in a loop at SCHED_FIFO priority (falling back to normal
+priority where that is not allowed) and appends to FILE every wake-up that came
+`STALL_MS` or more late, as "unix-time late-ms cpu". A real-time process
+preempts every ordinary one, so what it sees late is the machine (the
+hypervisor, the kernel, neighbours on the host), not our processes'
+contention; pinned, each sees the stalls of its own vCPU (a host can stop one
+vCPU and not the other). `bench.run` and `bench.latency` report the longest per phase.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ def longest_stall_ms(path: Path, since: float, until: float) -> float:
     if not path.exists():
         return 0.0
     stalls = [line.split() for line in path.read_text().splitlines() if line.strip()]
-    return max((float(ms) for t, ms in stalls if since <= float(t) < until), default=0.0)
+    return max((float(fields[1]) for fields in stalls if since <= float(fields[0]) < until), default=0.0)
 
 
-def main() -> int:
-    out = Path(sys.argv[1])
+def probe(out: Path, cpu: int) -> None:
+    """Watch one CPU until killed."""
+    os.sched_setaffinity(0, {cpu})
     # Where real-time priority is not allowed it runs at normal priority, and then also
     # sees the contention of our own processes.
     with contextlib.suppress(OSError):
@@ -39,8 +42,18 @@ def main() -> int:
             time.sleep(0.001)
             late = (time.perf_counter() - t - 0.001) * 1000
             if late >= STALL_MS:
-                f.write(f"{time.time():.3f} {late:.1f}\n")
+                f.write(f"{time.time():.3f} {late:.1f} {cpu}\n")
                 f.flush()
+
+
+def main() -> int:
+    out = Path(sys.argv[1])
+    cpus = sorted(os.sched_getaffinity(0))
+    for cpu in cpus[1:]:
+        if os.fork() == 0:
+            probe(out, cpu)
+    probe(out, cpus[0])
+    return 0
 
 
 if __name__ == "__main__":
