@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import load, procstat
 from bench.gen import WORKSPACES, PushStream, make_templates
-from bench.run import RESULTS, Config, load_phase, machine
+from bench.run import PUSHES_PER_CONNECTION, RESULTS, Config, load_phase, machine
 from bench.stack import DEFAULT_ADMIN_URL, Stack
 
 VARIANTS: dict[str, dict[str, str]] = {
@@ -47,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve the api as N processes on N SO_REUSEPORT sockets (bench/reuseport_serve.py), not uvicorn --workers",
     )
-    p.add_argument("--pushes-per-connection", type=int, default=0, help="reconnect after this many pushes (0: never)")
+    p.add_argument(
+        "--pushes-per-connection",
+        type=int,
+        default=PUSHES_PER_CONNECTION,
+        help=f"reconnect after this many pushes (0: never; default {PUSHES_PER_CONNECTION}, as bench.run)",
+    )
     p.add_argument("--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_ADMIN_URL))
     p.add_argument("--out", default=str(RESULTS / "latency.json"))
     a = p.parse_args(argv)
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                     stack, stack.api_port, PushStream(templates, n), probe, cfg, rate=rate, connections=64
                 )
                 busiest = extra["api_busiest_share"]
-                machine_stall = stack.machine_stall_ms(*res.wall_window) or 0.0
+                machine_stall = extra["machine_stall_ms"]
                 n += 1
                 s = load.summarize(res)
                 lat: dict[str, float] = s["latency_ms"]  # type: ignore[assignment]
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{variant:<17} {s['ok_per_s']:>7} pushes/s  p50 {lat['p50']:>6}  p90 {lat['p90']:>6}"
                     f"  p99 {lat['p99']:>7}  max {lat['max']:>7}  busiest api process {busiest}"
-                    f"  machine stall {machine_stall:.0f} ms  redis stalls {stalls}",
+                    f"  machine stall {machine_stall} ms  redis stalls {stalls}",
                     flush=True,
                 )
                 stack.r.config_set("appendonly", "yes")

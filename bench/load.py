@@ -226,16 +226,15 @@ async def run(
                     if delay > 0:
                         await asyncio.sleep(delay)
                 push = stream.next()
-                # After the wait, so that a new connection's setup counts in the push's latency.
-                if conn.lost or 0 < pushes_per_connection <= sent:
-                    conn.close()
-                    conn = await target.connect()
-                    sent = 0
                 try:
+                    # After the wait, so that a new connection's setup counts in the push's latency.
+                    if conn.lost or 0 < pushes_per_connection <= sent:
+                        conn.close()
+                        conn = await target.connect()
+                        sent = 0
                     status, _ = await conn.request(target.head(push), push.body)
-                except ConnectionError:
+                except OSError:  # refused, reset, or lost mid-answer: the next push reconnects
                     result.errors += 1
-                    conn = await target.connect()
                     continue
                 samples.append(
                     Sample(due, time.perf_counter(), time.time(), status, push.records, push.push_id, push.repeat)

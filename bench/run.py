@@ -758,6 +758,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with the processes' logs")
     a = p.parse_args(argv)
+    if a.pushes_per_connection < 0:
+        p.error("--pushes-per-connection must be 0 or more")
     cfg = Config(
         sizes=[int(s) for s in a.sizes.split(",")],
         workers=a.workers,

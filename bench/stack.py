@@ -167,6 +167,7 @@ class Stack:
         self.raw_port = 0
         self.worker: Service | None = None
         self.stall_probe: Service | None = None
+        self.machine_stalls_path = self.tmp / "machine-stalls.txt"
         self.workspaces: list[str] = []
         self.keys: list[str] = []
         self.postmaster_pid = 0
@@ -371,14 +372,17 @@ class Stack:
 
     def start_stall_probe(self) -> None:
         """Run bench/stallprobe.py (real-time priority) for the whole bench: see machine_stall_ms."""
-        argv = [sys.executable, "-m", "bench.stallprobe", str(self.tmp / "machine-stalls.txt")]
+        argv = [sys.executable, "-m", "bench.stallprobe", str(self.machine_stalls_path)]
         self.stall_probe = Service("stallprobe", argv, self.env(), self.tmp, cwd=self.src)
 
     def machine_stall_ms(self, since: float, until: float) -> float | None:
-        """The longest time (ms) the machine kept a real-time process from running in [since, until) (wall clock)."""
+        """The longest time (ms) the machine kept a real-time process from running in [since, until) (wall clock).
+
+        None without a probe, or when the probes could not get real-time priority.
+        """
         if self.stall_probe is None:
             return None
-        return longest_stall_ms(self.tmp / "machine-stalls.txt", since, until)
+        return longest_stall_ms(self.machine_stalls_path, since, until)
 
     def close(self) -> None:
         for svc in (self.stall_probe, self.worker, self.raw, self.api):

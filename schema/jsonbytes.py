@@ -32,11 +32,13 @@ def first_invalid_utf8(data: bytes, chunk: int = UTF8_CHUNK) -> int | None:
     """The offset of the first byte that is not valid UTF-8, or None if all of it is.
 
     Gives the same answer as `data.decode()` (its UnicodeDecodeError.start),
-    without building the decoded string: slices that are pure ASCII (the
-    bulk of a push) are only tested with `bytes.isascii`, the others fed to
-    an incremental decoder, which carries a character cut by a slice's end
-    into the next one.
+    without building a decoded copy of the whole body: slices that are pure
+    ASCII (the bulk of a push) are only tested with `bytes.isascii`, the
+    others fed to an incremental decoder, which carries a character cut by a
+    slice's end into the next one.
     """
+    if chunk <= 0:
+        raise ValueError("chunk must be positive")
     decoder = codecs.getincrementaldecoder("utf-8")()
     carried = 0  # bytes of an unfinished character held by the decoder
     for start in range(0, len(data), chunk):

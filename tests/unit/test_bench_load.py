@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 
 from bench import load
@@ -18,12 +19,17 @@ class _Stream:
         return Push(0, 0, b'{"push_id": "%d"}' % self.n, 1, str(self.n), False)
 
 
-async def _serve_and_load(pushes_per_connection: int) -> tuple[Counter[int], load.LoadResult]:
-    """A server answering 202 to every request, counting requests per connection; 2 connections, 0.3 s."""
+async def _serve_and_load(pushes_per_connection: int, drop_every: int = 0) -> tuple[Counter[int], load.LoadResult]:
+    """A server answering 202, counting requests per connection; 2 connections, 0.3 s.
+
+    drop_every=N: every Nth request is met by closing the connection unanswered.
+    """
     served: Counter[int] = Counter()
+    numbers = itertools.count()
+    requests = itertools.count(1)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        me = id(writer)
+        me = next(numbers)
         while True:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -31,6 +37,8 @@ async def _serve_and_load(pushes_per_connection: int) -> tuple[Counter[int], loa
                 break
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
+            if drop_every and next(requests) % drop_every == 0:
+                break
             served[me] += 1
             writer.write(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}")
             await writer.drain()
@@ -65,3 +73,11 @@ def test_without_a_limit_each_connection_lasts_the_whole_phase() -> None:
     served, result = asyncio.run(_serve_and_load(pushes_per_connection=0))
     assert len(served) == 2
     assert sum(served.values()) == len(result.samples) >= 50
+
+
+def test_a_connection_lost_mid_push_counts_an_error_and_the_next_push_reconnects() -> None:
+    served, result = asyncio.run(_serve_and_load(pushes_per_connection=4, drop_every=3))
+    assert result.errors >= 10
+    assert all(s.status == 202 for s in result.samples)
+    assert sum(served.values()) == len(result.samples) >= 30
+    assert max(served.values()) <= 4
