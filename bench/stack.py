@@ -310,18 +310,22 @@ class Stack:
 
     # -- api, baseline endpoint, workers ----------------------------------------------------
 
+    def _served_env(self, name: str) -> dict[str, str]:
+        """The environment of an app served by api_procs processes."""
+        env = self.env()
+        if self.api_procs > 1:  # the api's /metrics then shares counters between its processes
+            metrics_dir = self.tmp / f"metrics-{name}"
+            metrics_dir.mkdir(exist_ok=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        return env
+
     def _uvicorn(self, name: str, app: str) -> tuple[Service, int]:
         port = free_port()
         argv = [
             str(BIN / "uvicorn"), app, "--factory", "--host", "127.0.0.1", "--port", str(port),
             "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", str(self.api_procs),
         ]  # fmt: skip
-        env = self.env()
-        if self.api_procs > 1:  # the api's /metrics then shares counters between its processes
-            metrics_dir = self.tmp / f"metrics-{name}"
-            metrics_dir.mkdir(exist_ok=True)
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        svc = Service(name, argv, env, self.tmp, cwd=self.src)
+        svc = Service(name, argv, self._served_env(name), self.tmp, cwd=self.src)
         wait_for(f"{name} GET /healthz on :{port}", lambda: _http_ok(port), proc=svc)
         return svc, port
 
@@ -331,12 +335,8 @@ class Stack:
             self.api, self.api_port = self._uvicorn("api", "api.app:create_app")
             return
         port = free_port()
-        env = self.env()
-        metrics_dir = self.tmp / "metrics-api"
-        metrics_dir.mkdir(exist_ok=True)
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         argv = [str(BIN / "python"), "-m", "bench.reuseport_serve", str(self.api_procs), str(port)]
-        self.api, self.api_port = Service("api", argv, env, self.tmp, cwd=self.src), port
+        self.api, self.api_port = Service("api", argv, self._served_env("api"), self.tmp, cwd=self.src), port
         # Every process must be listening before the load starts, or the first takes all connections.
         wait_for(
             f"{self.api_procs} api processes on :{port}",

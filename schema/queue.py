@@ -52,19 +52,22 @@ class QueuedBatch(_BatchHead, kw_only=True):
 def queued_batch(validated: ValidatedPush, *, workspace_id: str, push_id: str, received_at: datetime) -> QueuedBatch:
     """What the api queues for a validated push."""
     envelope = validated.envelope
-    batch = QueuedBatch(
+    form: dict[str, Any] = (
+        {"body": validated.body}
+        if validated.body is not None
+        else {
+            "records": {name: [bytes(r) for r in raws] for name, raws in validated.records.items() if raws},
+            "rejected": validated.rejected,
+        }
+    )
+    return QueuedBatch(
         workspace_id=workspace_id,
         push_id=push_id,
         received_at=received_at,
         pushed_at=envelope.pushed_at or received_at,
         cli_version=envelope.cli_version or envelope.client_version,
+        **form,
     )
-    if validated.body is not None:
-        batch.body = validated.body
-    else:
-        batch.records = {name: [bytes(r) for r in raws] for name, raws in validated.records.items() if raws}
-        batch.rejected = validated.rejected
-    return batch
 
 
 class _JsonQueuedBatch(_BatchHead, kw_only=True):
