@@ -14,7 +14,6 @@ that filled it. Pushes are refused well before that (REDIS_MEMORY_HIGH_PCT).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from schema.settings import Settings
 log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
+STOP_WAIT_S = 5.0  # at most one snapshot (a few Redis round trips) is in flight when asked to stop
 MIN_RETRY_AFTER_S = 1
 MAX_RETRY_AFTER_S = 300
 RETRY_AFTER_WHEN_STALLED_S = 30  # no drain measured: workers down or starting
@@ -86,18 +86,34 @@ class QueueWatch:
         return None
 
     async def _run(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             try:
                 await self.refresh()
             except Exception as exc:  # Redis down: pushes will get their own 503 from the enqueue
                 log.debug("queue snapshot failed: %s", exc)
+            # stop() cancels this task, but a cancellation that lands during a Redis
+            # command is often absorbed by the client: the command's reply or error
+            # comes back instead of CancelledError (redis-py 8.1 and fakeredis, about
+            # half the time; tests/unit/test_backpressure.py). So the request is read
+            # here too, or the loop would run on and shutdown wait for it forever.
+            if task.cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(REFRESH_S)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(self._run(), name="queue-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop the background task; returns within STOP_WAIT_S whatever the task does."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        # asyncio.wait, not `await task`: shutdown must end even if the task never does.
+        done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
+        if not done:
+            log.warning("queue watch did not stop within %s s; left behind", STOP_WAIT_S)
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("queue watch had failed: %r", task.exception())
