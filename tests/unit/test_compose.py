@@ -198,6 +198,25 @@ def test_api_serves_the_procfile_web_app(services: dict[str, dict[str, Any]]) ->
     assert "--factory" in argv, "create_app is a factory: uvicorn needs --factory"
 
 
+def _uvicorn_options(argv: list[str]) -> dict[str, str | None]:
+    """uvicorn's options in argv, but where to listen (which differs between a laptop and a container)."""
+    out: dict[str, str | None] = {}
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and arg not in ("--host", "--port"):
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None
+            out[arg] = value
+    return out
+
+
+def test_image_and_procfile_serve_alike(services: dict[str, dict[str, Any]]) -> None:
+    """The image serves the api with the Procfile's limits, and neither waits forever on shutdown."""
+    web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    procfile = _uvicorn_options(shlex.split(web.removeprefix("web:")))
+    image = _uvicorn_options(_argv(services["api"].get("command")) or _dockerfile_cmd(DOCKERFILE))
+    assert image == procfile
+    assert int(procfile.get("--timeout-graceful-shutdown") or 0) > 0, "a stuck request would hold a shutdown forever"
+
+
 def test_api_port_matches_container_port(services: dict[str, dict[str, Any]]) -> None:
     argv = _argv(services["api"].get("command")) or _dockerfile_cmd(DOCKERFILE)
     port = argv[argv.index("--port") + 1] if "--port" in argv else "8000"
