@@ -1,9 +1,9 @@
 """The queue watch's background task always stops when the api shuts down.
 
 The CI run of session 4 hung for 90 minutes in a lifespan shutdown: the watch
-was cancelled while a Redis command was in flight, the client absorbed the
-cancellation (the command's error came back instead), and the loop ran on
-while shutdown waited for it.
+was cancelled while a Redis command was in flight, the cancellation was lost
+(Python 3.11's asyncio.wait_for hands back the command's error instead when both
+are ready at once, bpo-42130), and the loop ran on while shutdown waited for it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ HANG_S = 10.0
 
 
 class AbsorbingRedis(fakeredis.FakeAsyncRedis):
-    """A client that, like redis-py at times, answers a command it was cancelled in."""
+    """A client that answers a command it was cancelled in, as the Redis clients do at times on Python 3.11."""
 
     in_flight_s = 0.05
     absorb = 1  # cancellations absorbed (answering anyway); later ones are raised
