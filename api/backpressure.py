@@ -116,5 +116,3 @@ class QueueWatch:
         done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
         if not done:
             log.warning("queue watch did not stop within %s s; left behind", STOP_WAIT_S)
-        elif not task.cancelled() and task.exception() is not None:
-            log.warning("queue watch had failed: %r", task.exception())

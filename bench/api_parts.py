@@ -27,7 +27,7 @@ def parts() -> dict[str, Callable[[bytes], Any]]:
         "validate_push (what the api does now)": envelope.validate_push,
         "  UTF-8 check": first_invalid_utf8,
         "  NUL-escape scan": has_nul_escape,
-        "  typed decode of every record, nesting checks": lambda b: envelope.decode_valid_records(b),
+        "  typed decode of every record, nesting checks": envelope.decode_valid_records,
         "envelope only (syntax, envelope, records raw)": envelope.split_records,
         "lz4 of the job data (the body)": compress_job_data,
     }

@@ -98,14 +98,25 @@ def _dockerfile_cmd(path: Path) -> list[str]:
     return json.loads(last) if last.startswith("[") else shlex.split(last)
 
 
-def _procfile_web_app() -> str:
-    """The `module:attribute` that the Procfile's web process serves."""
+def _procfile_web_line() -> str:
+    """The Procfile's web command, without its `web:` label."""
     for line in (ROOT / "Procfile").read_text().splitlines():
         if line.startswith("web:"):
-            match = re.search(r"\buvicorn\s+([\w.]+:\w+)", line)
-            assert match, f"no uvicorn app in the Procfile's web line: {line!r}"
-            return match.group(1)
+            return line.removeprefix("web:")
     raise AssertionError("the Procfile has no web process")
+
+
+def _procfile_web_app() -> str:
+    """The `module:attribute` that the Procfile's web process serves."""
+    line = _procfile_web_line()
+    match = re.search(r"\buvicorn\s+([\w.]+:\w+)", line)
+    assert match, f"no uvicorn app in the Procfile's web line: {line!r}"
+    return match.group(1)
+
+
+def _api_argv(services: dict[str, dict[str, Any]]) -> list[str]:
+    """What the compose api service runs: its command, or else the image's CMD."""
+    return _argv(services["api"].get("command")) or _dockerfile_cmd(DOCKERFILE)
 
 
 def _env_names_read_by_settings() -> set[str]:
@@ -192,7 +203,7 @@ def test_worker_runs_the_worker_command(services: dict[str, dict[str, Any]]) -> 
 
 def test_api_serves_the_procfile_web_app(services: dict[str, dict[str, Any]]) -> None:
     web_app = _procfile_web_app()
-    argv = _argv(services["api"].get("command")) or _dockerfile_cmd(DOCKERFILE)
+    argv = _api_argv(services)
     assert argv[:1] == ["uvicorn"], f"api does not run uvicorn: {argv}"
     assert web_app in argv, f"api serves {argv}, the Procfile's web process serves {web_app}"
     assert "--factory" in argv, "create_app is a factory: uvicorn needs --factory"
@@ -210,15 +221,14 @@ def _uvicorn_options(argv: list[str]) -> dict[str, str | None]:
 
 def test_image_and_procfile_serve_alike(services: dict[str, dict[str, Any]]) -> None:
     """The image serves the api with the Procfile's limits, and neither waits forever on shutdown."""
-    web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
-    procfile = _uvicorn_options(shlex.split(web.removeprefix("web:")))
-    image = _uvicorn_options(_argv(services["api"].get("command")) or _dockerfile_cmd(DOCKERFILE))
+    procfile = _uvicorn_options(shlex.split(_procfile_web_line()))
+    image = _uvicorn_options(_api_argv(services))
     assert image == procfile
     assert int(procfile.get("--timeout-graceful-shutdown") or 0) > 0, "a stuck request would hold a shutdown forever"
 
 
 def test_api_port_matches_container_port(services: dict[str, dict[str, Any]]) -> None:
-    argv = _argv(services["api"].get("command")) or _dockerfile_cmd(DOCKERFILE)
+    argv = _api_argv(services)
     port = argv[argv.index("--port") + 1] if "--port" in argv else "8000"
     host = argv[argv.index("--host") + 1] if "--host" in argv else "127.0.0.1"
     assert host == "0.0.0.0", "inside a container uvicorn must listen on all interfaces"
@@ -308,7 +318,7 @@ def _container_ports(service: dict[str, Any]) -> set[int]:
 
 
 def _api_port(services: dict[str, dict[str, Any]]) -> str:
-    argv = _argv(services["api"].get("command")) or _dockerfile_cmd(DOCKERFILE)
+    argv = _api_argv(services)
     return argv[argv.index("--port") + 1] if "--port" in argv else "8000"
 
 
