@@ -58,11 +58,19 @@ def paths(value: Any, prefix: Path = ()) -> Iterator[tuple[Path, Any]]:
 
 
 def set_at(record: dict[str, Any], path: Path, value: Any) -> dict[str, Any]:
-    """A copy of `record` with `value` at `path` (or the key deleted, for MISSING)."""
+    """A copy of `record` with `value` at `path` (or the key deleted, for MISSING).
+
+    Raises (KeyError, IndexError, TypeError) when the path no longer fits the
+    record: a list position where an earlier mutation left an object would
+    otherwise make a Python-only integer key, which JSON turns into a string.
+    """
     out = copy.deepcopy(record)
     parent: Any = out
-    for key in path[:-1]:
-        parent = parent[key]
+    for i, key in enumerate(path):
+        if isinstance(key, int) and not isinstance(parent, list):
+            raise TypeError(f"position {key} in a {type(parent).__name__}")
+        if i < len(path) - 1:
+            parent = parent[key]
     if value is MISSING:
         del parent[path[-1]]
     else:
