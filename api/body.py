@@ -16,6 +16,8 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 
 from api.errors import ApiError
+from schema.envelope import NUL_MESSAGE, nul_path
+from schema.jsonbytes import has_nul_escape
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer
 MAX_SMALL_BODY_BYTES = 64 * 1024  # consume, device-code and poll bodies are a few dozen bytes
@@ -100,8 +102,13 @@ async def read_json(request: Request, decoder: msgspec.json.Decoder[Any]) -> Any
     """A small JSON body decoded into its Struct: 400 if not JSON, 422 naming the field at fault."""
     body = await read_body(request, check_content_headers(request), MAX_SMALL_BODY_BYTES, MAX_SMALL_BODY_BYTES)
     try:
-        return decoder.decode(body)
+        decoded = decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ApiError(422, "invalid_body", f"body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if has_nul_escape(body):  # JSON carries U+0000 only as an escape
+        bad = nul_path(msgspec.to_builtins(decoded), "body")
+        if bad:
+            raise ApiError(422, "invalid_body", f"{bad}: {NUL_MESSAGE}")
+    return decoded

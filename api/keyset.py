@@ -44,7 +44,8 @@ def decode_cursor(params: dict[str, str], kind: str, cursor_type: Any) -> Any:
         tagged = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), type=cursor_type)
     except (binascii.Error, ValueError, msgspec.DecodeError):
         tagged = None
-    if tagged is None or tagged[0] != kind:
+    # Every cursor given holds a stored key, and no stored string holds a NUL.
+    if tagged is None or tagged[0] != kind or any(isinstance(v, str) and "\x00" in v for v in tagged):
         raise invalid("cursor", "not a cursor this endpoint gave; pass the previous page's next_cursor unchanged")
     return tuple(tagged[1:])
 

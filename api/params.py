@@ -1,6 +1,7 @@
 """The read endpoints' query parameters: checked, parsed, and described for the OpenAPI document.
 
-An unknown, repeated or malformed parameter is a 422 naming it. An empty value
+An unknown, repeated or malformed parameter is a 422 naming it, and so is one
+holding a NUL character (no stored value can hold one). An empty value
 (`?skill=`) means the filter is not set. Times are RFC 3339
 (`2026-11-28T10:00:00Z`) or a date (`2026-11-28`, midnight UTC); `since` is
 inclusive, `until` exclusive. `limit` is 1 to 500, default 50.
@@ -18,6 +19,7 @@ from starlette.requests import Request
 
 from api.errors import ApiError
 from api.openapi import Param
+from schema.envelope import NUL_MESSAGE
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -38,9 +40,19 @@ def query_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
         if name in seen:
             raise invalid(name, "given more than once")
         seen.add(name)
+        if "\x00" in value:
+            raise invalid(name, NUL_MESSAGE)
         if value != "":
             out[name] = value
     return out
+
+
+def path_param(request: Request, name: str) -> str:
+    """A path parameter (`/v2/pushes/{push_id}`); a NUL in it is a 422 (Postgres cannot compare it)."""
+    value: str = request.path_params[name]
+    if "\x00" in value:
+        raise invalid(name, NUL_MESSAGE)
+    return value
 
 
 def parse_bool(params: dict[str, str], name: str) -> bool | None:

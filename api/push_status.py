@@ -19,7 +19,7 @@ from api.auth import authenticate
 from api.db import RETRY_AFTER_S, db_connection, json_response, utc
 from api.errors import ApiError, unavailable
 from api.openapi import Param, describe, errors
-from api.params import query_params
+from api.params import path_param, query_params
 from api.push import PushAnswer
 from schema.queue import dedupe_key
 
@@ -58,7 +58,7 @@ async def push_status(request: Request) -> Response:
     """A push's state: its row once a worker handled it, else its acceptance in Redis, else 404."""
     key = await authenticate(request, request.app.state.keys)
     query_params(request, ())
-    push_id = request.path_params["push_id"]
+    push_id = path_param(request, "push_id")
     async with db_connection(request) as conn:
         cur = await conn.execute(_PUSH_ROW, (key.workspace_id, push_id))
         row = await cur.fetchone()

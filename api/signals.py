@@ -24,9 +24,9 @@ from api.db import db_connection, field_names, json_response, select_list, utc
 from api.errors import ApiError
 from api.keyset import TIME_CURSOR, Listing, TimeKey, decode_cursor, newest_first, page_of
 from api.openapi import Param, describe, errors
-from api.params import PAGE, WINDOW, parse_bool, parse_limit, parse_window, query_params
+from api.params import PAGE, WINDOW, parse_bool, parse_limit, parse_window, path_param, query_params
 from schema.consumption import is_earlier, keep_earliest
-from schema.records import ImprovementSignal, NonEmptyStr
+from schema.records import OUT_OF_RANGE_MESSAGE, ImprovementSignal, NonEmptyStr, in_utc_range
 
 SIGNAL_FIELDS = field_names(ImprovementSignal)
 
@@ -143,9 +143,11 @@ async def consume_signal(request: Request) -> Response:
     key = await authenticate(request, request.app.state.keys)
     wanted: ConsumeRequest = await read_json(request, CONSUME_DECODER)
     at = wanted.consumed_at or datetime.now(UTC)
+    if not in_utc_range(at):
+        raise ApiError(422, "invalid_body", f"body.consumed_at: {OUT_OF_RANGE_MESSAGE}")
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
-    args = {"ws": key.workspace_id, "id": request.path_params["signal_id"], "at": at, "run": wanted.run_id}
+    args = {"ws": key.workspace_id, "id": path_param(request, "signal_id"), "at": at, "run": wanted.run_id}
     async with db_connection(request) as conn:
         row = await (await conn.execute(CONSUME, args)).fetchone()
         changed = row is not None

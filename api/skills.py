@@ -20,7 +20,7 @@ from api.auth import authenticate
 from api.db import db_connection, field_names, json_response, utc
 from api.keyset import NAME_CURSOR, TIME_CURSOR, Listing, TimeKey, decode_cursor, newest_first, page_of
 from api.openapi import Param, describe, errors
-from api.params import PAGE, WINDOW, parse_limit, parse_window, query_params
+from api.params import PAGE, WINDOW, parse_limit, parse_window, path_param, query_params
 from schema.records import GradingResult
 
 PASS_RATE_WINDOW = timedelta(days=30)  # /v2/skills pass rate, and the default span of a grading trend
@@ -168,6 +168,14 @@ TREND = sql.SQL(
 ).format(pass_rate=PASS_RATE)
 
 
+def _window_before(until: datetime) -> datetime:
+    """The start of the default trend window ending at `until` (no earlier than year 1)."""
+    try:
+        return until - PASS_RATE_WINDOW
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
 async def skill_grading(request: Request) -> Response:
     """A skill's grading results (paginated) and its daily pass-rate trend."""
     key = await authenticate(request, request.app.state.keys)
@@ -175,9 +183,9 @@ async def skill_grading(request: Request) -> Response:
     since, until = parse_window(params)
     limit = parse_limit(params)
     after = decode_cursor(params, "grading", TIME_CURSOR)
-    skill = request.path_params["skill_name"]
+    skill = path_param(request, "skill_name")
     trend_until = until or datetime.now(UTC)
-    trend_since = since or trend_until - PASS_RATE_WINDOW
+    trend_since = since or _window_before(trend_until)
     query, args = grading_query(key.workspace_id, skill, since, until, after, limit)
     async with db_connection(request) as conn:
         rows = [as_grading(r) for r in await (await conn.execute(query, args)).fetchall()]

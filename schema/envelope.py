@@ -16,7 +16,7 @@ import msgspec
 from msgspec import Meta, inspect
 
 from schema.jsonbytes import first_invalid_utf8, has_nul_escape
-from schema.records import RECORD_DECODERS, RECORD_TYPES, Timestamp
+from schema.records import OUT_OF_RANGE_MESSAGE, RECORD_DECODERS, RECORD_TYPES, Timestamp, in_utc_range
 
 MAX_ERRORS_LISTED = 100  # a batch of 10,000 bad records gets a readable answer
 MAX_PUSH_ID_LENGTH = 200
@@ -59,6 +59,9 @@ ENVELOPE_DECODER = msgspec.json.Decoder(PushEnvelope)
 _ENVELOPE_FIELDS = [
     (f.name, f.type, f.default) for f in msgspec.structs.fields(PushEnvelope) if f.name not in ("data", "canonical")
 ]
+# The envelope's strings: the push row stores push_id and the version, so a NUL in
+# any of them would make the worker fail the whole batch after the api's 202.
+_ENVELOPE_STRINGS = tuple(name for name, _, _ in _ENVELOPE_FIELDS if name != "pushed_at")
 _TypedArrays = msgspec.defstruct(
     "TypedRecordArrays",
     [(name, list[struct] | None, None) for name, struct in RECORD_TYPES.items()],  # type: ignore[valid-type]
@@ -141,20 +144,23 @@ def error_with_path(prefix: str, exc: msgspec.ValidationError) -> str:
     return f"{prefix}{where.rstrip('`')}: {msg}"
 
 
-def _nul_path(value: Any, path: str) -> str | None:
-    """The JSON path of the first string holding U+0000 (Postgres cannot store it), if any."""
+NUL_MESSAGE = "string holds a NUL character (\\u0000), which cannot be stored"
+
+
+def nul_path(value: Any, path: str) -> str | None:
+    """The JSON path of the first string (or key) holding U+0000 (Postgres cannot store it), if any."""
     if isinstance(value, str):
         return path if "\x00" in value else None
     if isinstance(value, dict):
         for k, v in value.items():
             if "\x00" in k:
                 return path
-            found = _nul_path(v, f"{path}.{k}")
+            found = nul_path(v, f"{path}.{k}")
             if found:
                 return found
     if isinstance(value, list):
         for i, v in enumerate(value):
-            found = _nul_path(v, f"{path}[{i}]")
+            found = nul_path(v, f"{path}[{i}]")
             if found:
                 return found
     return None
@@ -259,9 +265,9 @@ def check_record(
             over = _over_limits(stored, path, limits)  # first: it bounds the depth the NUL walk meets
             if over:
                 return None, over
-            bad = _nul_path(stored, path)
+            bad = nul_path(stored, path)
             if bad:
-                return None, f"{bad}: string holds a NUL character (\\u0000), which cannot be stored"
+                return None, f"{bad}: {NUL_MESSAGE}"
             return record, None
     over = _nesting_problem(record, record_type, path, limits)
     return (None, over) if over else (record, None)
@@ -286,6 +292,7 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
     typed = _decode_if_all_valid(body, limits) if clean else None
     if typed is not None:
         envelope = PushEnvelope(**{name: getattr(typed, name) for name, _, _ in _ENVELOPE_FIELDS})
+        _check_pushed_at(envelope)
         counts = {name: len(records) for name, records in _by_type(typed).items() if records}
         return ValidatedPush(envelope=envelope, records=None, rejected=[], counts=counts, body=body)
     # Something is wrong, with the envelope or with some records: find what, and where.
@@ -297,7 +304,19 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
         raise msgspec.DecodeError("JSON is nested too deeply to read") from None
     except msgspec.ValidationError as exc:
         raise EnvelopeError(error_with_path("body", exc).removeprefix("body.")) from None
+    _check_pushed_at(envelope)
+    if not clean:  # a clean body has no NUL anywhere, the envelope's strings included
+        for name in _ENVELOPE_STRINGS:
+            value = getattr(envelope, name)
+            if value is not None and "\x00" in value:
+                raise EnvelopeError(f"{name}: {NUL_MESSAGE}")
     return _validate_each(envelope, limits, clean)
+
+
+def _check_pushed_at(envelope: PushEnvelope) -> None:
+    """pushed_at must be an instant of years 1 to 9999 in UTC (the queue and the push row keep it in UTC)."""
+    if envelope.pushed_at is not None and not in_utc_range(envelope.pushed_at):
+        raise EnvelopeError(f"pushed_at: {OUT_OF_RANGE_MESSAGE}")
 
 
 def split_records(body: bytes) -> dict[str, list[msgspec.Raw]]:

@@ -9,7 +9,7 @@ mean the same thing to storage, and rejecting null would only lose records.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -28,6 +28,21 @@ NonNegativeFloat = Annotated[float, Meta(ge=0.0, le=1.7e308)]
 # RFC 3339; a naive timestamp is read as UTC. msgspec documents the format only
 # for tz-aware types, so the JSON Schema says it here.
 Timestamp = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
+# An offset can carry 0001-01-01 or 9999-12-31 out of the years Python (and so
+# the api's answers) can hold in UTC; Postgres refuses such a record (migration 0003).
+OUT_OF_RANGE_MESSAGE = "time is outside the years 1 to 9999 in UTC"
+
+
+def in_utc_range(ts: datetime) -> bool:
+    """Whether a time is an instant of the years 1 to 9999 in UTC (a naive time is read as UTC)."""
+    if ts.tzinfo is None:
+        return True
+    try:
+        ts.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
 
 Platform = Literal["claude_code", "codex", "opencode", "openclaw", "pi"]
 CaptureMode = Literal["hook", "replay", "wrapper", "batch_ingest", "repair"]

@@ -16,7 +16,15 @@ from schema.queue import QueuedBatch, decode_batch
 from schema.records import RECORD_TYPES
 from schema.settings import Settings
 from workers import db
-from workers.writer import QuarantineRow, claim_push, fail_push, finish_push, write_quarantine, write_records
+from workers.writer import (
+    REFUSED,
+    QuarantineRow,
+    claim_push,
+    fail_push,
+    finish_push,
+    write_quarantine,
+    write_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,7 @@ def write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool 
     """
     try:
         return _write_batch(conn, batch, clean_bytes, careful=False)
-    except psycopg.DataError as exc:
+    except REFUSED as exc:
         log.warning("push %s: Postgres refused a value (%s); writing carefully", batch.push_id, exc)
         return _write_batch(conn, batch, clean_bytes, careful=True)
 

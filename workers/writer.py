@@ -18,6 +18,10 @@ from workers.tables import TABLES, UPSERTS, column_arrays
 
 log = logging.getLogger(__name__)
 
+# How Postgres refuses a value of one record, not the batch: out of its range
+# (DataError), or against a table's CHECK (the time ranges of migration 0003).
+REFUSED = (psycopg.DataError, psycopg.errors.CheckViolation)
+
 
 class QuarantineRow(msgspec.Struct):
     record_type: str
@@ -60,7 +64,7 @@ def write_records(
     """Upsert one type's records in bulk; returns records Postgres itself refused.
 
     Normally one statement per type, in the caller's transaction: a refusal
-    (a value out of Postgres's range, say) raises DataError and aborts it. The
+    (a value out of Postgres's range, say) raises one of REFUSED and aborts it. The
     caller then writes the batch again `careful`ly: each type in a savepoint,
     and a refused type record by record, so the good records still land and the
     bad ones are quarantined with Postgres's reason.
@@ -77,7 +81,7 @@ def write_records(
             for batch in _rounds(record_type, records):
                 cur.execute(statement, [workspace_id, *column_arrays(table, batch)])
         return []
-    except psycopg.DataError as exc:
+    except REFUSED as exc:
         log.warning("bulk write of %s refused (%s); writing one by one", record_type, exc.diag.message_primary)
 
     refused: list[QuarantineRow] = []
@@ -86,7 +90,7 @@ def write_records(
             try:
                 with conn.transaction():
                     cur.execute(statement, [workspace_id, *column_arrays(table, [record])])
-            except psycopg.DataError as exc:
+            except REFUSED as exc:
                 reason = f"{record_type}[{position}]: refused by the database: {exc.diag.message_primary}"
                 refused.append(QuarantineRow(record_type, position, reason, raw))
     return refused

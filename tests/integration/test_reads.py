@@ -276,6 +276,37 @@ def test_a_cursor_of_one_list_is_refused_by_another(client: TestClient, acme: Te
     assert resp.status_code == 422 and resp.json()["error"]["message"].startswith("cursor: ")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "params", "named"),
+    [
+        ("GET", "/v2/pushes/a%00b", {}, "push_id"),
+        ("GET", "/v2/skills/pars%00er/grading", {}, "skill_name"),
+        ("GET", "/v2/signals", {"skill": "pars\x00er"}, "skill"),
+        ("GET", "/v2/skills/parser/grading", {"since": "2026-11-28\x00"}, "since"),
+        ("POST", "/v2/signals/sig%00/consume", {}, "signal_id"),
+    ],
+)
+def test_a_nul_character_in_a_parameter_is_a_422_naming_it(
+    client: TestClient, acme: Tenant, method: str, path: str, params: Any, named: str
+) -> None:
+    # Postgres cannot compare a string holding NUL: without the check, a 500.
+    resp = client.request(method, path, params=params, headers=acme.auth, content=json.dumps({"run_id": "r"}))
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["message"] == f"{named}: string holds a NUL character (\\u0000), which cannot be stored"
+
+
+def test_a_cursor_holding_a_nul_character_is_not_a_cursor_given(client: TestClient, acme: Tenant) -> None:
+    forged = base64.urlsafe_b64encode(msgspec.json.encode(["signals", at(1), "sig\x00"])).rstrip(b"=").decode()
+    resp = client.get("/v2/signals", params={"cursor": forged}, headers=acme.auth)
+    assert resp.status_code == 422 and resp.json()["error"]["message"].startswith("cursor: not a cursor")
+
+
+def test_a_trend_window_ending_at_the_first_day_of_year_1_is_empty_not_a_500(client: TestClient, acme: Tenant) -> None:
+    resp = client.get("/v2/skills/parser/grading", params={"until": "0001-01-01"}, headers=acme.auth)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["trend"] == [] and resp.json()["trend_since"].startswith("0001-01-01")
+
+
 # -- consume ------------------------------------------------------------------------------------------------------------
 
 
@@ -329,6 +360,13 @@ def test_consume_refuses_bad_bodies_and_unknown_signals(
     assert empty_run.status_code == 422 and "run_id" in empty_run.json()["error"]["message"]
     bad_time = consume(client, acme, "sig-1", run_id="r", consumed_at="later")
     assert bad_time.status_code == 422 and "consumed_at" in bad_time.json()["error"]["message"]
+    for year_0_or_10000 in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        out_of_range = consume(client, acme, "sig-1", run_id="r", consumed_at=year_0_or_10000)
+        assert out_of_range.status_code == 422
+        assert out_of_range.json()["error"]["message"] == "body.consumed_at: time is outside the years 1 to 9999 in UTC"
+    nul_run = consume(client, acme, "sig-1", run_id="orch\x00-1")
+    assert nul_run.status_code == 422
+    assert nul_run.json()["error"]["message"].startswith("body.run_id: string holds a NUL character")
     not_json = client.post("/v2/signals/sig-1/consume", content=b"{run_id", headers=acme.auth)
     assert not_json.status_code == 400
     unknown = consume(client, acme, "sig-404", run_id="r")

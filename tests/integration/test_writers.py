@@ -270,3 +270,30 @@ def test_a_value_postgres_refuses_quarantines_that_record_and_the_rest_land(
     assert sorted(r[0] for r in db.execute("SELECT prompt_id FROM prompts").fetchall()) == ["prompt-1", "prompt-3"]
     [(index, error)] = db.execute("SELECT record_index, error FROM quarantine").fetchall()
     assert index == 1 and "refused by the database" in error and "out of range" in error
+
+
+@pytest.mark.parametrize("form", ["as queued", "records"])
+def test_a_time_outside_the_years_1_to_9999_in_utc_is_quarantined_and_the_rest_land(
+    db: psycopg.Connection, form: Literal["as queued", "records"]
+) -> None:
+    # Valid RFC 3339, but year 10000 or year 0 in UTC: stored, no client could read the row back.
+    late, early = "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"
+    summary = write(
+        db,
+        {
+            "grading_results": [samples.grading_result(1), samples.grading_result(2, graded_at=late)],
+            "improvement_signals": [samples.improvement_signal(1, timestamp=early), samples.improvement_signal(2)],
+            "sessions": [samples.session(1, started_at=late)],
+        },
+        form=form,
+    )
+
+    assert summary["accepted"] == {"grading_results": 1, "improvement_signals": 1}
+    assert summary["rejected"] == {"grading_results": 1, "improvement_signals": 1, "sessions": 1}
+    quarantined = db.execute("SELECT record_type, record_index, error FROM quarantine ORDER BY record_type").fetchall()
+    assert [(t, i) for t, i, _ in quarantined] == [("grading_results", 1), ("improvement_signals", 0), ("sessions", 0)]
+    assert all("violates check constraint" in error for _, _, error in quarantined)
+    # Every stored time reads back into Python (a year-10000 row would raise DataError here).
+    assert [r[0].year for r in db.execute("SELECT graded_at FROM grading_results").fetchall()] == [2026]
+    assert [r[0].year for r in db.execute("SELECT timestamp FROM improvement_signals").fetchall()] == [2026]
+    assert row(db, "SELECT status FROM pushes") == ("processed",)

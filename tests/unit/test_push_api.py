@@ -292,6 +292,38 @@ def test_malformed_envelope_is_422_with_the_path(client: TestClient, body: Any, 
     assert_error(post(client, body), 422, "invalid_envelope", path)
 
 
+@pytest.mark.parametrize(
+    ("envelope", "path"),
+    [
+        ({"push_id": "a\x00b"}, "push_id"),
+        ({"cli_version": "0.2.32\x00"}, "cli_version"),
+        ({"client_version": "\x00"}, "client_version"),
+        ({"normalizer_version": "1\x00"}, "normalizer_version"),
+    ],
+)
+def test_nul_in_an_envelope_string_is_422_and_nothing_is_queued(
+    client: TestClient, queue: Queue, envelope: dict[str, str], path: str
+) -> None:
+    # The push row stores these: accepted, the batch could never be written (the worker would fail it).
+    resp = post(client, {**envelope, "data": {"sessions": [session(1)]}})
+    assert_error(resp, 422, "invalid_envelope", f"{path}: string holds a NUL character")
+    assert queue.count == 0
+
+
+@pytest.mark.parametrize("pushed_at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+def test_pushed_at_outside_the_years_1_to_9999_in_utc_is_422(client: TestClient, queue: Queue, pushed_at: str) -> None:
+    for records in ({"sessions": [session(1)]}, {"sessions": [session(1), {"bad": True}]}):  # fast and slow paths
+        resp = post(client, {"pushed_at": pushed_at, "data": records})
+        assert_error(resp, 422, "invalid_envelope", "pushed_at: time is outside the years 1 to 9999 in UTC")
+    assert queue.count == 0
+
+
+def test_pushed_at_at_the_edge_of_the_range_is_accepted(client: TestClient, queue: Queue) -> None:
+    resp = post(client, {"pushed_at": "9999-12-31T09:59:59-14:00", "data": {"sessions": [session(1)]}})
+    assert resp.status_code == 202, resp.text
+    assert decode_batch(queue.jobs[0].args[0]).pushed_at.year == 9999
+
+
 def test_redis_down_is_503_with_retry_after(settings: Settings) -> None:
     dead = AsyncRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
     with make_client(settings, dead) as client:
