@@ -62,7 +62,7 @@ async def readyz(request: Request) -> Response:
         problems.append(f"redis: {type(exc).__name__}: {exc}")
     problems.extend(await _postgres_problems(state.pool))
     if problems:
-        return JSONResponse({"ok": False, "errors": problems}, status_code=503)
+        return error_response(503, "not_ready", "; ".join(problems), errors=problems)
     return JSONResponse({"ok": True})
 
 

@@ -107,6 +107,10 @@ class Enqueuer:
         )
         self._script = redis.register_script(_ENQUEUE_ONCE)
 
+    async def first_answer(self, workspace_id: str, push_id: str) -> bytes | None:
+        """The answer this push id was first accepted with, or None (the lookup enqueue_once starts with)."""
+        return await self._redis.get(dedupe_key(workspace_id, push_id))  # type: ignore[return-value]
+
     async def enqueue_once(
         self, key_id: str, workspace_id: str, push_id: str, payload: bytes, answer: bytes, records: int
     ) -> bytes | None:

@@ -22,9 +22,12 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, errors: list[str] | None = None
+) -> Response:
+    """The error body; `errors` lists each problem when there are several (else the message alone)."""
     body = msgspec.json.encode(
-        {"ok": False, "success": False, "errors": [message], "error": {"code": code, "message": message}}
+        {"ok": False, "success": False, "errors": errors or [message], "error": {"code": code, "message": message}}
     )
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 

@@ -50,10 +50,16 @@ class ErrorBody(msgspec.Struct):
 
 
 class Health(msgspec.Struct, omit_defaults=True):
-    """/healthz and /readyz: `errors` names each dependency that is not ready."""
+    """/healthz and /readyz: `errors` names each dependency that is not ready.
+
+    Not ready (503), the body is also an error body (SPEC 2.3): `success` false and
+    `error` {code "not_ready", message}.
+    """
 
     ok: bool
     errors: list[str] = []
+    success: bool | None = None
+    error: ErrorDetail | None = None
 
 
 # What each error status means to a client (SPEC 2.3), and the header that comes with it.

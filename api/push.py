@@ -118,8 +118,16 @@ async def _push(request: Request) -> Response:
     request.state.push |= {"push_id": push_id, "accepted": accepted_records, "rejected": len(validated.rejected)}
     refusal = state.queue_watch.refusal()
     if refusal is not None:
-        reason, retry_after = refusal
-        raise unavailable(f"back-pressure: {reason}; retry later", retry_after)
+        # A push id accepted before needs no room in the queue: it is answered 200 as
+        # always (SPEC 2.2), not 503, which would have its CLI send it yet again.
+        try:
+            prior = await state.enqueuer.first_answer(key.workspace_id, push_id)
+        except (RedisError, OSError) as exc:
+            raise _queue_unavailable(exc) from None
+        if prior is None:
+            reason, retry_after = refusal
+            raise unavailable(f"back-pressure: {reason}; retry later", retry_after)
+        return _duplicate(prior)
 
     answer = PushAnswer(
         ok=True,
@@ -150,16 +158,23 @@ async def _push(request: Request) -> Response:
     except QueueFull as exc:
         raise unavailable(f"back-pressure: {exc} (MAX_QUEUE_DEPTH); retry later", BACKPRESSURE_RETRY_AFTER_S) from None
     except (RedisError, OSError) as exc:
-        raise unavailable(
-            f"the queue is unavailable ({type(exc).__name__}); retry later", REDIS_RETRY_AFTER_S
-        ) from None
+        raise _queue_unavailable(exc) from None
 
     if prior is not None:
-        first = msgspec.json.decode(prior, type=PushAnswer)
-        first.duplicate = True
-        return Response(msgspec.json.encode(first), status_code=200, media_type="application/json")
+        return _duplicate(prior)
     for record_type, n in answer.accepted.items():
         RECORDS_ACCEPTED.labels(record_type).inc(n)
     for record_type, n in answer.rejected.items():
         RECORDS_REJECTED.labels(record_type).inc(n)
     return Response(answer_bytes, status_code=202, media_type="application/json")
+
+
+def _duplicate(first_answer: bytes) -> Response:
+    """The 200 for a push id accepted before: its first answer, marked duplicate."""
+    first = msgspec.json.decode(first_answer, type=PushAnswer)
+    first.duplicate = True
+    return Response(msgspec.json.encode(first), status_code=200, media_type="application/json")
+
+
+def _queue_unavailable(exc: Exception) -> ApiError:
+    return unavailable(f"the queue is unavailable ({type(exc).__name__}); retry later", REDIS_RETRY_AFTER_S)

@@ -229,7 +229,7 @@ def replay_quarantine(
             written += 1
             continue
         with conn.transaction():
-            refused = write_records(conn, ws, record_type, [record], [bytes(raw)], [index])
+            refused = write_records(conn, ws, record_type, [record], [bytes(raw)], [index], careful=True)
             if refused:
                 conn.execute("UPDATE quarantine SET error = %s WHERE quarantine_id = %s", (refused[0].error, qid))
                 invalid += 1

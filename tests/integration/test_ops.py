@@ -158,6 +158,25 @@ def test_quarantine_replay_writes_what_now_passes_and_keeps_the_rest(
     assert count(db, "prompts") == 1
 
 
+def test_quarantine_replay_goes_past_a_record_the_database_refuses(
+    cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
+) -> None:
+    # Valid to the schema, refused by Postgres (year 10000 in UTC, migration 0003): first in line.
+    refused = json.dumps(samples.grading_result(1, graded_at="9999-12-31T23:59:59-14:00")).encode()
+    good = json.dumps(samples.grading_result(2)).encode()
+    for index, raw in enumerate((refused, good)):
+        db.execute(
+            "INSERT INTO quarantine (workspace_id, push_id, record_type, record_index, error, raw, received_at)"
+            " VALUES ('ws_q', 'p-old', 'grading_results', %s, 'old reason', %s, now())",
+            (index, raw),
+        )
+
+    assert run_cli(capsys, "quarantine", "replay") == {"dry_run": False, "written": 1, "still_invalid": 1}
+    assert db.execute("SELECT grading_id FROM grading_results").fetchall() == [("grade-2",)]
+    [(error,)] = db.execute("SELECT error FROM quarantine WHERE replayed_at IS NULL").fetchall()
+    assert error.startswith("grading_results[0]: refused by the database") and "check constraint" in error
+
+
 def test_push_show_tells_queued_processed_and_failed(
     failed_pushes: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
 ) -> None:

@@ -171,6 +171,22 @@ def test_repeated_push_id_is_answered_200_duplicate_and_not_queued_again(client:
     assert queue.count == 1
 
 
+def test_repeated_push_id_is_answered_200_even_while_the_queue_refuses_new_pushes(
+    settings: Settings, server: fakeredis.FakeServer, queue: Queue
+) -> None:
+    watched = replace(settings, max_queue_depth=1, redis_memory_high_pct=0)  # fakeredis has no INFO
+    with make_client(watched, fakeredis.FakeAsyncRedis(server=server)) as client:
+        first = post(client, {"push_id": "first", "data": {"sessions": [session(1)]}})
+        assert first.status_code == 202
+        client.portal.call(client.app.state.queue_watch.refresh)  # the watch's next tick, now
+        again = post(client, {"push_id": "first", "data": {"sessions": [session(1)]}})
+        new = post(client, {"push_id": "second", "data": {"sessions": [session(2)]}})
+
+    assert again.status_code == 200 and again.json() == {**first.json(), "duplicate": True}
+    assert_error(new, 503, "unavailable", "back-pressure: the queue holds 1 batches")
+    assert queue.count == 1
+
+
 def test_same_push_id_in_another_workspace_is_a_different_push(client: TestClient, queue: Queue) -> None:
     body = {"push_id": "shared-id", "data": {"sessions": [session(1)]}}
     assert post(client, body).status_code == 202
@@ -339,6 +355,9 @@ def test_healthz_answers_without_io(settings: Settings) -> None:
         ready = client.get("/readyz")
     assert ready.status_code == 503
     assert any(e.startswith("redis:") for e in ready.json()["errors"])
+    body = ready.json()  # the error body of every other endpoint too, each problem listed
+    assert body["success"] is False and body["error"]["code"] == "not_ready"
+    assert body["error"]["message"] == "; ".join(body["errors"])
 
 
 def test_unknown_path_and_method_get_json_errors(client: TestClient) -> None:
