@@ -12,6 +12,8 @@ import psycopg
 from schema.keys import generate_key, hash_key, key_prefix
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# Commands take a workspace by name or id: a name shaped like an id could stand for another workspace.
+_ID_SHAPED = re.compile(r"ws_[0-9a-f]{16}")
 
 
 class AccountError(ValueError):
@@ -32,6 +34,8 @@ def create_workspace(conn: psycopg.Connection, name: str) -> str:
     """Create a workspace; return its id (ws_...)."""
     if not _NAME.fullmatch(name):
         raise AccountError(f"workspace name {name!r}: use letters, digits, '_', '.', '-' (max 100)")
+    if _ID_SHAPED.fullmatch(name):
+        raise AccountError(f"workspace name {name!r}: has the shape of a workspace id (ws_ and 16 hex digits)")
     workspace_id = "ws_" + secrets.token_hex(8)
     try:
         conn.execute("INSERT INTO workspaces (workspace_id, name) VALUES (%s, %s)", (workspace_id, name))
@@ -41,9 +45,11 @@ def create_workspace(conn: psycopg.Connection, name: str) -> str:
 
 
 def find_workspace(conn: psycopg.Connection, name_or_id: str) -> str:
-    """A workspace id from its id or its name."""
+    """A workspace id from its id or its name (an id first, should a name made before names were checked match too)."""
     row = conn.execute(
-        "SELECT workspace_id FROM workspaces WHERE workspace_id = %s OR name = %s", (name_or_id, name_or_id)
+        "SELECT workspace_id FROM workspaces WHERE workspace_id = %(w)s OR name = %(w)s"
+        " ORDER BY workspace_id = %(w)s DESC LIMIT 1",
+        {"w": name_or_id},
     ).fetchone()
     if row is None:
         raise AccountError(f"no workspace named or with id {name_or_id!r}")

@@ -185,6 +185,17 @@ def test_the_ops_cli_names_what_is_wrong(client: TestClient, ops: Any, acme: str
     assert code == 0 and [p["user_code"] for p in json.loads(out)] == [grant["user_code"]]
 
 
+def test_a_workspace_named_like_another_workspaces_id_is_refused(db: psycopg.Connection, acme: str) -> None:
+    # Commands take a workspace by name or id: such a name could send a new key to acme.
+    with pytest.raises(accounts.AccountError, match="has the shape of a workspace id"):
+        accounts.create_workspace(db, acme)
+    # A name made before the check (inserted directly here) never shadows the id it looks like.
+    db.execute("INSERT INTO workspaces (workspace_id, name) VALUES ('ws_impostor', %s)", (acme,))
+    assert accounts.find_workspace(db, acme) == acme
+    key_id, _ = accounts.create_key(db, acme)
+    assert [k.workspace_id for k in accounts.list_keys(db) if k.key_id == key_id] == [acme]
+
+
 def test_device_code_requests_are_checked(client: TestClient) -> None:
     missing = client.post("/api/v1/device-code", json={"scope": "push"})
     assert missing.status_code == 422 and "client_id" in missing.json()["error"]["message"]
