@@ -101,7 +101,7 @@ class Enqueuer:
             job_class=IngestJob,
         )
         self._retry = (
-            Retry(max=settings.job_retries, interval=list(settings.job_retry_backoff_s))
+            Retry(max=settings.job_retries, interval=settings.retry_pauses_s)
             if settings.job_retries
             else None
         )

@@ -143,6 +143,16 @@ class Settings:
         )
 
     @property
+    def retry_pauses_s(self) -> list[int]:
+        """One pause per retry: JOB_RETRY_BACKOFF_S in order, its last repeated, cut at JOB_RETRIES.
+
+        RQ takes pause `len(intervals) - retries_left` of a job's list, so only a list
+        exactly as long as the retries gives the pauses in the documented order.
+        """
+        listed = self.job_retry_backoff_s or (0,)
+        return [listed[min(i, len(listed) - 1)] for i in range(self.job_retries)]
+
+    @property
     def record_limits(self) -> RecordLimits:
         return RecordLimits(self.max_string_chars, self.max_nesting_depth)
 

@@ -126,13 +126,18 @@ def failed_batches(
     """Batches in RQ's failed registry, oldest failure first, filtered as asked."""
     wanted = set(push_ids)
     registry = failed_registry(redis, settings)
-    jobs = Job.fetch_many(registry.get_job_ids(), connection=redis, serializer=MsgpackSerializer)
+    # The registry's score is the failure's time + the job's failure TTL, whatever failed it: a
+    # batch abandoned by a killed worker has no ended_at of its last attempt (RQ fails it in cleanup).
+    scored: list[tuple[bytes, float]] = redis.zrange(registry.key, 0, -1, withscores=True)  # type: ignore[assignment]
+    expiries = {job_id.decode(): score for job_id, score in scored}
+    jobs = Job.fetch_many(list(expiries), connection=redis, serializer=MsgpackSerializer)
     found = []
     for job in jobs:
         if job is None:
             continue
         meta = job.get_meta(refresh=False)
-        failed_at = job.ended_at.replace(tzinfo=UTC) if job.ended_at else None
+        ttl = job.failure_ttl if job.failure_ttl is not None else settings.failed_ttl_s
+        failed_at = datetime.fromtimestamp(expiries[job.id] - ttl, UTC) if ttl >= 0 else None
         if wanted and meta.get("push_id") not in wanted:
             continue
         if workspace and meta.get("workspace_id") != workspace:
@@ -174,7 +179,7 @@ def replay(
     for i, batch in enumerate(batches, 1):
         job = Job.fetch(batch.job_id, connection=redis, serializer=MsgpackSerializer)
         job.retries_left = settings.job_retries or None
-        job.retry_intervals = list(settings.job_retry_backoff_s)
+        job.retry_intervals = settings.retry_pauses_s
         registry.requeue(job)
         done += 1
         if progress:

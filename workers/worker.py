@@ -142,15 +142,21 @@ class IngestWorker(SimpleWorker):
             # connection mid-command: the next batch opens a fresh one.
             db.close()
             log.warning(
-                "job %s failed in a take of %d (%s: %s); it and the %d after it run one by one",
-                jobs[len(written)].id,
+                "a take of %d jobs failed after %d were written (%s: %s); the %d left run one by one",
                 len(jobs),
+                len(written),
                 type(exc).__name__,
                 exc,
-                len(jobs) - len(written) - 1,
+                len(jobs) - len(written),
             )
         self._finish_all(written)
         for job, execution in list(zip(jobs, executions, strict=True))[len(written) :]:
+            # Registered as started when the take began: renew it now, or another worker's
+            # maintenance could take this batch for abandoned while it runs (RQ's own
+            # prepare_job_execution does not renew the started registry).
+            with self.connection.pipeline() as pipe:
+                execution.heartbeat(job.started_job_registry, self.get_heartbeat_ttl(job), pipe)
+                pipe.execute()
             self.perform_job(job, queue, execution)
 
     def _start_all(self, jobs: list[Job], queue: Queue) -> list[Execution]:

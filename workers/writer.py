@@ -19,8 +19,9 @@ from workers.tables import TABLES, UPSERTS, column_arrays
 log = logging.getLogger(__name__)
 
 # How Postgres refuses a value of one record, not the batch: out of its range
-# (DataError), or against a table's CHECK (the time ranges of migration 0003).
-REFUSED = (psycopg.DataError, psycopg.errors.CheckViolation)
+# (DataError), against a table's CHECK (the time ranges of migration 0003), or
+# too large for an index (ProgramLimitExceeded: a key of several kilobytes).
+REFUSED = (psycopg.DataError, psycopg.errors.CheckViolation, psycopg.errors.ProgramLimitExceeded)
 
 
 class QuarantineRow(msgspec.Struct):
@@ -85,8 +86,11 @@ def write_records(
         log.warning("bulk write of %s refused (%s); writing one by one", record_type, exc.diag.message_primary)
 
     refused: list[QuarantineRow] = []
+    # In key order, as the bulk path locks its rows (_rounds), so that two workers writing
+    # overlapping keys never wait on each other in a cycle; equal keys keep arrival order.
+    order = sorted(range(len(records)), key=lambda i: table.key_of(records[i]))
     with conn.cursor() as cur:
-        for record, raw, position in zip(records, raws, positions, strict=True):
+        for record, raw, position in ((records[i], raws[i], positions[i]) for i in order):
             try:
                 with conn.transaction():
                     cur.execute(statement, [workspace_id, *column_arrays(table, [record])])

@@ -13,17 +13,20 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from redis import Redis
+from rq import Queue
 from rq.job import Job
+from rq.job_lifecycle import record_job_failure
 from starlette.testclient import TestClient
 
 from api.app import create_app
 from schema import samples
-from schema.queue import INGEST_JOB, MsgpackSerializer
+from schema.queue import INGEST_JOB, IngestJob, MsgpackSerializer
 from schema.settings import Settings
 from tests.support import count, push_json, run_burst_worker, with_lock_timeout
 from workers import accounts, cli, ops
@@ -87,6 +90,26 @@ def test_failed_batches_are_listed_with_their_reason(
     beta = run_cli(capsys, "failed", "list", "--workspace", workspace_id(db, "beta"))
     assert [b["push_id"] for b in beta] == ["b1"]
     assert run_cli(capsys, "failed", "list", "--since", "2030-01-01T00:00:00Z") == []
+
+
+def test_a_batch_abandoned_on_its_last_attempt_is_listed_by_the_time_it_failed(
+    api_key: str, settings: Settings, cli_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # RQ fails an abandoned batch (its worker killed) in registry cleanup: the job has no ended_at
+    # of that attempt, so `--since` must go by when the registry got it.
+    with TestClient(create_app(settings)) as c:
+        assert push_json(c, api_key, {"sessions": [samples.session(1)]}, "orphan").status_code == 202
+    redis = Redis.from_url(settings.redis_url)
+    queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+    job = IngestJob.fetch(queue.pop_job_id(), connection=redis, serializer=MsgpackSerializer)
+    assert job.ended_at is None
+    with redis.pipeline() as pipe:
+        record_job_failure(job, "Moved to FailedJobRegistry, due to AbandonedJobError", pipe)
+        pipe.execute()
+
+    [listed] = run_cli(capsys, "failed", "list", "--since", "5m")
+    assert listed["push_id"] == "orphan"
+    assert abs(datetime.fromisoformat(listed["failed_at"]) - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 def test_replay_moves_exactly_the_chosen_batches_and_each_lands_once(

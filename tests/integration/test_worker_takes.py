@@ -5,13 +5,14 @@ Real Redis and Postgres; the worker runs in burst mode in the test process.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
 import psycopg
 import pytest
 from redis import Connection, ConnectionPool, Redis
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from starlette.testclient import TestClient
 
@@ -20,7 +21,8 @@ from schema import samples, stats
 from schema.queue import IngestJob, MsgpackSerializer
 from schema.settings import Settings
 from tests.support import count, push_json, run_burst_worker, with_lock_timeout
-from workers.worker import make_worker
+from workers import jobs
+from workers.worker import ABANDONED_GRACE_S, make_worker
 
 PUSHES = 12
 
@@ -115,6 +117,42 @@ def test_a_batch_that_fails_inside_a_take_is_retried_alone_and_its_neighbours_la
     run_burst_worker(settings)
     assert count(db, "sessions") == 1
     assert db.execute("SELECT status FROM pushes WHERE push_id = 'stuck'").fetchone() == ("processed",)
+
+
+def test_a_batch_left_after_a_failure_in_its_take_is_registered_afresh_before_it_runs(
+    api_key: str,
+    db: psycopg.Connection,
+    settings: Settings,
+    use_worker_settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Registered as started when the take began, a batch that runs seconds later (after a slow
+    # failure before it) must not look expired to another worker's maintenance meanwhile.
+    use_worker_settings(with_lock_timeout(settings, ms=1500))
+    with TestClient(create_app(replace(settings, job_retries=0))) as c:
+        assert push_json(c, api_key, {"sessions": [samples.session(1)]}, "stuck").status_code == 202
+        assert push_json(c, api_key, {"prompts": [samples.prompt(1)]}, "after").status_code == 202
+    redis = Redis.from_url(settings.redis_url)
+    started = StartedJobRegistry(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+    seen: dict[str, float] = {}
+    real = jobs._write_queued
+
+    def noting_its_registration(batch: Any, payload: bytes) -> Any:
+        job = get_current_job()
+        if batch.push_id == "after" and job is not None:  # run one by one, after the take failed
+            [expires] = [score for member, score in redis.zscan_iter(started.key) if member.startswith(job.id.encode())]
+            seen["left"] = expires - time.time()
+        return real(batch, payload)
+
+    monkeypatch.setattr(jobs, "_write_queued", noting_its_registration)
+    with psycopg.connect(settings.database_url) as locker:
+        locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        run_burst_worker(replace(settings, worker_jobs_per_take=8))
+        locker.rollback()
+
+    assert db.execute("SELECT status FROM pushes WHERE push_id = 'after'").fetchone() == ("processed",)
+    ttl = settings.job_timeout_s + ABANDONED_GRACE_S
+    assert seen["left"] > ttl - 1.0, f"{seen['left']:.1f} s left of {ttl} s: registered when the take began"
 
 
 def test_a_job_of_another_kind_in_a_backlog_runs_on_its_own_and_the_batches_around_it_land(

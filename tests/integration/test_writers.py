@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
+import os
 from typing import Any, Literal
 
 import msgspec
@@ -296,4 +298,15 @@ def test_a_time_outside_the_years_1_to_9999_in_utc_is_quarantined_and_the_rest_l
     # Every stored time reads back into Python (a year-10000 row would raise DataError here).
     assert [r[0].year for r in db.execute("SELECT graded_at FROM grading_results").fetchall()] == [2026]
     assert [r[0].year for r in db.execute("SELECT timestamp FROM improvement_signals").fetchall()] == [2026]
+    assert row(db, "SELECT status FROM pushes") == ("processed",)
+
+
+def test_a_key_too_large_for_its_index_is_quarantined_and_the_rest_land(db: psycopg.Connection) -> None:
+    # Ids have no length limit but every key is indexed, and an index entry holds at most ~2.7 kB.
+    huge = base64.b64encode(os.urandom(8000)).decode()  # random: Postgres cannot compress it under the limit
+    summary = write(db, {"sessions": [samples.session(1), samples.session(2, session_id=huge)]})
+
+    assert summary["accepted"] == {"sessions": 1} and summary["rejected"] == {"sessions": 1}
+    [(index, error)] = db.execute("SELECT record_index, error FROM quarantine").fetchall()
+    assert index == 1 and "refused by the database" in error and "index row" in error
     assert row(db, "SELECT status FROM pushes") == ("processed",)

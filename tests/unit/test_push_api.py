@@ -187,6 +187,22 @@ def test_repeated_push_id_is_answered_200_even_while_the_queue_refuses_new_pushe
     assert queue.count == 1
 
 
+@pytest.mark.parametrize(("retries", "pauses"), [(3, [1, 5, 30]), (7, [1, 5, 30, 120, 600, 600, 600])])
+def test_a_queued_batch_is_retried_after_the_documented_pauses(
+    settings: Settings, server: fakeredis.FakeServer, queue: Queue, retries: int, pauses: list[int]
+) -> None:
+    # JOB_RETRY_BACKOFF_S "1,5,30,120,600": the pauses in order, the last repeated, as many as JOB_RETRIES.
+    retrying = replace(settings, job_retries=retries, job_retry_backoff_s=(1, 5, 30, 120, 600))
+    with make_client(retrying, fakeredis.FakeAsyncRedis(server=server)) as client:
+        assert post(client, {"data": {"sessions": [session(1)]}}).status_code == 202
+    [job] = queue.jobs
+    waits = []
+    while job.retries_left:
+        waits.append(job.get_retry_interval())  # what RQ waits before the next attempt
+        job.retries_left -= 1
+    assert waits == pauses
+
+
 def test_same_push_id_in_another_workspace_is_a_different_push(client: TestClient, queue: Queue) -> None:
     body = {"push_id": "shared-id", "data": {"sessions": [session(1)]}}
     assert post(client, body).status_code == 202
