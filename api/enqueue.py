@@ -101,9 +101,7 @@ class Enqueuer:
             job_class=IngestJob,
         )
         self._retry = (
-            Retry(max=settings.job_retries, interval=settings.retry_pauses_s)
-            if settings.job_retries
-            else None
+            Retry(max=settings.job_retries, interval=settings.retry_pauses_s) if settings.job_retries else None
         )
         self._script = redis.register_script(_ENQUEUE_ONCE)
 

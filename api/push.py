@@ -17,7 +17,7 @@ from api.body import check_content_headers, read_body
 from api.enqueue import QueueFull, RateLimited
 from api.errors import ApiError, unavailable
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED, observe_push
-from schema.envelope import MAX_PUSH_ID_LENGTH, EnvelopeError, ValidatedPush, validate_push
+from schema.envelope import MAX_PUSH_ID_LENGTH, EnvelopeError, TooManyRecords, ValidatedPush, validate_push
 from schema.queue import encode_batch, queued_batch
 
 log = logging.getLogger("selftune.push")
@@ -98,19 +98,15 @@ async def _push(request: Request) -> Response:
         validated = validate_push(body, settings.record_limits)
     except EnvelopeError as exc:
         raise ApiError(422, "invalid_envelope", str(exc)) from None
+    except TooManyRecords as exc:
+        raise ApiError(
+            413, "too_many_records", f"{exc} (MAX_RECORDS_PER_PUSH); split the push into smaller batches"
+        ) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
     accepted = validated.accepted_counts
     accepted_records = sum(accepted.values())
-    records = accepted_records + len(validated.rejected)
-    if records > settings.max_records_per_push:
-        raise ApiError(
-            413,
-            "too_many_records",
-            f"{records} records is over the limit of {settings.max_records_per_push} per push"
-            " (MAX_RECORDS_PER_PUSH); split the push into smaller batches",
-        )
     envelope = validated.envelope
     if envelope.workspace_id is not None and envelope.workspace_id != key.workspace_id:
         raise forbidden_workspace(envelope.workspace_id)

@@ -168,10 +168,20 @@ def nul_path(value: Any, path: str) -> str | None:
 
 @dataclass(frozen=True)
 class RecordLimits:
-    """Bounds on what one record may hold (settings MAX_STRING_CHARS, MAX_NESTING_DEPTH)."""
+    """Bounds on a push's records (settings MAX_STRING_CHARS, MAX_NESTING_DEPTH, MAX_RECORDS_PER_PUSH)."""
 
     max_string_chars: int = 1_000_000
     max_nesting_depth: int = 32
+    max_records_per_push: int = 10_000
+
+
+class TooManyRecords(ValueError):
+    """More records than MAX_RECORDS_PER_PUSH (413): found before any record is validated."""
+
+    def __init__(self, records: int, limit: int) -> None:
+        super().__init__(f"{records} records is over the limit of {limit} per push")
+        self.records = records
+        self.limit = limit
 
 
 DEFAULT_LIMITS = RecordLimits()
@@ -186,6 +196,10 @@ def _over_limits(value: Any, path: str, limits: RecordLimits, depth: int = 0) ->
     if isinstance(value, dict | list):
         if depth >= limits.max_nesting_depth:
             return f"{path}: nested deeper than MAX_NESTING_DEPTH={limits.max_nesting_depth}"
+        if isinstance(value, dict):
+            for k in value:
+                if len(k) > limits.max_string_chars:
+                    return f"{path}: key of {len(k)} characters is over MAX_STRING_CHARS={limits.max_string_chars}"
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for k, v in items:
             found = _over_limits(v, f"{path}.{k}" if isinstance(value, dict) else f"{path}[{k}]", limits, depth + 1)
@@ -294,6 +308,7 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
         envelope = PushEnvelope(**{name: getattr(typed, name) for name, _, _ in _ENVELOPE_FIELDS})
         _check_pushed_at(envelope)
         counts = {name: len(records) for name, records in _by_type(typed).items() if records}
+        _check_count(sum(counts.values()), limits)
         return ValidatedPush(envelope=envelope, records=None, rejected=[], counts=counts, body=body)
     # Something is wrong, with the envelope or with some records: find what, and where.
     try:
@@ -305,12 +320,19 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
     except msgspec.ValidationError as exc:
         raise EnvelopeError(error_with_path("body", exc).removeprefix("body.")) from None
     _check_pushed_at(envelope)
+    # Before any record is looked at: a few kilobytes of gzipped `{},` can hold millions.
+    _check_count(sum(len(raws) for raws in _by_type(envelope).values()), limits)
     if not clean:  # a clean body has no NUL anywhere, the envelope's strings included
         for name in _ENVELOPE_STRINGS:
             value = getattr(envelope, name)
             if value is not None and "\x00" in value:
                 raise EnvelopeError(f"{name}: {NUL_MESSAGE}")
     return _validate_each(envelope, limits, clean)
+
+
+def _check_count(records: int, limits: RecordLimits) -> None:
+    if records > limits.max_records_per_push:
+        raise TooManyRecords(records, limits.max_records_per_push)
 
 
 def _check_pushed_at(envelope: PushEnvelope) -> None:

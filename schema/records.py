@@ -68,7 +68,7 @@ class RawSourceRef(msgspec.Struct, omit_defaults=True):
     path: str | None = None
     line: Count | None = None
     event_type: str | None = None
-    raw_id: str | None = None
+    raw_id: NonEmptyStr | None = None
     metadata: dict[str, Any] | None = None
 
 
@@ -93,9 +93,9 @@ class Session(_SessionScoped, kw_only=True):
     record_kind: Literal["session"]
     started_at: Timestamp | None = None
     ended_at: Timestamp | None = None
-    external_session_id: str | None = None
-    parent_session_id: str | None = None
-    agent_id: str | None = None
+    external_session_id: NonEmptyStr | None = None
+    parent_session_id: NonEmptyStr | None = None
+    agent_id: NonEmptyStr | None = None
     agent_type: str | None = None
     agent_cli: str | None = None
     session_key: str | None = None
@@ -123,8 +123,8 @@ class Prompt(_SessionScoped, kw_only=True):
     is_actionable: bool
     prompt_hash: str | None = None
     prompt_index: Count | None = None
-    parent_prompt_id: str | None = None
-    source_message_id: str | None = None
+    parent_prompt_id: NonEmptyStr | None = None
+    source_message_id: NonEmptyStr | None = None
 
 
 class SkillInvocation(_SessionScoped, kw_only=True):
@@ -135,11 +135,11 @@ class SkillInvocation(_SessionScoped, kw_only=True):
     invocation_mode: InvocationMode
     triggered: bool
     confidence: Fraction
-    matched_prompt_id: str | None = None
+    matched_prompt_id: NonEmptyStr | None = None
     skill_path: str | None = None
     skill_version_hash: str | None = None
     tool_name: str | None = None
-    tool_call_id: str | None = None
+    tool_call_id: NonEmptyStr | None = None
     agent_type: str | None = None
 
 
@@ -152,7 +152,7 @@ class ExecutionFact(_SessionScoped, kw_only=True):
     total_tool_calls: Count
     assistant_turns: Count
     errors_encountered: Count
-    prompt_id: str | None = None
+    prompt_id: NonEmptyStr | None = None
     bash_commands_redacted: list[str] | None = None
     input_tokens: Count | None = None
     output_tokens: Count | None = None
@@ -178,7 +178,7 @@ class EvolutionEvidence(msgspec.Struct, kw_only=True):
     skill_name: NonEmptyStr
     target: str
     stage: str
-    proposal_id: str | None = None
+    proposal_id: NonEmptyStr | None = None
     timestamp: Timestamp | None = None
     skill_path: str | None = None
     rationale: str | None = None

@@ -154,7 +154,7 @@ class Settings:
 
     @property
     def record_limits(self) -> RecordLimits:
-        return RecordLimits(self.max_string_chars, self.max_nesting_depth)
+        return RecordLimits(self.max_string_chars, self.max_nesting_depth, self.max_records_per_push)
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict, with passwords in URLs masked (for logs)."""
@@ -162,6 +162,6 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, str) and "://" in value:
-                value = re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", value)
+                value = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", value)  # redis://:password@host too
             out[f.name] = value
         return out

@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.auth import ApiKey
+from schema import envelope
 from schema.queue import INGEST_JOB, MsgpackSerializer, decode_batch
 from schema.samples import one_of_each, prompt, session
 from schema.settings import Settings
@@ -417,6 +418,27 @@ def test_more_records_than_the_limit_is_413_naming_the_setting(
         assert post(client, {"data": {"prompts": [prompt(i) for i in range(3)]}}).status_code == 202
         resp = post(client, {"data": {"prompts": [prompt(i) for i in range(3)], "sessions": [session(1)]}})
     assert_error(resp, 413, "too_many_records", "MAX_RECORDS_PER_PUSH")
+    assert resp.json()["error"]["message"].startswith("4 records is over the limit of 3 per push")
+
+
+def test_too_many_records_is_refused_before_any_record_is_validated(
+    settings: Settings, server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 200,000 empty (invalid) records are 600 kB, a few kB gzipped: validating each first
+    # held the event loop for seconds and took hundreds of MB.
+    checked: list[str] = []
+    real = envelope.check_record
+    monkeypatch.setattr(
+        envelope, "check_record", lambda record_type, *a: checked.append(record_type) or real(record_type, *a)
+    )
+    body = gzip.compress(json.dumps({"data": {"sessions": [{}] * 200_000}}).encode())
+    with make_client(
+        replace(settings, max_compressed_body_bytes=1 << 20, max_body_bytes=1 << 20),
+        fakeredis.FakeAsyncRedis(server=server),
+    ) as client:
+        resp = post(client, body, **{"Content-Encoding": "gzip"})
+    assert_error(resp, 413, "too_many_records", "200000 records is over the limit of 10000 per push")
+    assert checked == []
 
 
 def test_string_and_nesting_limits_reject_the_record_not_the_batch(
@@ -425,7 +447,9 @@ def test_string_and_nesting_limits_reject_the_record_not_the_batch(
     tight = replace(settings, max_string_chars=1000, max_nesting_depth=6)
     deep = session(2)
     deep["raw_source_ref"]["metadata"] = {"a": [[[[[[1]]]]]]}
-    body = {"data": {"prompts": [prompt(1, text_size=1001), prompt(2)], "sessions": [deep, session(3)]}}
+    long_key = session(4)
+    long_key["raw_source_ref"]["metadata"] = {"k" * 1001: 1}
+    body = {"data": {"prompts": [prompt(1, text_size=1001), prompt(2)], "sessions": [deep, session(3), long_key]}}
     with make_client(tight, fakeredis.FakeAsyncRedis(server=server)) as client:
         resp = post(client, body)
     assert resp.status_code == 202
@@ -434,6 +458,7 @@ def test_string_and_nesting_limits_reject_the_record_not_the_batch(
     assert sorted(answer["errors"]) == [
         "data.prompts[0].prompt_text: string of 1001 characters is over MAX_STRING_CHARS=1000",
         "data.sessions[0].raw_source_ref.metadata.a[0][0][0]: nested deeper than MAX_NESTING_DEPTH=6",
+        "data.sessions[2].raw_source_ref.metadata: key of 1001 characters is over MAX_STRING_CHARS=1000",
     ]
 
 

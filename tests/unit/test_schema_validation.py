@@ -385,10 +385,25 @@ def test_infinite_tool_call_count_is_rejected() -> None:
         ("grading_results", "grading_id"),
         ("orchestrate_runs", "run_id"),
         ("evolution_evidence", "evidence_id"),
+        # SPEC 3: "Strings named *_id are non-empty", the optional ones too (absent or null is fine).
+        ("sessions", "parent_session_id"),
+        ("sessions", "external_session_id"),
+        ("sessions", "agent_id"),
+        ("prompts", "parent_prompt_id"),
+        ("prompts", "source_message_id"),
+        ("skill_invocations", "matched_prompt_id"),
+        ("skill_invocations", "tool_call_id"),
+        ("execution_facts", "prompt_id"),
+        ("evolution_evidence", "proposal_id"),
     ],
 )
 def test_empty_string_in_a_non_empty_field_is_rejected(record_type: str, field: str) -> None:
     assert_rejected_at(push_one(record_type, **{field: ""}), f"data.{record_type}[0].{field}")
+
+
+def test_an_empty_raw_id_in_raw_source_ref_is_rejected() -> None:
+    record = push_one("sessions", raw_source_ref={"path": "/x.jsonl", "raw_id": ""})
+    assert_rejected_at(record, "data.sessions[0].raw_source_ref.raw_id")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,25 @@
+"""Settings from the environment: what the startup log may print of them."""
+
+from __future__ import annotations
+
+import pytest
+
+from schema.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "shown"),
+    [
+        ("DATABASE_URL", "postgresql://selftune:s3cret@db:5432/selftune", "postgresql://selftune:***@db:5432/selftune"),
+        ("REDIS_URL", "redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),  # Redis's usual form
+        ("REDIS_URL", "redis://default:s3cret@redis:6379/0", "redis://default:***@redis:6379/0"),
+        ("REDIS_URL", "redis://redis:6379/0", "redis://redis:6379/0"),
+    ],
+)
+def test_the_settings_logged_at_startup_never_hold_a_password(
+    monkeypatch: pytest.MonkeyPatch, name: str, url: str, shown: str
+) -> None:
+    monkeypatch.setenv(name, url)
+    redacted = Settings.from_env().redacted()
+    assert redacted[name.lower()] == shown
+    assert "s3cret" not in repr(redacted)
