@@ -9,6 +9,7 @@ and its neighbours still land.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -149,21 +150,52 @@ NUL_MESSAGE = "string holds a NUL character (\\u0000), which cannot be stored"
 
 def nul_path(value: Any, path: str) -> str | None:
     """The JSON path of the first string (or key) holding U+0000 (Postgres cannot store it), if any."""
+    return _path_of_string(value, path, lambda text: "\x00" in text)
+
+
+SURROGATE_MESSAGE = "string holds an unpaired UTF-16 surrogate ({}), which is not text and cannot be stored"
+
+
+def _lone_surrogate(text: str) -> str | None:
+    """The first unpaired surrogate of a decoded string, as its JSON escape (a pair decodes to one character)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return f"\\u{ord(text[exc.start]):04x}"
+    return None
+
+
+def _path_of_string(value: Any, path: str, bad: Any) -> str | None:
+    """The JSON path of the first string or object key for which `bad(text)` holds, if any."""
     if isinstance(value, str):
-        return path if "\x00" in value else None
+        return path if bad(value) else None
     if isinstance(value, dict):
         for k, v in value.items():
-            if "\x00" in k:
+            if bad(k):
                 return path
-            found = nul_path(v, f"{path}.{k}")
+            found = _path_of_string(v, f"{path}.{k}", bad)
             if found:
                 return found
     if isinstance(value, list):
         for i, v in enumerate(value):
-            found = nul_path(v, f"{path}[{i}]")
+            found = _path_of_string(v, f"{path}[{i}]", bad)
             if found:
                 return found
     return None
+
+
+def _surrogate_problem(value: Any, path: str) -> str | None:
+    """'path: reason' for the first string holding an unpaired surrogate, if any."""
+    escapes: list[str] = []
+
+    def holds_one(text: str) -> bool:
+        escape = _lone_surrogate(text)
+        if escape is not None:
+            escapes.append(escape)
+        return escape is not None
+
+    where = _path_of_string(value, path, holds_one)
+    return None if where is None else f"{where}: {SURROGATE_MESSAGE.format(escapes[-1])}"
 
 
 @dataclass(frozen=True)
@@ -262,8 +294,8 @@ def check_record(
         record = RECORD_DECODERS[record_type].decode(raw)
     except msgspec.ValidationError as exc:
         return None, error_with_path(path, exc)
-    except msgspec.DecodeError as exc:  # only reachable for bytes that did not come from a valid body
-        return None, f"{path}: {exc}"
+    except msgspec.DecodeError as exc:  # an unpaired surrogate, or bytes that did not come from a valid body
+        return None, _undecodable(raw, path, exc)
     except RecursionError:
         return None, f"{path}: nested deeper than MAX_NESTING_DEPTH={limits.max_nesting_depth}"
     if not clean_bytes:
@@ -285,6 +317,15 @@ def check_record(
             return record, None
     over = _nesting_problem(record, record_type, path, limits)
     return (None, over) if over else (record, None)
+
+
+def _undecodable(raw: msgspec.Raw | bytes, path: str, exc: msgspec.DecodeError) -> str:
+    """Why msgspec cannot read a record: the path of an unpaired surrogate if that is it, else its message."""
+    try:
+        problem = _surrogate_problem(json.loads(bytes(raw)), path)
+    except (ValueError, RecursionError):
+        problem = None
+    return problem or f"{path}: {exc}"
 
 
 def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> ValidatedPush:
@@ -319,6 +360,13 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
         raise msgspec.DecodeError("JSON is nested too deeply to read") from None
     except msgspec.ValidationError as exc:
         raise EnvelopeError(error_with_path("body", exc).removeprefix("body.")) from None
+    except msgspec.DecodeError:
+        # msgspec refuses an unpaired UTF-16 surrogate escape ("\\ud83d") anywhere, even in a
+        # field it would ignore; JSON allows it, and JavaScript makes one by cutting a string
+        # inside an emoji. Only the record holding it is rejected: read the body the slow way.
+        if b"\\ud" not in body and b"\\uD" not in body:
+            raise
+        envelope = _envelope_around_surrogates(body)
     _check_pushed_at(envelope)
     # Before any record is looked at: a few kilobytes of gzipped `{},` can hold millions.
     _check_count(sum(len(raws) for raws in _by_type(envelope).values()), limits)
@@ -328,6 +376,74 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
             if value is not None and "\x00" in value:
                 raise EnvelopeError(f"{name}: {NUL_MESSAGE}")
     return _validate_each(envelope, limits, clean)
+
+
+def _envelope_around_surrogates(body: bytes) -> PushEnvelope:
+    """The envelope of a body that holds an unpaired surrogate escape, each record re-encoded alone.
+
+    Python's json reads such a body. The envelope is checked as usual (its shape
+    through msgspec, with each record as a placeholder); a record without a
+    surrogate is re-encoded as UTF-8 JSON, one with a surrogate keeps its escape
+    (ASCII JSON), which check_record then rejects with the string's path.
+    """
+    try:
+        tree = json.loads(body, parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        raise msgspec.DecodeError("JSON is malformed: an unpaired UTF-16 surrogate, or worse") from None
+    if not isinstance(tree, dict):  # msgspec's own 422 for it
+        _decode_envelope(msgspec.json.encode(_replace_surrogates(tree)))
+    head = {name: tree[name] for name, _, _ in _ENVELOPE_FIELDS if name in tree}
+    problem = _surrogate_problem(head, "")
+    if problem:
+        raise EnvelopeError(problem.removeprefix("."))
+    records: dict[str, dict[str, list[bytes]]] = {}
+    skeleton: dict[str, Any] = dict(head)
+    for section in ("data", "canonical"):
+        arrays = tree.get(section)
+        if not isinstance(arrays, dict):
+            if section in tree:
+                skeleton[section] = _replace_surrogates(arrays)  # the usual 422, from msgspec
+            continue
+        skeleton[section] = {}
+        for record_type in RECORD_TYPES:
+            if record_type not in arrays:
+                continue
+            items = arrays[record_type]
+            if not isinstance(items, list):
+                skeleton[section][record_type] = _replace_surrogates(items)
+                continue
+            skeleton[section][record_type] = [{}] * len(items)
+            records.setdefault(section, {})[record_type] = [
+                json.dumps(r).encode() if _surrogate_problem(r, "") else msgspec.json.encode(r) for r in items
+            ]
+    envelope = _decode_envelope(msgspec.json.encode(skeleton))
+    for section, by_type in records.items():
+        arrays = getattr(envelope, section)
+        for record_type, raws in by_type.items():
+            setattr(arrays, record_type, [msgspec.Raw(raw) for raw in raws])
+    return envelope
+
+
+def _decode_envelope(data: bytes) -> PushEnvelope:
+    try:
+        return ENVELOPE_DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise EnvelopeError(error_with_path("body", exc).removeprefix("body.")) from None
+
+
+def _not_json(literal: str) -> None:
+    raise ValueError(f"{literal} is not JSON")
+
+
+def _replace_surrogates(value: Any) -> Any:
+    """A misplaced value (about to be refused with its path) made fit to encode as UTF-8."""
+    if isinstance(value, str):
+        return value.encode(errors="replace").decode()
+    if isinstance(value, list):
+        return [_replace_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _check_count(records: int, limits: RecordLimits) -> None:

@@ -152,6 +152,29 @@ def test_a_synced_push_is_queued_then_processed_and_its_records_read_back(
     assert grading["trend"] == [{"date": "2026-11-28", "pass_rate": 0.75, "checks": 2}]
 
 
+def test_a_push_holding_an_unpaired_surrogate_lands_all_but_that_record(
+    client: TestClient, acme: Tenant, in_process_worker: Any, db: psycopg.Connection
+) -> None:
+    records = {
+        "prompts": [samples.prompt(1), samples.prompt(2, prompt_text="cut LONE")],
+        "sessions": [samples.session(1)],
+    }
+    body = json.dumps({"push_id": "cut-1", "canonical": records}).replace("LONE", "\\ud83d").encode()
+    assert client.post("/api/v1/push", content=body, headers=acme.auth).status_code == 202
+
+    in_process_worker()
+    done = client.get("/v2/pushes/cut-1", headers=acme.auth).json()
+    assert (done["status"], done["accepted"], done["rejected"]) == (
+        "processed",
+        {"prompts": 1, "sessions": 1},
+        {"prompts": 1},
+    )
+    assert db.execute("SELECT prompt_id FROM prompts").fetchall() == [("prompt-1",)]
+    [(error, raw)] = db.execute("SELECT error, raw FROM quarantine").fetchall()
+    assert error.startswith("canonical.prompts[1].prompt_text: string holds an unpaired UTF-16 surrogate")
+    assert b"cut \\ud83d" in bytes(raw)
+
+
 def test_a_failed_push_shows_its_reason_and_an_unknown_push_is_404(
     client: TestClient, acme: Tenant, db: psycopg.Connection
 ) -> None:

@@ -161,6 +161,47 @@ def test_invalid_record_is_reported_with_its_path_and_kept_for_quarantine(client
     assert msgspec.json.decode(rejected.raw) == bad
 
 
+def _with_escape(body: dict[str, Any], escape: str) -> bytes:
+    """The body as JSON, with the placeholder LONE replaced by a raw escape (json.dumps would pair or refuse it)."""
+    return json.dumps(body).replace("LONE", escape).encode()
+
+
+def test_an_unpaired_surrogate_escape_rejects_its_record_not_the_batch(client: TestClient, queue: Queue) -> None:
+    # JavaScript makes "\ud83d" by cutting a string inside an emoji; it is valid JSON, but not text.
+    cut = prompt(2, prompt_text="a smile LONE")
+    body = {
+        "schema_version": "2.0",
+        "push_id": "cut",
+        "canonical": {"sessions": [session(1)], "prompts": [prompt(1), cut]},
+    }
+    resp = post(client, _with_escape(body, "\\ud83d"))
+
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["accepted"] == {"sessions": 1, "prompts": 1}
+    assert resp.json()["rejected"] == {"prompts": 1}
+    assert resp.json()["errors"] == [
+        "canonical.prompts[1].prompt_text: string holds an unpaired UTF-16 surrogate (\\ud83d), which is not text"
+        " and cannot be stored"
+    ]
+    batch = decode_batch(queue.jobs[0].args[0])
+    [rejected] = batch.rejected
+    assert rejected.index == 1 and b"a smile \\ud83d" in rejected.raw  # kept as sent, for quarantine
+    assert [msgspec.json.decode(r)["prompt_id"] for r in batch.raw_records()["prompts"]] == ["prompt-1"]
+
+
+def test_an_unpaired_surrogate_in_an_ignored_field_is_ignored(client: TestClient) -> None:
+    body = {"push_id": "hashes", "content_hashes": {"prompt:1": "LONE"}, "canonical": {"sessions": [session(1)]}}
+    resp = post(client, _with_escape(body, "\\udc00"))
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["accepted"] == {"sessions": 1} and "rejected" not in resp.json()
+
+
+def test_an_unpaired_surrogate_in_the_push_id_is_422(client: TestClient, queue: Queue) -> None:
+    resp = post(client, _with_escape({"push_id": "pLONE", "data": {"sessions": [session(1)]}}, "\\ud800"))
+    assert_error(resp, 422, "invalid_envelope", "push_id: string holds an unpaired UTF-16 surrogate (\\ud800)")
+    assert queue.count == 0
+
+
 def test_repeated_push_id_is_answered_200_duplicate_and_not_queued_again(client: TestClient, queue: Queue) -> None:
     body = {"push_id": "same", "data": {"sessions": [session(1)]}}
     first = post(client, body)
