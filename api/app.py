@@ -11,6 +11,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -20,6 +21,7 @@ from api.auth import KeyStore
 from api.backpressure import QueueWatch
 from api.enqueue import Enqueuer
 from api.errors import ApiError, api_error_handler, error_response
+from api.inflight import InflightLimit
 from api.metrics import metrics
 from api.push import push
 from schema import logs, redis_check
@@ -146,12 +148,19 @@ def create_app(settings: Settings | None = None, **injected: Any) -> Starlette:
     Tests may inject `redis` (an async client, e.g. fakeredis) and `keys` (an
     object with `async lookup(key) -> ApiKey | None`) to run without servers.
     """
-    if settings is None:  # a real process (not a test): JSON logs
+    real_process = settings is None
+    if real_process:  # not a test: JSON logs
         logs.configure()
-    app = Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)
+    settings = settings or Settings.from_env()
+    app = Starlette(
+        routes=routes,
+        exception_handlers=exception_handlers,
+        lifespan=lifespan,
+        middleware=[Middleware(InflightLimit, limit=settings.max_inflight_requests)],
+    )
     # A real process freezes its startup heap (schema.heap); a test process, which makes many
     # apps, would only keep their garbage forever.
-    app.state.freeze_heap = settings is None
-    app.state.settings = settings or Settings.from_env()
+    app.state.freeze_heap = real_process
+    app.state.settings = settings
     app.state.injected = injected
     return app

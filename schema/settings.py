@@ -107,6 +107,8 @@ class Settings:
     public_base_url: str
     # Auth.
     key_cache_ttl_s: float  # a revoked key stops working within this bound
+    # Requests one api process serves at once; past it, 503 with Retry-After (0: no bound).
+    max_inflight_requests: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -140,6 +142,7 @@ class Settings:
             redis_require_durable=_bool("REDIS_REQUIRE_DURABLE", False),
             public_base_url=os.environ.get("PUBLIC_BASE_URL", ""),
             key_cache_ttl_s=_float("KEY_CACHE_TTL_S", 30.0),
+            max_inflight_requests=_int("MAX_INFLIGHT_REQUESTS", 1000),
         )
 
     @property

@@ -535,3 +535,39 @@ def test_a_body_that_arrives_too_slowly_is_408(settings: Settings, server: faker
 
     resp = asyncio.run(run())
     assert_error(resp, 408, "request_timeout", "BODY_READ_TIMEOUT_S")
+
+
+def test_past_max_inflight_requests_a_push_gets_the_usual_503_and_probes_still_answer(
+    settings: Settings, server: fakeredis.FakeServer
+) -> None:
+    import asyncio
+
+    import httpx2
+
+    one = replace(settings, max_inflight_requests=1)
+    app = create_app(one, redis=fakeredis.FakeAsyncRedis(server=server), keys=MemoryKeys({KEY: ApiKey("k", WORKSPACE)}))
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    body = json.dumps({"data": {"sessions": [session(1)]}}).encode()
+    holding = asyncio.Event()
+
+    async def slow_body():  # type: ignore[no-untyped-def]
+        yield body[:10]
+        holding.set()
+        await asyncio.sleep(0.3)
+        yield body[10:]
+
+    async def run() -> tuple[Any, Any, Any, Any]:
+        transport = httpx2.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx2.AsyncClient(transport=transport, base_url="http://t") as c:
+            first = asyncio.create_task(c.post("/v2/push", content=slow_body(), headers=headers))
+            await holding.wait()
+            refused = await c.post("/v2/push", content=body, headers=headers)
+            health = await c.get("/healthz")
+            accepted = await first
+            return refused, health, accepted, await c.post("/v2/push", content=body, headers=headers)
+
+    refused, health, first, after = asyncio.run(run())
+    assert_error(refused, 503, "overloaded", "MAX_INFLIGHT_REQUESTS=1")
+    assert refused.headers["retry-after"] == "1"
+    assert health.status_code == 200
+    assert first.status_code == 202 and after.status_code == 202
