@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from redis import Connection, ConnectionPool, Redis
 from rq import Queue, get_current_job
-from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 from starlette.testclient import TestClient
 
 from api.app import create_app
@@ -22,7 +22,7 @@ from schema.queue import IngestJob, MsgpackSerializer
 from schema.settings import Settings
 from tests.support import count, push_json, run_burst_worker, with_lock_timeout
 from workers import jobs
-from workers.worker import ABANDONED_GRACE_S, make_worker
+from workers.worker import ABANDONED_GRACE_S, IngestWorker, make_worker
 
 PUSHES = 12
 
@@ -50,11 +50,28 @@ def _queue_and_push(client: TestClient, api_key: str, n: int, prefix: str = "tak
 
 
 def test_queued_batches_taken_together_land_once_each_and_rq_sees_them_finished(
-    client: TestClient, api_key: str, db: psycopg.Connection, settings: Settings, use_worker_settings: Any
+    client: TestClient,
+    api_key: str,
+    db: psycopg.Connection,
+    settings: Settings,
+    use_worker_settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _queue_and_push(client, api_key, PUSHES)
     redis = Redis.from_url(settings.redis_url)
     before = redis.hgetall(stats.WRITTEN).get(b"prompts", b"0")
+    # A finished job's status lives result_ttl (1 s): read what RQ recorded as each take ends.
+    ended: dict[str, tuple[str, str | None]] = {}
+    finish_all = IngestWorker._finish_all
+
+    def noting_what_rq_sees(worker: IngestWorker, written: list[Any]) -> None:
+        finish_all(worker, written)
+        for job, *_ in written:
+            fresh = IngestJob.fetch(job.id, connection=redis, serializer=MsgpackSerializer)
+            result = fresh.latest_result()
+            ended[fresh.meta["push_id"]] = (fresh.get_status(), result.type.name if result else None)
+
+    monkeypatch.setattr(IngestWorker, "_finish_all", noting_what_rq_sees)
 
     run_burst_worker(replace(settings, worker_jobs_per_take=5))
 
@@ -68,10 +85,7 @@ def test_queued_batches_taken_together_land_once_each_and_rq_sees_them_finished(
     assert redis.llen(Queue(name, connection=redis).intermediate_queue_key) == 0
     # What ops read: the written-records counter and RQ's per-worker totals.
     assert int(redis.hget(stats.WRITTEN, "prompts") or 0) - int(before) == PUSHES
-    finished = FinishedJobRegistry(name, connection=redis, serializer=MsgpackSerializer, job_class=IngestJob)
-    for job_id in finished.get_job_ids():
-        job = IngestJob.fetch(job_id, connection=redis, serializer=MsgpackSerializer)
-        assert job.get_status() == "finished"
+    assert ended == {f"take-{i}": ("finished", "SUCCESSFUL") for i in range(PUSHES)}
 
 
 def test_taking_several_batches_at_once_needs_far_fewer_redis_round_trips(

@@ -104,11 +104,9 @@ def test_push_answers_and_errors_are_documented(doc: dict[str, Any], path: str) 
 
 
 def test_bearer_is_required_except_on_the_public_endpoints(doc: dict[str, Any]) -> None:
-    assert doc["components"]["securitySchemes"]["bearer"] == {
-        "type": "http",
-        "scheme": "bearer",
-        "description": doc["components"]["securitySchemes"]["bearer"]["description"],
-    }
+    bearer = doc["components"]["securitySchemes"]["bearer"]
+    assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
+    assert "st_live_" in bearer["description"]  # tells a reader what a key looks like
     assert doc["security"] == [{"bearer": []}]
     for path in ("/healthz", "/readyz", "/openapi.json"):
         assert doc["paths"][path]["get"]["security"] == []
