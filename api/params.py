@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from msgspec import Meta
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 
 from api.errors import ApiError
@@ -45,6 +46,25 @@ def query_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
         if value != "":
             out[name] = value
     return out
+
+
+class AnyTextConvertor(Convertor[str]):
+    """`{name:text}`: a path parameter holding any characters, '/' (sent as %2F) and newlines included.
+
+    Push ids, signal ids and skill names are any strings; Starlette's own converters stop
+    at '/' (`str`) or at a newline (`path`).
+    """
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("text", AnyTextConvertor())
 
 
 def path_param(request: Request, name: str) -> str:

@@ -86,4 +86,4 @@ describe(
     params=(Param("push_id", "path"),),
 )
 
-routes: list[BaseRoute] = [Route("/v2/pushes/{push_id:path}", push_status, methods=["GET"])]
+routes: list[BaseRoute] = [Route("/v2/pushes/{push_id:text}", push_status, methods=["GET"])]

@@ -169,5 +169,5 @@ describe(
 
 routes: list[BaseRoute] = [
     Route("/v2/signals", list_signals, methods=["GET"]),
-    Route("/v2/signals/{signal_id:path}/consume", consume_signal, methods=["POST"]),
+    Route("/v2/signals/{signal_id:text}/consume", consume_signal, methods=["POST"]),
 ]

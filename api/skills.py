@@ -205,5 +205,5 @@ describe(
 
 routes: list[BaseRoute] = [
     Route("/v2/skills", list_skills, methods=["GET"]),
-    Route("/v2/skills/{skill_name:path}/grading", skill_grading, methods=["GET"]),
+    Route("/v2/skills/{skill_name:text}/grading", skill_grading, methods=["GET"]),
 ]

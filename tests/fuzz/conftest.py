@@ -16,6 +16,13 @@ import fakeredis
 import msgspec
 import pytest
 from rq import Queue
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -29,6 +36,15 @@ from schema.records import RECORD_TYPES
 from schema.settings import MIB, Settings
 
 KEY = "st_live_" + "f" * 43
+# What every schemathesis case must pass: never a 5xx, and status, content type, headers and
+# body as /openapi.json documents them.
+SCHEMATHESIS_CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 WORKSPACE = "ws_fuzz"
 REQUEST_TIMEOUT_S = 10.0
 SECTIONS = ("data", "canonical")

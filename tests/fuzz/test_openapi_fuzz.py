@@ -14,24 +14,9 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from api import openapi
-from tests.fuzz.conftest import KEY, REQUEST_TIMEOUT_S, Stack, assert_documented, fuzz_settings
-
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
+from tests.fuzz.conftest import KEY, REQUEST_TIMEOUT_S, SCHEMATHESIS_CHECKS, Stack, assert_documented, fuzz_settings
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +25,8 @@ def schema_stack() -> Iterator[Stack]:
     yield Stack(fuzz_settings())
 
 
-# The endpoints that answer without Postgres (the reads and device enrollment need it: their
-# fuzzing belongs with the integration tier). /readyz is left out: without Postgres it is 503.
+# The endpoints that answer without Postgres; the others (reads, device enrollment, /readyz)
+# are fuzzed on the real servers by tests/integration/test_reads_fuzz.py.
 SERVERLESS_PATHS = ["/v2/push", "/api/v1/push", "/healthz", "/metrics", "/openapi.json"]
 
 # The document GET /openapi.json serves (tests/unit/test_openapi.py checks they are the same bytes),
@@ -52,7 +37,7 @@ schema = schemathesis.openapi.from_dict(json.loads(openapi.document())).include(
 def call_and_check(case: Any, stack: Stack) -> None:
     stack.flush()
     response = case.call_and_validate(
-        app=stack.app, headers={"Authorization": f"Bearer {KEY}"}, checks=CHECKS, timeout=REQUEST_TIMEOUT_S
+        app=stack.app, headers={"Authorization": f"Bearer {KEY}"}, checks=SCHEMATHESIS_CHECKS, timeout=REQUEST_TIMEOUT_S
     )
     if case.path.endswith("/push"):
         [content_type] = response.headers["content-type"]

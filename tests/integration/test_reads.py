@@ -192,7 +192,7 @@ def test_a_failed_push_shows_its_reason_and_an_unknown_push_is_404(
     assert missing.json()["error"] == {"code": "not_found", "message": "no push 'never-sent' in this workspace"}
 
 
-def test_ids_and_names_holding_a_slash_read_back(client: TestClient, acme: Tenant, db: psycopg.Connection) -> None:
+def test_ids_and_names_holding_a_slash_or_a_newline_read_back(client: TestClient, acme: Tenant, db: psycopg.Connection) -> None:
     # Any string is a valid push id, signal id or skill name; a client sends '/' as %2F.
     db.execute(
         "INSERT INTO pushes (workspace_id, push_id, status, received_at) VALUES (%s, 'batch/1', 'processed', now())",
@@ -209,6 +209,8 @@ def test_ids_and_names_holding_a_slash_read_back(client: TestClient, acme: Tenan
     assert client.get("/v2/pushes/batch%2F1", headers=acme.auth).json()["status"] == "processed"
     grading = client.get("/v2/skills/team%2Fparser/grading", headers=acme.auth).json()
     assert [g["grading_id"] for g in grading["results"]] == ["grade-1"]
+    newline = client.get("/v2/skills/two%0Alines/grading", headers=acme.auth)  # found by schemathesis
+    assert newline.status_code == 200 and newline.json()["results"] == []
     consumed = consume(client, acme, "sig%2F1", run_id="orch-1")
     assert consumed.status_code == 200 and consumed.json()["signal"]["signal_id"] == "sig/1"
 

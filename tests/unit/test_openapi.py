@@ -114,8 +114,8 @@ def test_bearer_is_required_except_on_the_public_endpoints(doc: dict[str, Any]) 
 
 def test_every_route_of_the_app_is_described(client: TestClient, doc: dict[str, Any]) -> None:
     routes = {
-        # `{push_id:path}`: an id may hold a '/' (sent as %2F); the document names the parameter alone.
-        (re.sub(r"\{(\w+):path\}", r"{\1}", route.path), method.lower())
+        # `{push_id:text}`: an id may hold a '/' (sent as %2F); the document names the parameter alone.
+        (re.sub(r"\{(\w+):text\}", r"{\1}", route.path), method.lower())
         for route in client.app.routes  # type: ignore[attr-defined]
         if isinstance(route, Route)
         for method in route.methods or ()
