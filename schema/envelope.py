@@ -366,7 +366,13 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
         # inside an emoji. Only the record holding it is rejected: read the body the slow way.
         if b"\\ud" not in body and b"\\uD" not in body:
             raise
-        envelope = _envelope_around_surrogates(body)
+        tree = _read_around_surrogates(body)
+        if tree is None:  # not JSON for Python either: msgspec's own message
+            raise
+        try:
+            envelope = _envelope_around_surrogates(tree, limits)
+        except RecursionError:
+            raise msgspec.DecodeError("JSON is nested too deeply to read") from None
     _check_pushed_at(envelope)
     # Before any record is looked at: a few kilobytes of gzipped `{},` can hold millions.
     _check_count(sum(len(raws) for raws in _by_type(envelope).values()), limits)
@@ -378,20 +384,32 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
     return _validate_each(envelope, limits, clean)
 
 
-def _envelope_around_surrogates(body: bytes) -> PushEnvelope:
+def _read_around_surrogates(body: bytes) -> Any:
+    """The body read by Python's json, which takes unpaired surrogates; None if it is not JSON even so."""
+    try:
+        # From str, not bytes: json would take a BOM or UTF-16 that msgspec refuses (the body is UTF-8).
+        return json.loads(body.decode(), parse_constant=_not_json)
+    except ValueError:
+        return None
+    except RecursionError:
+        raise msgspec.DecodeError("JSON is nested too deeply to read") from None
+
+
+def _envelope_around_surrogates(tree: Any, limits: RecordLimits) -> PushEnvelope:
     """The envelope of a body that holds an unpaired surrogate escape, each record re-encoded alone.
 
-    Python's json reads such a body. The envelope is checked as usual (its shape
-    through msgspec, with each record as a placeholder); a record without a
-    surrogate is re-encoded as UTF-8 JSON, one with a surrogate keeps its escape
-    (ASCII JSON), which check_record then rejects with the string's path.
+    The envelope is checked as usual (its shape through msgspec, with each record
+    as a placeholder) and the records counted before any is looked at; a record
+    without a surrogate (in a field it is read for) is re-encoded as UTF-8 JSON,
+    one with a surrogate keeps its escape (ASCII JSON), which check_record then
+    rejects with the string's path.
     """
-    try:
-        tree = json.loads(body, parse_constant=_not_json)
-    except (ValueError, RecursionError):
-        raise msgspec.DecodeError("JSON is malformed: an unpaired UTF-16 surrogate, or worse") from None
     if not isinstance(tree, dict):  # msgspec's own 422 for it
-        _decode_envelope(msgspec.json.encode(_replace_surrogates(tree)))
+        _decode_envelope(msgspec.json.encode(_stand_in(tree)))
+    sections = [tree.get(section) for section in ("data", "canonical")]
+    _check_count(
+        sum(len(v) for a in sections if isinstance(a, dict) for v in a.values() if isinstance(v, list)), limits
+    )
     head = {name: tree[name] for name, _, _ in _ENVELOPE_FIELDS if name in tree}
     problem = _surrogate_problem(head, "")
     if problem:
@@ -402,7 +420,7 @@ def _envelope_around_surrogates(body: bytes) -> PushEnvelope:
         arrays = tree.get(section)
         if not isinstance(arrays, dict):
             if section in tree:
-                skeleton[section] = _replace_surrogates(arrays)  # the usual 422, from msgspec
+                skeleton[section] = _stand_in(arrays)  # the usual 422, from msgspec
             continue
         skeleton[section] = {}
         for record_type in RECORD_TYPES:
@@ -410,18 +428,32 @@ def _envelope_around_surrogates(body: bytes) -> PushEnvelope:
                 continue
             items = arrays[record_type]
             if not isinstance(items, list):
-                skeleton[section][record_type] = _replace_surrogates(items)
+                skeleton[section][record_type] = _stand_in(items)
                 continue
             skeleton[section][record_type] = [{}] * len(items)
-            records.setdefault(section, {})[record_type] = [
-                json.dumps(r).encode() if _surrogate_problem(r, "") else msgspec.json.encode(r) for r in items
-            ]
+            known = RECORD_TYPES[record_type].__struct_fields__
+            records.setdefault(section, {})[record_type] = [_record_bytes(r, known) for r in items]
     envelope = _decode_envelope(msgspec.json.encode(skeleton))
     for section, by_type in records.items():
         arrays = getattr(envelope, section)
         for record_type, raws in by_type.items():
             setattr(arrays, record_type, [msgspec.Raw(raw) for raw in raws])
     return envelope
+
+
+def _record_bytes(record: Any, known: tuple[str, ...]) -> bytes:
+    """A record as JSON to validate, from Python's reading of it.
+
+    With no unpaired surrogate, as it is; with one only in fields nobody reads, without
+    those fields (they are ignored anyway); with one in a field that is read, whole and
+    with the escape (ASCII JSON), for check_record to reject and quarantine.
+    """
+    if _surrogate_problem(record, "") is None:
+        return msgspec.json.encode(record)
+    read = {k: v for k, v in record.items() if k in known} if isinstance(record, dict) else record
+    if _surrogate_problem(read, "") is None:
+        return msgspec.json.encode(read)
+    return json.dumps(record).encode()
 
 
 def _decode_envelope(data: bytes) -> PushEnvelope:
@@ -435,15 +467,9 @@ def _not_json(literal: str) -> None:
     raise ValueError(f"{literal} is not JSON")
 
 
-def _replace_surrogates(value: Any) -> Any:
-    """A misplaced value (about to be refused with its path) made fit to encode as UTF-8."""
-    if isinstance(value, str):
-        return value.encode(errors="replace").decode()
-    if isinstance(value, list):
-        return [_replace_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
-    return value
+def _stand_in(value: Any) -> Any:
+    """A misplaced value, about to be refused for its type: an empty one of that type (no surrogate, no depth)."""
+    return type(value)() if isinstance(value, str | list | dict) else value
 
 
 def _check_count(records: int, limits: RecordLimits) -> None:

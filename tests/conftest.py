@@ -11,6 +11,7 @@ Each test gets a clean database (every table truncated) and a flushed Redis db.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -52,6 +53,19 @@ def database_url() -> str:
     with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
         migrate(conn)
     return DATABASE_URL
+
+
+@pytest.fixture
+def empty_database_url(database_url: str) -> Iterator[str]:
+    """A database of its own, not migrated, dropped after the test."""
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield DATABASE_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

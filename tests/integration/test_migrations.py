@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Iterator
 
 import msgspec
 import psycopg
@@ -10,7 +10,6 @@ import pytest
 
 from schema.migrate import current_version, latest_version, migrate, migration_files
 from schema.records import RECORD_TYPES
-from tests.conftest import ADMIN_URL, DATABASE_URL
 from workers.tables import TABLES
 
 # SPEC 3: the key of each array, unique per workspace.
@@ -29,17 +28,9 @@ BOOKKEEPING = {"workspace_id", "ingested_at", "field_versions", "prompt_key"}
 
 
 @pytest.fixture
-def fresh_db(database_url: str):  # type: ignore[no-untyped-def]
-    name = f"migrate_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = DATABASE_URL.rsplit("/", 1)[0] + "/" + name
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            yield conn
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def fresh_db(empty_database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        yield conn
 
 
 def test_migrations_apply_once_then_are_a_no_op(fresh_db: psycopg.Connection) -> None:

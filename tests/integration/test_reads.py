@@ -12,7 +12,7 @@ import base64
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from api.push import PushAnswer
 from api.signals import SignalFilters, signals_query
 from api.skills import GRADING_FIELDS, SKILLS, TREND, grading_query
 from schema import samples
+from schema.migrate import migrate
 from schema.queue import dedupe_key
 from schema.settings import Settings
 from tests.support import batch_of
@@ -192,7 +193,9 @@ def test_a_failed_push_shows_its_reason_and_an_unknown_push_is_404(
     assert missing.json()["error"] == {"code": "not_found", "message": "no push 'never-sent' in this workspace"}
 
 
-def test_ids_and_names_holding_a_slash_or_a_newline_read_back(client: TestClient, acme: Tenant, db: psycopg.Connection) -> None:
+def test_ids_and_names_holding_a_slash_or_a_newline_read_back(
+    client: TestClient, acme: Tenant, db: psycopg.Connection
+) -> None:
     # Any string is a valid push id, signal id or skill name; a client sends '/' as %2F.
     db.execute(
         "INSERT INTO pushes (workspace_id, push_id, status, received_at) VALUES (%s, 'batch/1', 'processed', now())",
@@ -213,6 +216,26 @@ def test_ids_and_names_holding_a_slash_or_a_newline_read_back(client: TestClient
     assert newline.status_code == 200 and newline.json()["results"] == []
     consumed = consume(client, acme, "sig%2F1", run_id="orch-1")
     assert consumed.status_code == 200 and consumed.json()["signal"]["signal_id"] == "sig/1"
+
+
+def test_times_read_back_whatever_the_time_zone_of_the_database(empty_database_url: str, redis_url: str) -> None:
+    # 9999-12-31T20:00Z (allowed by migration 0003) is year 10000 at +14: read in that zone, a 500.
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        migrate(conn)
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET timezone = 'Pacific/Kiritimati'").format(sql.Identifier(conn.info.dbname))
+        )
+        workspace_id = accounts.create_workspace(conn, "east")
+        key = accounts.create_key(conn, "east")[1]
+        late = samples.grading_result(1, skill_name="parser", graded_at="9999-12-31T20:00:00Z")
+        write_batch(conn, batch_of({"grading_results": [late]}, push_id="late", workspace_id=workspace_id))
+    settings = replace(Settings.from_env(), database_url=empty_database_url, redis_url=redis_url)
+    with TestClient(create_app(settings)) as c:
+        resp = c.get(
+            "/v2/skills/parser/grading", params={"since": "9999-12-01"}, headers={"Authorization": f"Bearer {key}"}
+        )
+    assert resp.status_code == 200, resp.text
+    assert [g["graded_at"] for g in resp.json()["results"]] == ["9999-12-31T20:00:00Z"]
 
 
 # -- signals --------------------------------------------------------------------------------------------------------

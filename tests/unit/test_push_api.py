@@ -196,6 +196,50 @@ def test_an_unpaired_surrogate_in_an_ignored_field_is_ignored(client: TestClient
     assert resp.json()["accepted"] == {"sessions": 1} and "rejected" not in resp.json()
 
 
+def test_an_unpaired_surrogate_in_a_record_field_nobody_reads_is_ignored(client: TestClient) -> None:
+    newer = session(1, field_from_a_newer_cli="LONE")
+    resp = post(client, _with_escape({"push_id": "newer", "canonical": {"sessions": [newer, session(2)]}}, "\\ud83d"))
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["accepted"] == {"sessions": 2} and "rejected" not in resp.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        # Deep, with a surrogate elsewhere: the usual 400, not a RecursionError (500).
+        (b'{"x": "\\udc00", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested too deeply"),
+        (b'{"x": "\\udc00", "data": ' + b"[" * 490 + b"1" + b"]" * 490 + b"}", 422, "data: Expected `object"),
+        # A byte order mark, or broken JSON that merely holds "\ud": msgspec's own 400.
+        (b'\xef\xbb\xbf{"push_id": "\\ud83d", "data": {}}', 400, "body is not valid JSON"),
+        (
+            b'{"path": "C:\\udata", "data": {',
+            400,
+            "not valid JSON: JSON is malformed: invalid character in unicode escape",
+        ),
+    ],
+)
+def test_a_body_holding_an_unpaired_surrogate_is_refused_like_any_other(
+    client: TestClient, queue: Queue, body: bytes, status: int, message: str
+) -> None:
+    resp = post(client, body)
+    assert resp.status_code == status, resp.text
+    assert message in resp.json()["error"]["message"]
+    assert queue.count == 0
+
+
+def test_too_many_records_with_an_unpaired_surrogate_is_refused_before_any_record_is_validated(
+    settings: Settings, server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    real = envelope.check_record
+    monkeypatch.setattr(envelope, "check_record", lambda t, *a: checked.append(t) or real(t, *a))
+    body = _with_escape({"x": "LONE", "data": {"sessions": [{}] * 20_000}}, "\\ud800")
+    with make_client(replace(settings, max_body_bytes=1 << 20), fakeredis.FakeAsyncRedis(server=server)) as client:
+        resp = post(client, body)
+    assert_error(resp, 413, "too_many_records", "20000 records is over the limit of 10000 per push")
+    assert checked == []
+
+
 def test_an_unpaired_surrogate_in_the_push_id_is_422(client: TestClient, queue: Queue) -> None:
     resp = post(client, _with_escape({"push_id": "pLONE", "data": {"sessions": [session(1)]}}, "\\ud800"))
     assert_error(resp, 422, "invalid_envelope", "push_id: string holds an unpaired UTF-16 surrogate (\\ud800)")
