@@ -16,10 +16,18 @@ from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from rq import Queue, Retry
+from rq import Callback, Queue, Retry
 
 from schema import stats
-from schema.queue import INGEST_JOB, IngestJob, MsgpackSerializer, compress_job_data, dedupe_key, job_description
+from schema.queue import (
+    FAILURE_CALLBACK,
+    INGEST_JOB,
+    IngestJob,
+    MsgpackSerializer,
+    compress_job_data,
+    dedupe_key,
+    job_description,
+)
 from schema.settings import Settings
 
 # KEYS: 1 dedupe key, 2 job hash, 3 queue list, 4 RQ's set of queues,
@@ -103,6 +111,7 @@ class Enqueuer:
         self._retry = (
             Retry(max=settings.job_retries, interval=settings.retry_pauses_s) if settings.job_retries else None
         )
+        self._on_failure = Callback(FAILURE_CALLBACK)
         self._script = redis.register_script(_ENQUEUE_ONCE)
 
     async def first_answer(self, workspace_id: str, push_id: str) -> bytes | None:
@@ -129,6 +138,7 @@ class Enqueuer:
             # retried after its worker was killed: RQ looks for the dead execution.)
             result_ttl=1,
             retry=self._retry,
+            on_failure=self._on_failure,
             meta={"workspace_id": workspace_id, "push_id": push_id},
         )
         job.enqueued_at = datetime.now(UTC).replace(tzinfo=None)

@@ -21,6 +21,8 @@ from rq.job import Job
 from schema.envelope import RejectedRecord, ValidatedPush, split_records
 
 INGEST_JOB = "workers.jobs.ingest_batch"
+# RQ calls it when a batch fails; it matters when the batch's worker died (see the function).
+FAILURE_CALLBACK = "workers.jobs.on_batch_failure"
 
 
 class _BatchHead(msgspec.Struct, kw_only=True):

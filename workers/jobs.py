@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 from rq import get_current_job
+from rq.exceptions import AbandonedJobError
 
 from schema import stats
 from schema.envelope import RecordLimits, check_record, decode_valid_records
@@ -225,6 +226,19 @@ def _count(add: Any) -> None:
             pipe.execute()
     except Exception as exc:
         log.warning("could not update counters: %s", exc)
+
+
+def on_batch_failure(job: Any, connection: Any, exc_type: type, exc_value: BaseException, traceback: Any) -> None:
+    """RQ's failure callback (FAILURE_CALLBACK): a batch abandoned on its last attempt is marked failed.
+
+    A batch that fails inside ingest_batch marks its push row there. One whose
+    worker was killed never gets back there: RQ fails it later, in the cleanup of
+    its started registry, and calls this; without it the push would read
+    "queued" forever while the batch waits in the failed registry.
+    """
+    if not issubclass(exc_type, AbandonedJobError) or job.retries_left:
+        return  # handled by ingest_batch, or retried
+    _record_failure(decode_batch(job.args[0]), AbandonedJobError("its worker died during the last attempt"))
 
 
 def _record_failure(batch: QueuedBatch, exc: BaseException) -> None:

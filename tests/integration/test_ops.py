@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,9 @@ import psycopg
 import pytest
 from redis import Redis
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
+from rq.registry import StartedJobRegistry
 from starlette.testclient import TestClient
 
 from api.app import create_app
@@ -110,6 +112,33 @@ def test_a_batch_abandoned_on_its_last_attempt_is_listed_by_the_time_it_failed(
     [listed] = run_cli(capsys, "failed", "list", "--since", "5m")
     assert listed["push_id"] == "orphan"
     assert abs(datetime.fromisoformat(listed["failed_at"]) - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+def test_a_batch_abandoned_on_its_last_attempt_has_its_push_marked_failed(
+    api_key: str, settings: Settings, db: psycopg.Connection, use_worker_settings: Any
+) -> None:
+    # Its worker was SIGKILLed mid-batch on the last attempt: RQ fails it when a worker cleans the
+    # started registry, and only the job's failure callback is left to say so in the push row.
+    with TestClient(create_app(replace(settings, job_retries=0))) as c:
+        assert push_json(c, api_key, {"sessions": [samples.session(1)]}, "killed").status_code == 202
+        assert c.get("/v2/pushes/killed", headers={"Authorization": f"Bearer {api_key}"}).json()["status"] == "queued"
+        redis = Redis.from_url(settings.redis_url)
+        queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+        job = IngestJob.fetch(queue.pop_job_id(), connection=redis, serializer=MsgpackSerializer)
+        job.set_status(JobStatus.STARTED)  # what its worker had recorded, before it died
+        started = StartedJobRegistry(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+        redis.zadd(started.key, {f"{job.id}:dead-execution": time.time() - 1})
+
+        started.cleanup()  # what any worker's maintenance does
+
+        status = c.get("/v2/pushes/killed", headers={"Authorization": f"Bearer {api_key}"}).json()
+    assert status["status"] == "failed"
+    assert status["reason"] == "AbandonedJobError: its worker died during the last attempt"
+    assert job.id in failed_registry_ids(redis, settings)
+
+
+def failed_registry_ids(redis: Redis, settings: Settings) -> list[str]:
+    return ops.failed_registry(redis, settings).get_job_ids()
 
 
 def test_replay_moves_exactly_the_chosen_batches_and_each_lands_once(
