@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 import psycopg
 from msgspec import Meta
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -47,10 +45,6 @@ SLOW_DOWN_STEP_S = 5  # added to the interval at each slow_down (RFC 8628 3.5)
 # A client that ignores slow_down is still answered once per this many seconds.
 MAX_POLL_INTERVAL_S = 60
 MAX_LIVE_CODES = 10_000  # the endpoint takes no key: bound what strangers can make us store
-# ... and what one of them can take of it: a person enrolls once, a script asking for codes in
-# a loop would otherwise fill MAX_LIVE_CODES and turn every real enrollment away for 15 minutes.
-CODES_PER_CLIENT_PER_MINUTE = 10
-clock = time.time  # the limit's clock (tests set it)
 EXPIRED_RETENTION_S = 24 * 3600  # expired codes are deleted after this
 # RFC 8628 6.1: consonants only (no vowels, so no words; no 0/O, 1/I/L-like digit confusions).
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
@@ -136,38 +130,9 @@ _INSERT_CODE = (
 )
 
 
-async def _limit_per_client(request: Request) -> None:
-    """At most CODES_PER_CLIENT_PER_MINUTE new device codes per client address and clock minute (429 past it).
-
-    The address is the connection's, or the forwarded one where uvicorn trusts the proxy
-    (`--forwarded-allow-ips`).
-    """
-    host = request.client.host if request.client else "unknown"
-    now = int(clock())
-    key = f"selftune:device-code:{host}:{now // 60}"
-    try:
-        async with request.app.state.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, 120)
-            count, _ = await pipe.execute()
-    except (RedisError, OSError) as exc:
-        raise unavailable(
-            f"the rate limiter is unavailable ({type(exc).__name__}); retry later", RETRY_AFTER_S
-        ) from None
-    if count > CODES_PER_CLIENT_PER_MINUTE:
-        wait = 60 - now % 60
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"more than {CODES_PER_CLIENT_PER_MINUTE} device codes a minute from {host}; retry after {wait} s",
-            {"Retry-After": str(wait)},
-        )
-
-
 async def request_device_code(request: Request) -> Response:
     """Start an enrollment: a device code for the CLI, a user code for a person to read out."""
     wanted: DeviceCodeRequest = await read_json(request, DEVICE_CODE_REQUEST_DECODER)
-    await _limit_per_client(request)
     device_code = secrets.token_urlsafe(32)
     async with db_connection(request) as conn, conn.transaction():
         await conn.execute(
