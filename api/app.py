@@ -117,14 +117,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if "keys" in injected:
         keys = injected["keys"]
     else:
-        # Times are read in UTC whatever the database's TimeZone: any instant of years 1 to 9999 in
-        # UTC (migration 0003) then loads into Python, and the answers' times need no conversion.
         pool = AsyncConnectionPool(
             settings.database_url,
             min_size=1,
             max_size=4,
             open=False,
-            kwargs={"autocommit": True, "options": _with_utc(settings.database_url)},
+            kwargs={"autocommit": True},
+            configure=_read_in_utc,
         )
         await pool.open(wait=False)
         keys = KeyStore(pool, settings.key_cache_ttl_s)
@@ -148,10 +147,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await redis.aclose()
 
 
-def _with_utc(database_url: str) -> str:
-    """The URL's own `options` (a statement_timeout, say), plus the session's time zone set to UTC."""
-    options = psycopg.conninfo.conninfo_to_dict(database_url).get("options") or ""
-    return f"{options} -c timezone=UTC".strip()
+async def _read_in_utc(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Each new pooled connection reads times in UTC whatever the database's TimeZone.
+
+    Then any instant of years 1 to 9999 in UTC (migration 0003) loads into Python. A SET,
+    not `options`, which would override PGOPTIONS and a service file's, and which
+    PgBouncer refuses or ignores (workers/db.py does the same).
+    """
+    await conn.execute("SET timezone TO 'UTC'")
 
 
 def create_app(settings: Settings | None = None, **injected: Any) -> Starlette:

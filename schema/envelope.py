@@ -407,9 +407,9 @@ def _envelope_around_surrogates(tree: Any, limits: RecordLimits) -> PushEnvelope
     if not isinstance(tree, dict):  # msgspec's own 422 for it
         _decode_envelope(msgspec.json.encode(_stand_in(tree)))
     sections = [tree.get(section) for section in ("data", "canonical")]
-    _check_count(
-        sum(len(v) for a in sections if isinstance(a, dict) for v in a.values() if isinstance(v, list)), limits
-    )
+    # The known types only, as the usual path counts them (a newer CLI's types are ignored).
+    counted = (v for a in sections if isinstance(a, dict) for t, v in a.items() if t in RECORD_TYPES)
+    _check_count(sum(len(v) for v in counted if isinstance(v, list)), limits)
     head = {name: tree[name] for name, _, _ in _ENVELOPE_FIELDS if name in tree}
     problem = _surrogate_problem(head, "")
     if problem:

@@ -248,4 +248,7 @@ def _record_failure(batch: QueuedBatch, exc: BaseException) -> None:
         with conn.transaction():
             fail_push(conn, batch, reason[:2000])
     except Exception as second:  # Postgres is likely what failed: RQ's failed registry still has it
+        # An interrupted query (RQ's callback alarm) can leave the connection mid-command
+        # without marking it broken: the next batch opens a fresh one.
+        db.close()
         log.warning("could not mark push %s failed: %s", batch.push_id, second)

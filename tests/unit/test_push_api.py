@@ -227,6 +227,18 @@ def test_a_body_holding_an_unpaired_surrogate_is_refused_like_any_other(
     assert queue.count == 0
 
 
+def test_records_of_a_type_this_version_does_not_know_never_count_against_the_limit(
+    settings: Settings, server: fakeredis.FakeServer
+) -> None:
+    body = {"x": "LONE", "data": {"sessions": [session(1)], "future_type": [{}] * 10}}
+    with make_client(replace(settings, max_records_per_push=5), fakeredis.FakeAsyncRedis(server=server)) as client:
+        with_surrogate = post(client, _with_escape(body, "\\ud83d"))
+        without = post(client, _with_escape({**body, "push_id": "plain"}, "x"))
+    for resp in (with_surrogate, without):
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["accepted"] == {"sessions": 1}
+
+
 def test_too_many_records_with_an_unpaired_surrogate_is_refused_before_any_record_is_validated(
     settings: Settings, server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
