@@ -310,3 +310,18 @@ def test_a_key_too_large_for_its_index_is_quarantined_and_the_rest_land(db: psyc
     [(index, error)] = db.execute("SELECT record_index, error FROM quarantine").fetchall()
     assert index == 1 and "refused by the database" in error and "index row" in error
     assert row(db, "SELECT status FROM pushes") == ("processed",)
+
+
+def test_the_careful_write_takes_rows_in_key_order_as_the_bulk_write_does(db: psycopg.Connection) -> None:
+    # Two workers locking overlapping keys in different orders could deadlock. Each careful
+    # statement runs in its own savepoint, whose transaction id orders the rows it wrote.
+    records = [
+        samples.grading_result(3),
+        samples.grading_result(1, graded_at="9999-12-31T23:59:59-14:00"),  # refused: the careful path
+        samples.grading_result(2),
+    ]
+    summary = write(db, {"grading_results": records}, form="records")
+
+    assert summary["accepted"] == {"grading_results": 2}
+    written = db.execute("SELECT grading_id FROM grading_results ORDER BY xmin::text::bigint").fetchall()
+    assert [r[0] for r in written] == ["grade-2", "grade-3"]
