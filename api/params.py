@@ -41,11 +41,16 @@ def query_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
         if name in seen:
             raise invalid(name, "given more than once")
         seen.add(name)
-        if "\x00" in value:
-            raise invalid(name, NUL_MESSAGE)
         if value != "":
-            out[name] = value
+            out[name] = _no_nul(name, value)
     return out
+
+
+def _no_nul(name: str, value: str) -> str:
+    """The value; a NUL in it is a 422 (no stored value holds one, and Postgres cannot compare it)."""
+    if "\x00" in value:
+        raise invalid(name, NUL_MESSAGE)
+    return value
 
 
 class AnyTextConvertor(Convertor[str]):
@@ -68,11 +73,8 @@ register_url_convertor("text", AnyTextConvertor())
 
 
 def path_param(request: Request, name: str) -> str:
-    """A path parameter (`/v2/pushes/{push_id}`); a NUL in it is a 422 (Postgres cannot compare it)."""
-    value: str = request.path_params[name]
-    if "\x00" in value:
-        raise invalid(name, NUL_MESSAGE)
-    return value
+    """A path parameter (`/v2/pushes/{push_id}`); a NUL in it is a 422."""
+    return _no_nul(name, request.path_params[name])
 
 
 def parse_bool(params: dict[str, str], name: str) -> bool | None:

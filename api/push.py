@@ -119,7 +119,7 @@ async def _push(request: Request) -> Response:
         try:
             prior = await state.enqueuer.first_answer(key.workspace_id, push_id)
         except (RedisError, OSError) as exc:
-            raise _queue_unavailable(exc) from None
+            raise queue_unavailable(exc) from None
         if prior is None:
             reason, retry_after = refusal
             raise unavailable(f"back-pressure: {reason}; retry later", retry_after)
@@ -154,7 +154,7 @@ async def _push(request: Request) -> Response:
     except QueueFull as exc:
         raise unavailable(f"back-pressure: {exc} (MAX_QUEUE_DEPTH); retry later", BACKPRESSURE_RETRY_AFTER_S) from None
     except (RedisError, OSError) as exc:
-        raise _queue_unavailable(exc) from None
+        raise queue_unavailable(exc) from None
 
     if prior is not None:
         return _duplicate(prior)
@@ -172,5 +172,6 @@ def _duplicate(first_answer: bytes) -> Response:
     return Response(msgspec.json.encode(first), status_code=200, media_type="application/json")
 
 
-def _queue_unavailable(exc: Exception) -> ApiError:
+def queue_unavailable(exc: Exception) -> ApiError:
+    """The 503 for Redis not answering (the queue, and the record of accepted push ids)."""
     return unavailable(f"the queue is unavailable ({type(exc).__name__}); retry later", REDIS_RETRY_AFTER_S)

@@ -16,12 +16,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from api.auth import authenticate
-from api.db import RETRY_AFTER_S, db_connection, json_response, utc
-from api.errors import ApiError, unavailable
+from api.db import db_connection, json_response, utc
+from api.errors import ApiError
 from api.openapi import Param, describe, errors
 from api.params import path_param, query_params
-from api.push import PushAnswer
-from schema.queue import dedupe_key
+from api.push import PushAnswer, queue_unavailable
 
 
 class PushStatus(msgspec.Struct, kw_only=True):
@@ -66,9 +65,9 @@ async def push_status(request: Request) -> Response:
         columns = [c.name for c in cur.description or ()]
         return json_response(PushStatus(push_id=push_id, **dict(zip(columns, utc(row), strict=True))))
     try:
-        first = await request.app.state.redis.get(dedupe_key(key.workspace_id, push_id))
+        first = await request.app.state.enqueuer.first_answer(key.workspace_id, push_id)
     except (RedisError, OSError) as exc:
-        raise unavailable(f"the queue is unavailable ({type(exc).__name__}); retry later", RETRY_AFTER_S) from None
+        raise queue_unavailable(exc) from None
     if first is None:
         raise ApiError(404, "not_found", f"no push {push_id!r} in this workspace")
     answer = msgspec.json.decode(first, type=PushAnswer)

@@ -10,6 +10,7 @@ and its neighbours still land.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -165,7 +166,7 @@ def _lone_surrogate(text: str) -> str | None:
     return None
 
 
-def _path_of_string(value: Any, path: str, bad: Any) -> str | None:
+def _path_of_string(value: Any, path: str, bad: Callable[[str], bool]) -> str | None:
     """The JSON path of the first string or object key for which `bad(text)` holds, if any."""
     if isinstance(value, str):
         return path if bad(value) else None
@@ -353,13 +354,11 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
         return ValidatedPush(envelope=envelope, records=None, rejected=[], counts=counts, body=body)
     # Something is wrong, with the envelope or with some records: find what, and where.
     try:
-        envelope = ENVELOPE_DECODER.decode(body)
+        envelope = _decode_envelope(body)
     except RecursionError:
         # Deeper than the decoder can follow (~1000 levels): no record can be
         # told from another, so the body as a whole is refused (400).
         raise msgspec.DecodeError("JSON is nested too deeply to read") from None
-    except msgspec.ValidationError as exc:
-        raise EnvelopeError(error_with_path("body", exc).removeprefix("body.")) from None
     except msgspec.DecodeError:
         # msgspec refuses an unpaired UTF-16 surrogate escape ("\\ud83d") anywhere, even in a
         # field it would ignore; JSON allows it, and JavaScript makes one by cutting a string
@@ -457,6 +456,7 @@ def _record_bytes(record: Any, known: tuple[str, ...]) -> bytes:
 
 
 def _decode_envelope(data: bytes) -> PushEnvelope:
+    """The envelope, its records undecoded; a malformed one raises EnvelopeError naming its path (422)."""
     try:
         return ENVELOPE_DECODER.decode(data)
     except msgspec.ValidationError as exc:
