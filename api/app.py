@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -17,19 +18,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import device, openapi, push_status, signals, skills
-from api.auth import KeyStore
+from api.auth import DATABASE_ERRORS, KeyMirror, KeyStore
 from api.backpressure import QueueWatch
 from api.enqueue import Enqueuer
 from api.errors import ApiError, api_error_handler, error_response
 from api.inflight import InflightLimit
+from api.intake import Intake, SpoolDrainer
 from api.metrics import metrics
 from api.push import push
 from schema import logs, redis_check
 from schema.heap import freeze_startup_heap
 from schema.migrate import latest_version
 from schema.settings import Settings
+from spool.store import AsyncSpool, Spool
 
 log = logging.getLogger(__name__)
+
+RECONNECT_TIMEOUT_S = 2.0
 
 
 async def healthz(_request: Request) -> Response:
@@ -46,7 +51,7 @@ async def _postgres_problems(pool: AsyncConnectionPool | None) -> list[str]:
             row = await cur.fetchone()
     except psycopg.errors.UndefinedTable:
         return ["postgres: not migrated: run 'selftune-ingest migrate'"]
-    except Exception as exc:
+    except DATABASE_ERRORS as exc:
         return [f"postgres: {type(exc).__name__}: {exc}"]
     version = row[0] if row else None
     if version != latest_version():
@@ -54,17 +59,47 @@ async def _postgres_problems(pool: AsyncConnectionPool | None) -> list[str]:
     return []
 
 
-async def readyz(request: Request) -> Response:
-    """Redis and Postgres reachable, and Postgres migrated; 503 with the reason otherwise."""
-    state = request.app.state
+async def _push_problems(state: Any) -> tuple[str | None, list[str]]:
+    """Where a push would be made durable now ("redis" or "spool"), and what is wrong with the rest."""
     problems: list[str] = []
     try:
         await state.redis.ping()
-    except Exception as exc:
+    except (RedisError, OSError) as exc:
         problems.append(f"redis: {type(exc).__name__}: {exc}")
-    problems.extend(await _postgres_problems(state.pool))
-    if problems:
+    else:
+        headroom = state.queue_watch.over_headroom()
+        if headroom is None:
+            return "redis", problems
+        problems.append(f"redis: {headroom}")
+    if state.spool is None:
+        problems.append("spool: none (SPOOL_MAX_BYTES=0)")
+        return None, problems
+    spool_problem = await state.spool.writable()
+    if spool_problem is None:
+        return "spool", problems
+    problems.append(spool_problem)
+    return None, problems
+
+
+async def readyz(request: Request) -> Response:
+    """Pushes can be made durable (Redis, or else the spool): 200, else 503 with the reasons.
+
+    This is what a load balancer should probe: pushes need Redis or the spool, never
+    Postgres. The database's readiness is in the body and on /readyz/database.
+    """
+    state = request.app.state
+    where, problems = await _push_problems(state)
+    database = await _postgres_problems(state.pool)
+    if where is None:
         return error_response(503, "not_ready", "; ".join(problems), errors=problems)
+    return JSONResponse({"ok": True, "pushes_go_to": where, "degraded": problems, "database": database or "ok"})
+
+
+async def readyz_database(request: Request) -> Response:
+    """Postgres reachable and migrated (read endpoints, enrollment, key changes); 503 with the reason otherwise."""
+    problems = await _postgres_problems(request.app.state.pool)
+    if problems:
+        return error_response(503, "database_not_ready", "; ".join(problems), errors=problems)
     return JSONResponse({"ok": True})
 
 
@@ -82,6 +117,7 @@ routes = [
     Route("/api/v1/push", push, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/readyz/database", readyz_database, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     *push_status.routes,
     *signals.routes,
@@ -109,11 +145,12 @@ async def _check_redis(redis: AsyncRedis, settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    """Open Redis and Postgres connections (never at import), close them on shutdown."""
+    """Open Redis, Postgres and the spool (never at import), start the background tasks, close all on shutdown."""
     settings: Settings = app.state.settings
     injected = app.state.injected
     redis = injected.get("redis") or AsyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     pool = None
+    mirror = None
     if "keys" in injected:
         keys = injected["keys"]
     else:
@@ -122,25 +159,40 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             min_size=1,
             max_size=4,
             open=False,
-            kwargs={"autocommit": True},
+            # connect_timeout: a Postgres host that does not answer at all fails fast.
+            kwargs={"autocommit": True, "connect_timeout": 3},
             configure=_read_in_utc,
+            # psycopg_pool retries a lost connection with exponential backoff (1, 2, 4 ... s) until
+            # reconnect_timeout; after a 70 s outage the next try could be 40 s away. Giving up
+            # quickly lets the next request that needs a connection try at once instead.
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
         )
         await pool.open(wait=False)
-        keys = KeyStore(pool, settings.key_cache_ttl_s)
+        keys = KeyStore(pool, settings.key_cache_ttl_s, redis)
+        mirror = KeyMirror(pool, redis, settings.key_mirror_refresh_s)
+    spool = AsyncSpool(Spool(settings.spool_path, settings.spool_max_bytes)) if settings.spool_max_bytes else None
     app.state.redis = redis
     app.state.pool = pool
     app.state.keys = keys
-    app.state.enqueuer = Enqueuer(settings, redis)
-    app.state.queue_watch = QueueWatch(settings, redis)
+    app.state.spool = spool
+    app.state.enqueuer = enqueuer = Enqueuer(settings, redis)
+    app.state.queue_watch = watch = QueueWatch(settings, redis)
+    app.state.intake = Intake(enqueuer, watch, spool)
+    app.state.drainer = drainer = SpoolDrainer(spool, enqueuer, watch) if spool is not None else None
     log.info("api starting with %s", settings.redacted())
     await _check_redis(redis, settings)
-    app.state.queue_watch.start()
+    tasks: list[Any] = [t for t in (watch, drainer, mirror) if t is not None]
+    for task in tasks:
+        task.start()
     if app.state.freeze_heap:
         freeze_startup_heap()
     try:
         yield
     finally:
-        await app.state.queue_watch.stop()
+        for task in reversed(tasks):
+            await task.stop()
+        if spool is not None:
+            await spool.close()
         if pool is not None:
             await pool.close()
         if "redis" not in injected:

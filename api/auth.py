@@ -1,23 +1,55 @@
-"""Bearer API keys, looked up by their SHA-256 and cached briefly.
+"""Bearer API keys, looked up by their SHA-256: in Postgres, or in its mirror in Redis when Postgres is down.
 
 A key is never compared as text: the presented key is hashed and the hash is
 looked up, so timing reveals nothing about stored keys. Lookups (hits and
 misses) are cached for KEY_CACHE_TTL_S seconds, which bounds how long a revoked
 key keeps working, and keeps a flood of bad keys off Postgres.
+
+Pushes must not need Postgres (the CLI drops a batch it is refused for ~15 s,
+SPEC 2.5). When Postgres cannot answer, a key is looked up in the key mirror
+in Redis (schema/keys.py: written when a key is issued or revoked, and copied
+whole from Postgres every KEY_MIRROR_REFRESH_S), then in this process's own
+last answers, however old (a grace period, as Sentry Relay keeps project
+configs). Only when none of them knows the key, and the mirror cannot vouch that
+the key does not exist, is the answer a 503. A key revoked before the outage
+stays revoked (the revocation wrote the mirror); a key cannot be revoked while
+Postgres is down (the ops command line refuses), and one revoked just before
+may be accepted by an api process that cached it until KEY_CACHE_TTL_S ends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
+import psycopg
+import psycopg_pool
+from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from api.errors import ApiError, unauthorized, unavailable
-from schema.keys import hash_key, is_well_formed
+from schema.keys import (
+    KEY_MIRROR,
+    KEY_MIRROR_LOCK,
+    KEY_MIRROR_REFRESHED,
+    hash_key,
+    is_well_formed,
+    mirror_value,
+    parse_mirror_value,
+)
+
+log = logging.getLogger(__name__)
 
 MAX_CACHED_KEYS = 100_000
+LOOKUP_TIMEOUT_S = 1.0  # waiting for a pooled connection: past it, Postgres is taken as down
+POSTGRES_RETRY_S = 2.0  # after a failure, lookups go straight to the mirror for this long
+KEY_RETRY_AFTER_S = 5
+# What the key lookup takes for "Postgres cannot answer"; any other exception is a bug and bubbles up.
+DATABASE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed, OSError)
 
 
 @dataclass(frozen=True)
@@ -27,34 +59,133 @@ class ApiKey:
 
 
 class KeyStore:
-    """Resolves a presented key to its workspace, through a TTL cache."""
+    """Resolves a presented key to its workspace: TTL cache, Postgres, the Redis mirror, the stale cache."""
 
-    def __init__(self, pool: AsyncConnectionPool, ttl_s: float) -> None:
+    def __init__(self, pool: psycopg_pool.AsyncConnectionPool, ttl_s: float, redis: Any = None) -> None:
         self._pool = pool
         self._ttl_s = ttl_s
+        self._redis = redis
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._postgres_down_until = 0.0
+        self.served_without_postgres = 0  # lookups answered by the mirror or the stale cache
 
     async def lookup(self, key: str) -> ApiKey | None:
-        """The live key's identity, or None if unknown or revoked."""
+        """The live key's identity, or None if unknown or revoked; ApiError 503 only if nothing can tell."""
         digest = hash_key(key)
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        try:
-            async with self._pool.connection(timeout=5) as conn:
-                cur = await conn.execute(
-                    "SELECT key_id, workspace_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
-                    (digest,),
-                )
-                row = await cur.fetchone()
-        except Exception as exc:  # Postgres unreachable: we cannot tell who this is
-            raise unavailable(f"cannot check the API key right now ({type(exc).__name__})", 5) from None
-        found = ApiKey(row[0], row[1]) if row else None
+        if now >= self._postgres_down_until:
+            try:
+                found = await self._from_postgres(digest)
+            except DATABASE_ERRORS as exc:
+                self._postgres_down_until = time.monotonic() + POSTGRES_RETRY_S
+                log.warning("key lookup: Postgres cannot answer (%s); using the key mirror", type(exc).__name__)
+            else:
+                self._remember(digest, found, now)
+                return found
+        return await self._without_postgres(digest, cached)
+
+    async def _from_postgres(self, digest: str) -> ApiKey | None:
+        async with self._pool.connection(timeout=LOOKUP_TIMEOUT_S) as conn:
+            cur = await conn.execute(
+                "SELECT key_id, workspace_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (digest,)
+            )
+            row = await cur.fetchone()
+        return ApiKey(row[0], row[1]) if row else None
+
+    async def _without_postgres(self, digest: str, cached: tuple[float, ApiKey | None] | None) -> ApiKey | None:
+        """The mirror's word, else this process's last answer (however old), else 503."""
+        mirror_error = None
+        if self._redis is not None:
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.hget(KEY_MIRROR, digest)
+                    pipe.exists(KEY_MIRROR_REFRESHED)
+                    entry, mirror_made = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                mirror_error = exc
+            else:
+                parsed = parse_mirror_value(entry) if entry is not None else None
+                if parsed is not None:
+                    key_id, workspace_id, revoked = parsed
+                    self.served_without_postgres += 1
+                    return None if revoked else ApiKey(key_id, workspace_id)
+                if mirror_made and cached is None:
+                    return None  # the full copy does not hold it: unknown (401), as Postgres would say
+        if cached is not None:
+            self.served_without_postgres += 1
+            return cached[1]
+        reason = f"the key mirror is unreachable ({type(mirror_error).__name__})" if mirror_error else "no key mirror"
+        raise unavailable(f"cannot check the API key right now: Postgres is down and {reason}", KEY_RETRY_AFTER_S)
+
+    def _remember(self, digest: str, found: ApiKey | None, now: float) -> None:
         if len(self._cache) >= MAX_CACHED_KEYS:
             self._cache.clear()
         self._cache[digest] = (now + self._ttl_s, found)
-        return found
+
+
+async def mirror_issued_key(redis: Any, key: str, key_id: str | None, workspace_id: str | None) -> None:
+    """Write a just-issued key into the mirror (best effort: the next full copy catches up)."""
+    if key_id is None or workspace_id is None:
+        return
+    try:
+        await redis.hset(KEY_MIRROR, hash_key(key), mirror_value(workspace_id, key_id, revoked=False))
+    except (RedisError, OSError) as exc:
+        log.warning("key %s not mirrored yet (%s); the next full copy will add it", key_id, type(exc).__name__)
+
+
+class KeyMirror:
+    """Copies every key hash from Postgres into the Redis mirror, every KEY_MIRROR_REFRESH_S, from one api at a time.
+
+    The copy is built under a temporary key and renamed over the mirror, so a reader
+    sees the old copy or the new one, never half of one, and keys deleted from
+    Postgres leave the mirror too.
+    """
+
+    def __init__(self, pool: psycopg_pool.AsyncConnectionPool, redis: Any, interval_s: float) -> None:
+        self._pool = pool
+        self._redis = redis
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self, force: bool = False) -> int | None:
+        """Make a full copy unless another api made one within the interval; return the keys copied, or None."""
+        if not force and not await self._redis.set(KEY_MIRROR_LOCK, "1", nx=True, ex=max(1, int(self._interval_s))):
+            return None
+        async with self._pool.connection(timeout=LOOKUP_TIMEOUT_S * 5) as conn:
+            cur = await conn.execute("SELECT key_hash, key_id, workspace_id, revoked_at IS NOT NULL FROM api_keys")
+            rows = await cur.fetchall()
+        staging = f"{KEY_MIRROR}:staging:{uuid.uuid4().hex}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for start in range(0, len(rows), 1000):
+                chunk = rows[start : start + 1000]
+                pipe.hset(staging, mapping={h: mirror_value(w, k, revoked) for h, k, w, revoked in chunk})
+            if rows:
+                pipe.rename(staging, KEY_MIRROR)
+            else:
+                pipe.delete(KEY_MIRROR)
+            pipe.set(KEY_MIRROR_REFRESHED, str(time.time()))
+            await pipe.execute()
+        return len(rows)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except (*DATABASE_ERRORS, RedisError) as exc:  # either is down: the mirror keeps its last copy
+                log.info("key mirror not refreshed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self._interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="key-mirror")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)
 
 
 def bearer_key(request: Request) -> str:
@@ -79,5 +210,5 @@ async def authenticate(request: Request, keys: KeyStore) -> ApiKey:
     return found
 
 
-def forbidden_workspace(body_workspace: str) -> ApiError:
+def forbidden_workspace() -> ApiError:
     return ApiError(403, "workspace_mismatch", "workspace_id in the body is not the API key's workspace")

@@ -1,21 +1,23 @@
-"""Back-pressure: refuse pushes (503 + Retry-After) while the workers are too far behind.
+"""Back-pressure that absorbs: say when Redis cannot take a push, so it goes to the local spool instead.
+
+The real CLI drops whatever it is refused for ~15 s (SPEC 2.5), so queue depth
+and lag are never a reason to refuse: they are alerts (deploy/alerts.yml).
+Memory is. Redis runs `noeviction`: a full Redis refuses the workers' writes
+too (RQ's bookkeeping), so they could not drain the queue that filled it.
+Past REDIS_MEMORY_HIGH_PCT of `maxmemory`, pushes go to the api's spool
+(spool/store.py), and the drainer moves them back once Redis has room.
 
 The queue is watched, not polled per request: a background task reads the
-queue snapshot (and Redis's memory use) once a second, and each push only
-looks at the last one. The depth bound is also enforced exactly, inside the
-enqueue script. Nothing is ever buffered in memory: refusing is the only
-back-pressure.
-
-Memory matters because Redis runs `noeviction`: a full Redis refuses the
-workers' writes too (RQ's bookkeeping), so they could not drain the queue
-that filled it. Pushes are refused well before that (REDIS_MEMORY_HIGH_PCT).
+queue snapshot and Redis's memory use once a second, and each push only looks
+at the last reading. A push whose enqueue failed (Redis unreachable) marks Redis
+down for REDIS_RETRY_S, so the pushes behind it go to the spool at once instead
+of each waiting for a connection timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from typing import Any
 
@@ -26,20 +28,11 @@ log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
 STOP_WAIT_S = 5.0  # at most one snapshot (a few Redis round trips) is in flight when asked to stop
-MIN_RETRY_AFTER_S = 1
-MAX_RETRY_AFTER_S = 300
-RETRY_AFTER_WHEN_STALLED_S = 30  # no drain measured: workers down or starting
-
-
-def retry_after_s(excess_batches: float, drain_batches_per_s: float) -> int:
-    """Seconds until the workers have drained `excess_batches` at the measured rate."""
-    if drain_batches_per_s <= 0:
-        return RETRY_AFTER_WHEN_STALLED_S
-    return max(MIN_RETRY_AFTER_S, min(MAX_RETRY_AFTER_S, math.ceil(excess_batches / drain_batches_per_s)))
+REDIS_RETRY_S = 1.0  # after a failed enqueue, pushes go straight to the spool this long
 
 
 class QueueWatch:
-    """Keeps a recent queue snapshot and says whether to refuse pushes."""
+    """Keeps a recent queue snapshot and Redis's memory use, and says whether Redis can take a push."""
 
     def __init__(self, settings: Settings, redis: Any) -> None:
         self._settings = settings
@@ -48,6 +41,7 @@ class QueueWatch:
         self._script = redis.register_script(SNAPSHOT_SCRIPT)
         self.latest: QueueState | None = None
         self.memory: tuple[int, int] | None = None  # Redis used_memory, maxmemory (bytes)
+        self._down_until = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> QueueState:
@@ -59,30 +53,29 @@ class QueueWatch:
             self.memory = (int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
         return self.latest
 
-    def refusal(self) -> tuple[str, int] | None:
-        """(reason, Retry-After seconds) if pushes should be refused now."""
-        s, limits = self.latest, self._settings
-        if s is None:
+    def mark_down(self) -> None:
+        """An enqueue just failed: send pushes to the spool for REDIS_RETRY_S."""
+        self._down_until = time.monotonic() + REDIS_RETRY_S
+
+    def mark_up(self) -> None:
+        self._down_until = 0.0
+
+    def why_not_redis(self) -> str | None:
+        """None if a push may go to Redis now, else why it goes to the spool."""
+        if time.monotonic() < self._down_until:
+            return "Redis did not answer the last enqueue"
+        return self.over_headroom()
+
+    def over_headroom(self) -> str | None:
+        """Why Redis should take no more batches (its memory), or None."""
+        if self.memory is None or self.memory[1] <= 0:
             return None
-        drain = s.rates.get("written_batches", 0.0)
-        if s.depth >= limits.max_queue_depth:
-            excess = s.depth - 0.9 * limits.max_queue_depth
-            return f"the queue holds {s.depth} batches (MAX_QUEUE_DEPTH={limits.max_queue_depth})", retry_after_s(
-                excess, drain
-            )
-        if s.lag_s >= limits.max_queue_lag_s:
+        used, cap = self.memory
+        if used >= cap * self._settings.redis_memory_high_pct / 100:
             return (
-                f"the oldest queued batch is {s.lag_s:.0f} s old (MAX_QUEUE_LAG_S={limits.max_queue_lag_s:g})",
-                retry_after_s(s.depth * 0.1, drain),
+                f"Redis holds {used / 2**20:.0f} MB of its {cap / 2**20:.0f} MB maxmemory"
+                f" (REDIS_MEMORY_HIGH_PCT={self._settings.redis_memory_high_pct:g})"
             )
-        if self.memory is not None and self.memory[1] > 0:
-            used, cap = self.memory
-            if used >= cap * limits.redis_memory_high_pct / 100:
-                return (
-                    f"Redis holds {used / 2**20:.0f} MB of its {cap / 2**20:.0f} MB maxmemory"
-                    f" (REDIS_MEMORY_HIGH_PCT={limits.redis_memory_high_pct:g})",
-                    retry_after_s(s.depth * 0.1, drain),
-                )
         return None
 
     async def _run(self) -> None:
@@ -91,7 +84,7 @@ class QueueWatch:
         while True:
             try:
                 await self.refresh()
-            except Exception as exc:  # Redis down: pushes will get their own 503 from the enqueue
+            except Exception as exc:  # Redis down: the pushes find out themselves, and spool
                 log.debug("queue snapshot failed: %s", exc)
             # stop() cancels this task, but Python 3.11 can lose that cancellation:
             # asyncio.wait_for, which the Redis client waits with, returns the inner

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from api.auth import authenticate
+from api.auth import authenticate, mirror_issued_key
 from api.body import read_json
 from api.db import RETRY_AFTER_S, db_connection, json_response, utc
 from api.errors import ApiError, unauthorized, unavailable
@@ -232,6 +232,8 @@ async def poll_device_code(request: Request) -> Response:
                 "UPDATE device_codes SET last_polled_at = now() WHERE device_code_hash = %s", (code_hash,)
             )
             answer = PollAnswer("pending", interval=interval_s)
+    if answer.api_key:  # committed: let the key work while Postgres is down too
+        await mirror_issued_key(request.app.state.redis, answer.api_key, answer.cloud_user_id, answer.org_id)
     return json_response(answer)
 
 

@@ -32,18 +32,17 @@ from schema.settings import Settings
 
 # KEYS: 1 dedupe key, 2 job hash, 3 queue list, 4 RQ's set of queues,
 #       5 accepted-records rate bucket, 6 the API key's token bucket.
-# ARGV: 1 answer, 2 answer ttl, 3 job id, 4 queue key, 5 max depth, 6 records,
-#       7 rate bucket ttl, 8 pushes/s allowed per key (0: no limit), 9 burst,
-#       10... the job hash as field, value pairs.
-# Returns {"dup", first answer} | {"full", depth} | {"slow", seconds} | {"ok", depth}.
+# ARGV: 1 answer, 2 answer ttl, 3 job id, 4 queue key, 5 records, 6 rate bucket ttl,
+#       7 pushes/s allowed per key (0: no limit), 8 burst, 9... the job hash as field, value pairs.
+# Returns {"dup", first answer} | {"slow", seconds} | {"ok", depth}.
+# No depth check: the queue's depth and lag are alerts, never a refusal (back-pressure is
+# memory, watched by api.backpressure; past it pushes go to the spool).
 _ENQUEUE_ONCE = """
 local prior = redis.call('GET', KEYS[1])
 if prior then return {'dup', prior} end
-local depth = redis.call('LLEN', KEYS[3])
-if depth >= tonumber(ARGV[5]) then return {'full', depth} end
-local rate = tonumber(ARGV[8])
+local rate = tonumber(ARGV[7])
 if rate > 0 then
-  local burst = tonumber(ARGV[9])
+  local burst = tonumber(ARGV[8])
   local t = redis.call('TIME')
   local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
   local bucket = redis.call('HMGET', KEYS[6], 'tokens', 'ts')
@@ -54,13 +53,13 @@ if rate > 0 then
   redis.call('HSET', KEYS[6], 'tokens', tostring(tokens - 1), 'ts', tostring(now))
   redis.call('EXPIRE', KEYS[6], math.ceil(burst / rate) + 1)
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 10))
-redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[2], unpack(ARGV, 9))
+local depth = redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
-redis.call('INCRBY', KEYS[5], tonumber(ARGV[6]))
-redis.call('EXPIRE', KEYS[5], tonumber(ARGV[7]))
-return {'ok', depth + 1}
+redis.call('INCRBY', KEYS[5], tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[6]))
+return {'ok', depth}
 """
 
 
@@ -70,14 +69,6 @@ class RateLimited(Exception):
     def __init__(self, retry_after_s: int) -> None:
         super().__init__(f"retry in {retry_after_s} s")
         self.retry_after_s = retry_after_s
-
-
-class QueueFull(Exception):
-    """The queue is at MAX_QUEUE_DEPTH: the push was not enqueued."""
-
-    def __init__(self, depth: int) -> None:
-        super().__init__(f"the queue holds {depth} batches")
-        self.depth = depth
 
 
 def job_hash(job: IngestJob, compression: str) -> dict[str, Any]:
@@ -119,12 +110,20 @@ class Enqueuer:
         return await self._redis.get(dedupe_key(workspace_id, push_id))  # type: ignore[return-value]
 
     async def enqueue_once(
-        self, key_id: str, workspace_id: str, push_id: str, payload: bytes, answer: bytes, records: int
+        self,
+        key_id: str,
+        workspace_id: str,
+        push_id: str,
+        payload: bytes,
+        answer: bytes,
+        records: int,
+        limit_rate: bool = True,
     ) -> bytes | None:
         """Enqueue the payload unless this push id was accepted before; return the earlier answer if so.
 
-        Raises QueueFull when the queue is at its depth limit, RateLimited when
-        the key is over RATE_LIMIT_PUSHES_PER_S (a duplicate is answered either way).
+        Raises RateLimited when `limit_rate` and the key is over RATE_LIMIT_PUSHES_PER_S
+        (a duplicate is answered either way); the spool's drainer passes False, as the
+        push was accepted already. Redis's own errors propagate.
         """
         job: IngestJob = self._queue.create_job(  # type: ignore[assignment]
             INGEST_JOB,
@@ -154,14 +153,12 @@ class Enqueuer:
             f"selftune:ratelimit:{key_id}",
         ]
         s = self._settings
-        args = [answer, s.push_dedupe_ttl_s, job.id, self._queue.key, s.max_queue_depth, records, stats.RATE_TTL_S]
-        args += [s.rate_limit_pushes_per_s, s.rate_limit_burst]
+        args = [answer, s.push_dedupe_ttl_s, job.id, self._queue.key, records, stats.RATE_TTL_S]
+        args += [s.rate_limit_pushes_per_s if limit_rate else 0, s.rate_limit_burst]
         del payload, job  # the hash holds the batch now: one copy in memory while Redis answers
         outcome, value = await self._script(keys=keys, args=[*args, *fields])
         if outcome == b"dup":
             return value  # type: ignore[no-any-return]
-        if outcome == b"full":
-            raise QueueFull(int(value))
         if outcome == b"slow":
             raise RateLimited(int(value))
         return None

@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from schema import stats
 from schema.queue_state import QueueState
+from spool.store import SpoolStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NS = "selftune_ingest"
@@ -33,6 +34,16 @@ NS = "selftune_ingest"
 PUSHES = Counter(f"{NS}_pushes", "Push requests by outcome and HTTP status", ["outcome", "code"])
 RECORDS_ACCEPTED = Counter(f"{NS}_records_accepted", "Records accepted by the api, by type", ["type"])
 RECORDS_REJECTED = Counter(f"{NS}_records_rejected", "Records failing validation at the api, by type", ["type"])
+SPOOLED = Counter(f"{NS}_spooled_batches", "Pushes written to this api's local spool (Redis could not take them)")
+SPOOL_DRAINED = Counter(
+    f"{NS}_spool_drained_batches", "Spooled batches moved into the queue, by outcome (queued, duplicate)", ["outcome"]
+)
+SPOOL_REFUSED = Counter(
+    f"{NS}_refused_pushes",
+    "Pushes refused (503) because neither Redis nor the spool could hold them, by cause",
+    ["cause"],
+)
+UNHANDLED_ERRORS = Counter(f"{NS}_unhandled_errors", "Requests that ended in an unhandled exception (500)", ["route"])
 REQUEST_SECONDS = Histogram(
     f"{NS}_request_duration_seconds",
     "Time to answer a push",
@@ -100,10 +111,29 @@ def _process_registry() -> CollectorRegistry:
     return REGISTRY
 
 
+class SpoolCollector(Collector):
+    """This host's spool file (shared by the api processes of the host: aggregate with max by instance)."""
+
+    def __init__(self, spool_stats: SpoolStats) -> None:
+        self.stats = spool_stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield GaugeMetricFamily(f"{NS}_spool_batches", "Batches waiting in this host's spool", value=s.batches)
+        yield GaugeMetricFamily(f"{NS}_spool_bytes", "Bytes held by this host's spool", value=s.bytes)
+        yield GaugeMetricFamily(
+            f"{NS}_spool_oldest_age_seconds", "Age of the oldest spooled batch (0: none)", value=s.oldest_age_s()
+        )
+
+
 async def metrics(request: Request) -> Response:
-    """Prometheus text: this process's counters, then the shared queue and worker state."""
+    """Prometheus text: this process's counters, the spool, then the shared queue and worker state."""
     state = request.app.state
     own = generate_latest(_process_registry())
+    if state.spool is not None:
+        spool = CollectorRegistry(auto_describe=False)
+        spool.register(SpoolCollector(await state.spool.stats()))
+        own += generate_latest(spool)
     try:
         snapshot = await state.queue_watch.refresh()
         hashes = await read_shared_hashes(state.redis)

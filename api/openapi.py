@@ -50,16 +50,23 @@ class ErrorBody(msgspec.Struct):
 
 
 class Health(msgspec.Struct, omit_defaults=True):
-    """/healthz and /readyz: `errors` names each dependency that is not ready.
+    """/healthz, /readyz and /readyz/database: `errors` names each dependency that is not ready.
 
     Not ready (503), the body is also an error body (SPEC 2.3): `success` false and
-    `error` {code "not_ready", message}.
+    `error` {code "not_ready" or "database_not_ready", message}. Ready, /readyz says
+    where pushes go now (`pushes_go_to`: "redis", or "spool" while Redis cannot take
+    them), what is `degraded`, and the `database`'s state ("ok" or its problems):
+    pushes never need Postgres, so a load balancer probing /readyz keeps an api in
+    rotation while Postgres is down.
     """
 
     ok: bool
     errors: list[str] = []
     success: bool | None = None
     error: ErrorDetail | None = None
+    pushes_go_to: Literal["redis", "spool"] | None = None
+    degraded: list[str] | None = None
+    database: str | list[str] | None = None
 
 
 # What each error status means to a client (SPEC 2.3), and the header that comes with it.
@@ -312,7 +319,14 @@ describe("/healthz", "get", summary="The process is up", responses={200: Health}
 describe(
     "/readyz",
     "get",
-    summary="Redis and Postgres are reachable and migrated",
+    summary="Pushes can be made durable (Redis, or else the api's spool); Postgres is reported, not required",
+    responses={200: Health, 503: Health},
+    auth=False,
+)
+describe(
+    "/readyz/database",
+    "get",
+    summary="Postgres is reachable and migrated (read endpoints, enrollment)",
     responses={200: Health, 503: Health},
     auth=False,
 )

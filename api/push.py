@@ -8,14 +8,14 @@ import uuid
 from datetime import UTC, datetime
 
 import msgspec
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import authenticate, forbidden_workspace
 from api.body import check_content_headers, read_body
-from api.enqueue import QueueFull, RateLimited
+from api.enqueue import RateLimited
 from api.errors import ApiError, unavailable
+from api.intake import REFUSED_RETRY_AFTER_S, Refused
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED, observe_push
 from schema.envelope import MAX_PUSH_ID_LENGTH, EnvelopeError, TooManyRecords, ValidatedPush, validate_push
 from schema.queue import encode_batch, queued_batch
@@ -23,7 +23,6 @@ from schema.queue import encode_batch, queued_batch
 log = logging.getLogger("selftune.push")
 
 REDIS_RETRY_AFTER_S = 5
-BACKPRESSURE_RETRY_AFTER_S = 10  # when the exact depth check (not the watch) refused
 
 
 class PushAnswer(msgspec.Struct, omit_defaults=True):
@@ -51,7 +50,7 @@ def _push_id(request: Request, validated: ValidatedPush) -> str:
 
 
 async def push(request: Request) -> Response:
-    """Accept a batch: 202 once it is safely in Redis, 200 if this push id was accepted before."""
+    """Accept a batch: 202 once it is durable (Redis or the spool), 200 if this push id was accepted before."""
     started = time.perf_counter()
     route = request.url.path
     try:
@@ -61,7 +60,8 @@ async def push(request: Request) -> Response:
         observe_push(route, started, exc.status, outcome)
         _log_push(request, started, exc.status, outcome, error=exc.code)
         raise
-    outcome = "accepted" if response.status_code == 202 else "duplicate"
+    spooled = getattr(request.state, "push", {}).get("where") == "spool"
+    outcome = "duplicate" if response.status_code != 202 else "spooled" if spooled else "accepted"
     observe_push(route, started, response.status_code, outcome)
     _log_push(request, started, response.status_code, outcome)
     return response
@@ -109,22 +109,9 @@ async def _push(request: Request) -> Response:
     accepted_records = sum(accepted.values())
     envelope = validated.envelope
     if envelope.workspace_id is not None and envelope.workspace_id != key.workspace_id:
-        raise forbidden_workspace(envelope.workspace_id)
+        raise forbidden_workspace()
     push_id = _push_id(request, validated)
     request.state.push |= {"push_id": push_id, "accepted": accepted_records, "rejected": len(validated.rejected)}
-    refusal = state.queue_watch.refusal()
-    if refusal is not None:
-        # A push id accepted before needs no room in the queue: it is answered 200 as
-        # always (SPEC 2.2), not 503, which would have its CLI send it yet again.
-        try:
-            prior = await state.enqueuer.first_answer(key.workspace_id, push_id)
-        except (RedisError, OSError) as exc:
-            raise queue_unavailable(exc) from None
-        if prior is None:
-            reason, retry_after = refusal
-            raise unavailable(f"back-pressure: {reason}; retry later", retry_after)
-        return _duplicate(prior)
-
     answer = PushAnswer(
         ok=True,
         success=True,
@@ -140,7 +127,7 @@ async def _push(request: Request) -> Response:
     # while the enqueue waits on Redis, so an in-flight push holds one copy of itself, not three.
     del body, validated, batch
     try:
-        prior = await state.enqueuer.enqueue_once(
+        outcome = await state.intake.accept(
             key.key_id, key.workspace_id, push_id, payload, answer_bytes, accepted_records
         )
     except RateLimited as exc:
@@ -151,11 +138,10 @@ async def _push(request: Request) -> Response:
             f" burst {settings.rate_limit_burst}, RATE_LIMIT_PUSHES_PER_S); retry after {exc.retry_after_s} s",
             {"Retry-After": str(exc.retry_after_s)},
         ) from None
-    except QueueFull as exc:
-        raise unavailable(f"back-pressure: {exc} (MAX_QUEUE_DEPTH); retry later", BACKPRESSURE_RETRY_AFTER_S) from None
-    except (RedisError, OSError) as exc:
-        raise queue_unavailable(exc) from None
-
+    except Refused as exc:
+        raise unavailable(f"cannot hold the push: {exc.reason}; retry later", REFUSED_RETRY_AFTER_S) from None
+    request.state.push["where"] = outcome.where
+    prior = outcome.prior
     if prior is not None:
         return _duplicate(prior)
     for record_type, n in answer.accepted.items():

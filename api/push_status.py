@@ -21,15 +21,17 @@ from api.errors import ApiError
 from api.openapi import Param, describe, errors
 from api.params import path_param, query_params
 from api.push import PushAnswer, queue_unavailable
+from schema.queue import failure_key
 
 
 class PushStatus(msgspec.Struct, kw_only=True):
     """GET /v2/pushes/{push_id}.
 
-    `queued`: accepted and waiting in Redis (`accepted`/`rejected`/`errors` are
-    the api's validation counts). `processed`: written (`accepted` counts rows
+    `queued`: accepted and waiting in Redis or in the api's spool (`accepted`/`rejected`/`errors`
+    are the api's validation counts). `processed`: written (`accepted` counts rows
     written by type, `rejected` records quarantined). `failed`: gave up after its
-    retries; `reason` says why, and ops can replay it.
+    retries (noted by the worker in Redis too, so this holds while Postgres is down); `reason`
+    says why, and ops can replay it.
     """
 
     push_id: str
@@ -65,16 +67,36 @@ async def push_status(request: Request) -> Response:
         columns = [c.name for c in cur.description or ()]
         return json_response(PushStatus(push_id=push_id, **dict(zip(columns, utc(row), strict=True))))
     try:
-        first = await request.app.state.enqueuer.first_answer(key.workspace_id, push_id)
+        failed, first = await _failure_and_answer(request, key.workspace_id, push_id)
     except (RedisError, OSError) as exc:
         raise queue_unavailable(exc) from None
     if first is None:
         raise ApiError(404, "not_found", f"no push {push_id!r} in this workspace")
     answer = msgspec.json.decode(first, type=PushAnswer)
     queued = PushStatus(
-        push_id=push_id, status="queued", accepted=answer.accepted, rejected=answer.rejected, errors=answer.errors
+        push_id=push_id,
+        status="failed" if failed is not None else "queued",
+        reason=failed.decode() if failed is not None else None,
+        accepted=answer.accepted,
+        rejected=answer.rejected,
+        errors=answer.errors,
     )
     return json_response(queued)
+
+
+async def _failure_and_answer(request: Request, workspace_id: str, push_id: str) -> tuple[bytes | None, bytes | None]:
+    """Why the push failed for good if it did (noted in Redis by the worker), and its first answer (spool or Redis).
+
+    Raises the Redis error only when Redis cannot be asked and the spool does not hold the push.
+    """
+    first = await request.app.state.intake.first_answer(workspace_id, push_id)
+    if first is None:
+        return None, None
+    try:
+        failed = await request.app.state.redis.get(failure_key(workspace_id, push_id))
+    except (RedisError, OSError):  # the answer came from the spool: a spooled batch has not failed
+        failed = None
+    return failed, first
 
 
 describe(

@@ -33,3 +33,27 @@ def is_well_formed(key: str) -> bool:
 def key_prefix(key: str) -> str:
     """The part of a key that may be shown again (in lists, in /alpha/verify)."""
     return key[:SHOWN_PREFIX_LENGTH]
+
+
+# The key mirror (SPEC 6, issue 13): every key's hash in one Redis hash, so the api can
+# authenticate a push while Postgres is down. Postgres stays the source of truth: the
+# mirror is written when a key is issued or revoked, and replaced whole from Postgres
+# every KEY_MIRROR_REFRESH_S (which also removes deleted keys).
+KEY_MIRROR = "selftune:keys"  # hash: key hash -> mirror_value(...)
+KEY_MIRROR_REFRESHED = "selftune:keys:refreshed_at"  # unix time of the last full copy (absent: never made)
+KEY_MIRROR_LOCK = "selftune:keys:refresh-lock"  # one api per interval makes the full copy
+_LIVE, _REVOKED = "live", "revoked"
+
+
+def mirror_value(workspace_id: str, key_id: str, revoked: bool) -> str:
+    """A mirror entry: 'live|revoked <key_id> <workspace_id>' (ids hold no spaces)."""
+    return f"{_REVOKED if revoked else _LIVE} {key_id} {workspace_id}"
+
+
+def parse_mirror_value(value: bytes | str) -> tuple[str, str, bool] | None:
+    """(key_id, workspace_id, revoked) from a mirror entry, or None if it is not one."""
+    text = value.decode() if isinstance(value, bytes) else value
+    parts = text.split(" ")
+    if len(parts) != 3 or parts[0] not in (_LIVE, _REVOKED):
+        return None
+    return parts[1], parts[2], parts[0] == _REVOKED

@@ -172,5 +172,14 @@ def dedupe_key(workspace_id: str, push_id: str) -> str:
     return f"selftune:push:{workspace_id}:{push_id}"
 
 
+def failure_key(workspace_id: str, push_id: str) -> str:
+    """Redis key holding why a push failed for good, written by the worker even when Postgres is down.
+
+    GET /v2/pushes/{id} reads it when the push has no row, so a batch that failed while
+    Postgres was down reads `failed`, not `queued`; a replay deletes it.
+    """
+    return f"selftune:push-failed:{workspace_id}:{push_id}"
+
+
 def job_description(workspace_id: str, push_id: str) -> str:
     return f"push {push_id} of workspace {workspace_id}"

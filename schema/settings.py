@@ -97,16 +97,19 @@ class Settings:
     # Per API key: a token bucket in Redis (429 past it). 0 disables the limit.
     rate_limit_pushes_per_s: float
     rate_limit_burst: int
-    # Back-pressure: pushes are refused (503) past either bound.
-    max_queue_depth: int  # queued batches
-    max_queue_lag_s: float  # age of the oldest queued batch
-    redis_memory_high_pct: float  # share of Redis's maxmemory in use (0: no check)
+    # Back-pressure absorbs: past this share of Redis's maxmemory, pushes go to the local spool (0: no check).
+    # Queue depth and lag are alerts (deploy/alerts.yml), never a reason to refuse a push.
+    redis_memory_high_pct: float
+    # The api's local durable spool (SQLite, fsynced), for when Redis cannot take a push.
+    spool_path: str
+    spool_max_bytes: int  # past it a push Redis cannot take is refused (503); 0: no spool
     # Redis must keep queued batches: refuse to start unless it is durable and never evicts.
     redis_require_durable: bool
     # The address clients reach the api at (device enrollment links); empty: the request's own.
     public_base_url: str
     # Auth.
-    key_cache_ttl_s: float  # a revoked key stops working within this bound
+    key_cache_ttl_s: float  # a revoked key stops working within this bound (while Postgres is up)
+    key_mirror_refresh_s: float  # how often one api copies every key hash into Redis (read while Postgres is down)
     # Requests one api process serves at once; past it, 503 with Retry-After (0: no bound).
     max_inflight_requests: int
 
@@ -132,16 +135,17 @@ class Settings:
             job_retry_backoff_s=tuple(int(s) for s in backoff.split(",")),
             failed_ttl_s=_int("FAILED_TTL_S", 30 * 24 * 3600, 1),
             job_data_compression=_choice("JOB_DATA_COMPRESSION", "lz4", ("lz4", "none")),
-            worker_maintenance_interval_s=_int("WORKER_MAINTENANCE_INTERVAL_S", 60, 1),
+            worker_maintenance_interval_s=_int("WORKER_MAINTENANCE_INTERVAL_S", 10, 1),
             worker_jobs_per_take=_int("WORKER_JOBS_PER_TAKE", 8, 1, 100),
             rate_limit_pushes_per_s=_float("RATE_LIMIT_PUSHES_PER_S", 10.0),
             rate_limit_burst=_int("RATE_LIMIT_BURST", 60, 1),
-            max_queue_depth=_int("MAX_QUEUE_DEPTH", 100_000, 1),
-            max_queue_lag_s=_float("MAX_QUEUE_LAG_S", 600.0, 1.0),
             redis_memory_high_pct=_float("REDIS_MEMORY_HIGH_PCT", 80.0),
+            spool_path=_str("SPOOL_PATH", ".data/spool/api-spool.sqlite3"),
+            spool_max_bytes=_int("SPOOL_MAX_BYTES", 2048 * MIB),
             redis_require_durable=_bool("REDIS_REQUIRE_DURABLE", False),
             public_base_url=os.environ.get("PUBLIC_BASE_URL", ""),
             key_cache_ttl_s=_float("KEY_CACHE_TTL_S", 30.0),
+            key_mirror_refresh_s=_float("KEY_MIRROR_REFRESH_S", 60.0, 1.0),
             max_inflight_requests=_int("MAX_INFLIGHT_REQUESTS", 1000),
         )
 

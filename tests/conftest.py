@@ -33,6 +33,12 @@ _TABLES = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _spool_of_its_own(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's apis (in-process or started) spool to a file of the test's own, never the dev spool."""
+    monkeypatch.setenv("SPOOL_PATH", str(tmp_path_factory.mktemp("spool") / "api-spool.sqlite3"))
+
+
 def missing_server(what: str, exc: Exception) -> None:
     message = f"{what} is not reachable ({exc}); start it with 'scripts/services.sh up test' or run 'make test'"
     if IN_CI:

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
+from redis import Redis
+from redis.exceptions import RedisError
 
-from schema.keys import generate_key, hash_key, key_prefix
+from schema.keys import KEY_MIRROR, generate_key, hash_key, key_prefix, mirror_value
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # Commands take a workspace by name or id: a name shaped like an id could stand for another workspace.
@@ -83,8 +85,27 @@ def list_keys(conn: psycopg.Connection, workspace: str | None = None) -> list[Ke
     return [KeyInfo(*row) for row in rows]
 
 
+def mirror_key(conn: psycopg.Connection, redis: Redis, key_id: str) -> str | None:
+    """Copy one key's row into the api's key mirror in Redis; None, or why it could not be (the next full copy will).
+
+    Called when a key is issued or revoked, so the api knows it while Postgres is down
+    (api/auth.py); the api also copies every key every KEY_MIRROR_REFRESH_S.
+    """
+    row = conn.execute(
+        "SELECT key_hash, workspace_id, revoked_at IS NOT NULL FROM api_keys WHERE key_id = %s", (key_id,)
+    ).fetchone()
+    if row is None:
+        return f"no key with id {key_id!r}"
+    key_hash, workspace_id, revoked = row
+    try:
+        redis.hset(KEY_MIRROR, key_hash, mirror_value(workspace_id, key_id, revoked))
+    except (RedisError, OSError) as exc:
+        return f"Redis: {type(exc).__name__}: {exc}"
+    return None
+
+
 def revoke_key(conn: psycopg.Connection, key_id: str) -> None:
-    """Revoke a key; the api stops accepting it within KEY_CACHE_TTL_S."""
+    """Revoke a key; the api stops accepting it within KEY_CACHE_TTL_S (write the mirror too: `mirror_key`)."""
     row = conn.execute(
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = %s RETURNING key_id", (key_id,)
     ).fetchone()

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 import msgspec
+import psycopg
+from redis import Redis
 
 from schema.migrate import migrate
 from schema.settings import Settings, SettingsError
@@ -41,9 +43,26 @@ def cmd_workspace_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _mirror(conn: psycopg.Connection, settings: Settings, key_id: str) -> None:
+    """Tell the api's key mirror (Redis) about a key change; a warning if Redis cannot be reached."""
+    redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        problem = accounts.mirror_key(conn, redis, key_id)
+    finally:
+        redis.close()
+    if problem:
+        print(
+            f"warning: the api's key mirror was not updated ({problem}); the api copies every key within"
+            f" {settings.key_mirror_refresh_s:g} s (KEY_MIRROR_REFRESH_S), and until then knows this change"
+            " only while Postgres is up",
+            file=sys.stderr,
+        )
+
+
 def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
     with _conn(settings) as conn:
         key_id, key = accounts.create_key(conn, args.workspace, live=not args.test)
+        _mirror(conn, settings, key_id)
     _out(args, {"key_id": key_id, "api_key": key}, f"{key_id}\t{key}")
     if not args.json:
         print("This is the only time the key is shown: store it now.", file=sys.stderr)
@@ -66,6 +85,7 @@ def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
     with _conn(settings) as conn:
         accounts.revoke_key(conn, args.key_id)
+        _mirror(conn, settings, args.key_id)
     print(f"revoked {args.key_id} (the api stops accepting it within {settings.key_cache_ttl_s:g} s)")
     return 0
 

@@ -7,13 +7,14 @@ import time
 from typing import Any
 
 import psycopg
+from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 
 from schema import stats
 from schema.envelope import RecordLimits, check_record, decode_valid_records
 from schema.jsonbytes import has_nul_escape
-from schema.queue import QueuedBatch, decode_batch
+from schema.queue import QueuedBatch, decode_batch, failure_key
 from schema.records import RECORD_TYPES
 from schema.settings import Settings
 from workers import db
@@ -164,7 +165,7 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
         if job is not None:
             _count_attempt(job)
         if job is None or not job.should_retry:
-            _record_failure(batch, exc)
+            _record_failure(batch, exc, job.connection if job is not None else None)
             _count(lambda pipe: pipe.hincrby(stats.BATCHES, "failed", 1))
         raise
     _count(lambda pipe: count_batch(pipe, summary, time.perf_counter() - started))
@@ -238,11 +239,17 @@ def on_batch_failure(job: Any, connection: Any, exc_type: type, exc_value: BaseE
     """
     if not issubclass(exc_type, AbandonedJobError) or job.retries_left:
         return  # handled by ingest_batch, or retried
-    _record_failure(decode_batch(job.args[0]), AbandonedJobError("its worker died during the last attempt"))
+    _record_failure(decode_batch(job.args[0]), AbandonedJobError("its worker died during the last attempt"), connection)
 
 
-def _record_failure(batch: QueuedBatch, exc: BaseException) -> None:
+def _record_failure(batch: QueuedBatch, exc: BaseException, redis: Any) -> None:
+    """Mark a push failed for good: in Redis (read while it has no row) and in its Postgres row."""
     reason = f"{type(exc).__name__}: {exc}".strip()
+    if redis is not None:
+        try:
+            redis.set(failure_key(batch.workspace_id, batch.push_id), reason[:2000], ex=settings().failed_ttl_s)
+        except (RedisError, OSError) as second:  # Redis is down too: the push row below still says it
+            log.warning("could not note push %s failed in Redis: %s", batch.push_id, second)
     try:
         conn = db.connection(settings())
         with conn.transaction():

@@ -21,9 +21,10 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from schema.envelope import DEFAULT_LIMITS, RecordLimits, check_record
-from schema.queue import MsgpackSerializer, dedupe_key
+from schema.queue import MsgpackSerializer, dedupe_key, failure_key
 from schema.queue_state import QueueState, read_snapshot
 from schema.settings import Settings
+from spool.store import SpoolStats, read_stats
 from workers.writer import write_records
 
 _RELATIVE = re.compile(r"(\d+)\s*([smhd])")
@@ -50,6 +51,7 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
 class Status:
     queue: QueueState
     quarantined: int | None  # pending quarantined records (None: Postgres unreachable)
+    spool: SpoolStats | None = None  # this host's api spool (None: no spool file at SPOOL_PATH)
 
     def as_dict(self) -> dict[str, Any]:
         q = self.queue
@@ -65,6 +67,9 @@ class Status:
             "accepted_records_per_s": round(q.rates.get("accepted_records", 0.0), 1),
             "written_records_per_s": round(q.rates.get("written_records", 0.0), 1),
             "written_batches_per_s": round(q.rates.get("written_batches", 0.0), 2),
+            "spooled_batches": self.spool.batches if self.spool else 0,
+            "spool_bytes": self.spool.bytes if self.spool else 0,
+            "spool_oldest_seconds": round(self.spool.oldest_age_s(), 1) if self.spool else 0.0,
         }
 
 
@@ -73,7 +78,7 @@ def status(redis: Redis, conn: psycopg.Connection | None, settings: Settings) ->
     if conn is not None:
         row = conn.execute("SELECT count(*) FROM quarantine WHERE replayed_at IS NULL").fetchone()
         quarantined = int(row[0]) if row else 0
-    return Status(read_snapshot(redis, settings.queue_name, time.time()), quarantined)
+    return Status(read_snapshot(redis, settings.queue_name, time.time()), quarantined, read_stats(settings.spool_path))
 
 
 # -- failed batches ------------------------------------------------------------------------
@@ -181,6 +186,7 @@ def replay(
         job.retries_left = settings.job_retries or None
         job.retry_intervals = settings.retry_pauses_s
         registry.requeue(job)
+        redis.delete(failure_key(batch.workspace_id, batch.push_id))  # queued again, no longer failed
         done += 1
         if progress:
             progress(i, len(batches))

@@ -50,6 +50,9 @@ _STATUS_LINES = [
     ("workers_idle", "workers idle"),
     ("accepted_records_per_s", "accepted records/s (1 min)"),
     ("written_records_per_s", "written records/s (1 min)"),
+    ("spooled_batches", "spooled batches (this host)"),
+    ("spool_bytes", "spool bytes"),
+    ("spool_oldest_seconds", "oldest spooled (s)"),
 ]
 
 

@@ -84,49 +84,67 @@ def test_failed_write_is_retried_then_lands_in_the_failed_registry_with_the_push
     assert db.execute("SELECT status, error FROM pushes WHERE push_id = 'stuck'").fetchone() == ("processed", None)
 
 
-def test_a_full_redis_refuses_pushes_with_503_and_keeps_the_batches_it_holds(
-    client: TestClient, api_key: str, settings: Settings
+def _wait_for(what: str, check: Any, timeout_s: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)
+
+
+def test_a_full_redis_spools_the_push_and_the_drainer_queues_it_once_redis_has_room(
+    client: TestClient, api_key: str, settings: Settings, db: psycopg.Connection, use_worker_settings: Any
 ) -> None:
-    # Queued batches are stored as sent (JOB_DATA_ZLIB_LEVEL=0); when they fill Redis's
-    # maxmemory, `noeviction` makes Redis refuse the enqueue script: the CLI gets 503 and
-    # sends again later, and nothing acknowledged is evicted.
+    # When queued batches fill Redis's maxmemory, `noeviction` makes Redis refuse the enqueue
+    # script (OOM). The CLI would drop a 503 for good (SPEC 2.5): the api spools the batch,
+    # answers 202, and drains it into the queue once Redis has room. Nothing is evicted.
     redis = Redis.from_url(settings.redis_url)
+    queue = Queue(settings.queue_name, connection=redis)
     assert push(client, api_key, {"prompts": [samples.prompt(1)]}, "fits").status_code == 202
     policy = redis.config_get("maxmemory-policy")["maxmemory-policy"]
     redis.config_set("maxmemory-policy", "noeviction")
     redis.config_set("maxmemory", 1)  # below what Redis already uses: every write is refused
     try:
         resp = push(client, api_key, {"prompts": [samples.prompt(2)]}, "does-not-fit")
-        assert resp.status_code == 503, resp.text
-        assert "the queue is unavailable" in resp.json()["error"]["message"]
-        assert resp.headers["Retry-After"]
+        assert resp.status_code == 202, resp.text
+        assert push(client, api_key, {"prompts": [samples.prompt(2)]}, "does-not-fit").json()["duplicate"] is True
+        assert queue.count == 1
+        assert client.app.state.spool.spool.stats().batches == 1  # type: ignore[attr-defined]
     finally:
         redis.config_set("maxmemory", 0)
         redis.config_set("maxmemory-policy", policy)
-    assert Queue(settings.queue_name, connection=redis).count == 1
-    assert push(client, api_key, {"prompts": [samples.prompt(2)]}, "does-not-fit").status_code == 202
+    _wait_for("the drainer moved the spooled push into the queue", lambda: queue.count == 2)
+    assert client.app.state.spool.spool.stats().batches == 0  # type: ignore[attr-defined]
+    run_worker(settings)
+    assert count(db, "prompts") == 2
+    statuses = db.execute("SELECT push_id, status FROM pushes ORDER BY push_id").fetchall()
+    assert statuses == [("does-not-fit", "processed"), ("fits", "processed")]
 
 
-def test_pushes_are_refused_while_redis_nears_maxmemory_so_workers_can_still_drain(
+def test_past_the_memory_headroom_pushes_go_to_the_spool_so_workers_can_still_drain_redis(
     client: TestClient, api_key: str, settings: Settings
 ) -> None:
-    # A full `noeviction` Redis refuses RQ's bookkeeping writes too, so the workers could
-    # not drain the queue that filled it: the api refuses pushes at REDIS_MEMORY_HIGH_PCT.
+    # A full `noeviction` Redis refuses RQ's bookkeeping writes too, so the workers could not
+    # drain the queue that filled it: past REDIS_MEMORY_HIGH_PCT the api spools instead.
     import time
 
     redis = Redis.from_url(settings.redis_url)
+    queue = Queue(settings.queue_name, connection=redis)
     used = int(redis.info("memory")["used_memory"])
     redis.config_set("maxmemory", int(used / 0.9))  # ~90 % in use: over the 80 % bound, under the cap
     try:
         time.sleep(1.5)  # the api reads Redis's memory use once a second
+        ready = client.get("/readyz")
         resp = push(client, api_key, {"prompts": [samples.prompt(1)]}, "near-full")
-        assert resp.status_code == 503, resp.text
-        assert "maxmemory (REDIS_MEMORY_HIGH_PCT=80)" in resp.json()["error"]["message"]
-        assert int(resp.headers["Retry-After"]) >= 1
+        assert resp.status_code == 202, resp.text
+        assert queue.count == 0
+        assert ready.status_code == 200 and ready.json()["pushes_go_to"] == "spool"
+        assert any("maxmemory (REDIS_MEMORY_HIGH_PCT=80)" in d for d in ready.json()["degraded"])
     finally:
         redis.config_set("maxmemory", 0)
-    time.sleep(1.5)
-    assert push(client, api_key, {"prompts": [samples.prompt(1)]}, "near-full").status_code == 202
+    _wait_for("the drainer moved the spooled push into the queue", lambda: queue.count == 1)
+    assert push(client, api_key, {"prompts": [samples.prompt(1)]}, "near-full").status_code == 200
 
 
 def test_a_batch_queued_as_json_by_an_earlier_build_is_written_by_a_worker(

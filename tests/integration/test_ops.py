@@ -288,27 +288,43 @@ def metric(text: str, name: str, default: float | None = None) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
-def test_backpressure_refuses_with_retry_after_once_the_queue_is_full(
-    api_key: str, settings: Settings, db: psycopg.Connection
+def test_status_and_metrics_show_the_spool_while_redis_cannot_take_pushes(
+    api_key: str, cli_env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    full = replace(settings, max_queue_depth=2)
-    refused_503 = 'selftune_ingest_pushes_total{code="503",outcome="unavailable"}'
-    with TestClient(create_app(full)) as c:
-        base = metric(c.get("/metrics").text, refused_503, 0)
-        assert push_json(c, api_key, {}, "q1").status_code == 202
-        assert push_json(c, api_key, {}, "q2").status_code == 202
-        refused = push_json(c, api_key, {}, "q3")
-        assert refused.status_code == 503
-        assert "MAX_QUEUE_DEPTH" in refused.json()["error"]["message"]
-        assert int(refused.headers["retry-after"]) >= 1
-        assert push_json(c, api_key, {}, "q1").status_code == 200  # a duplicate is still answered
-        text = c.get("/metrics").text
-    assert metric(text, refused_503) - base == 1
+    redis = Redis.from_url(cli_env.redis_url)
+    spooled = "selftune_ingest_spooled_batches_total"
+    with TestClient(create_app(cli_env)) as c:
+        base = metric(c.get("/metrics").text, spooled, 0)
+        redis.config_set("maxmemory", 1)  # under noeviction every write is refused (OOM)
+        try:
+            for i in range(3):
+                assert push_json(c, api_key, {"sessions": [samples.session(i)]}, f"s{i}").status_code == 202
+            text = c.get("/metrics").text
+            status = run_cli(capsys, "status")
+        finally:
+            redis.config_set("maxmemory", 0)
+        deadline = time.monotonic() + 10
+        while Queue(cli_env.queue_name, connection=redis).count < 3:
+            assert time.monotonic() < deadline, "the spool was not drained"
+            time.sleep(0.1)
+        drained = c.get("/metrics").text
+    assert metric(text, spooled) - base == 3
+    assert metric(text, "selftune_ingest_spool_batches") == 3
+    assert metric(text, "selftune_ingest_spool_bytes") > 0
+    assert status["spooled_batches"] == 3 and status["spool_bytes"] > 0 and status["spool_oldest_seconds"] >= 0
+    assert metric(drained, "selftune_ingest_spool_batches") == 0
+    assert metric(drained, 'selftune_ingest_spool_drained_batches_total{outcome="queued"}') >= 3
+    assert run_cli(capsys, "status")["spooled_batches"] == 0
 
 
 def test_readyz_says_why_when_postgres_is_not_migrated(redis_url: str, database_url: str) -> None:
     bad = replace(Settings.from_env(), redis_url=redis_url, database_url=database_url.rsplit("/", 1)[0] + "/postgres")
     with TestClient(create_app(bad)) as c:
         ready = c.get("/readyz")
-    assert ready.status_code == 503
-    assert ready.json()["errors"] == ["postgres: not migrated: run 'selftune-ingest migrate'"]
+        database = c.get("/readyz/database")
+    # Pushes need only Redis (or the spool): the api stays in rotation, and says what is wrong.
+    assert ready.status_code == 200 and ready.json()["pushes_go_to"] == "redis"
+    assert ready.json()["database"] == ["postgres: not migrated: run 'selftune-ingest migrate'"]
+    assert database.status_code == 503
+    assert database.json()["errors"] == ["postgres: not migrated: run 'selftune-ingest migrate'"]
+    assert database.json()["error"]["code"] == "database_not_ready"

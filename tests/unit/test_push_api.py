@@ -269,20 +269,38 @@ def test_repeated_push_id_is_answered_200_duplicate_and_not_queued_again(client:
     assert queue.count == 1
 
 
-def test_repeated_push_id_is_answered_200_even_while_the_queue_refuses_new_pushes(
+def test_past_the_memory_headroom_a_push_is_spooled_answered_and_drained_later(
     settings: Settings, server: fakeredis.FakeServer, queue: Queue
 ) -> None:
-    watched = replace(settings, max_queue_depth=1, redis_memory_high_pct=0)  # fakeredis has no INFO
-    with make_client(watched, fakeredis.FakeAsyncRedis(server=server)) as client:
+    with make_client(settings, fakeredis.FakeAsyncRedis(server=server)) as client:
+        state = client.app.state  # type: ignore[attr-defined]
+        state.queue_watch.memory = (90 * 2**20, 100 * 2**20)  # 90 % of maxmemory, over REDIS_MEMORY_HIGH_PCT=80
         first = post(client, {"push_id": "first", "data": {"sessions": [session(1)]}})
-        assert first.status_code == 202
-        client.portal.call(client.app.state.queue_watch.refresh)  # the watch's next tick, now
         again = post(client, {"push_id": "first", "data": {"sessions": [session(1)]}})
-        new = post(client, {"push_id": "second", "data": {"sessions": [session(2)]}})
+        assert queue.count == 0  # nothing went to Redis past the headroom
+        assert client.portal.call(state.spool.stats).batches == 1
+        state.queue_watch.memory = (10 * 2**20, 100 * 2**20)  # the workers drained Redis
+        assert client.portal.call(state.drainer.drain_once) == 1
+        after = post(client, {"push_id": "first", "data": {"sessions": [session(1)]}})
 
+    assert first.status_code == 202 and first.json()["accepted"] == {"sessions": 1}
     assert again.status_code == 200 and again.json() == {**first.json(), "duplicate": True}
-    assert_error(new, 503, "unavailable", "back-pressure: the queue holds 1 batches")
+    assert after.status_code == 200 and after.json() == {**first.json(), "duplicate": True}
     assert queue.count == 1
+    assert decode_batch(queue.jobs[0].args[0]).push_id == "first"
+
+
+def test_queue_depth_is_never_a_reason_to_refuse(
+    settings: Settings, server: fakeredis.FakeServer, queue: Queue
+) -> None:
+    no_info = replace(settings, redis_memory_high_pct=0)  # fakeredis has no INFO
+    with make_client(no_info, fakeredis.FakeAsyncRedis(server=server)) as client:
+        for i in range(30):
+            assert post(client, {"push_id": f"deep-{i}", "data": {"sessions": [session(i)]}}).status_code == 202
+        state = client.portal.call(client.app.state.queue_watch.refresh)  # type: ignore[attr-defined]
+        assert state.depth == 30
+        assert post(client, {"push_id": "one-more", "data": {"sessions": [session(99)]}}).status_code == 202
+    assert queue.count == 31
 
 
 @pytest.mark.parametrize(("retries", "pauses"), [(3, [1, 5, 30]), (7, [1, 5, 30, 120, 600, 600, 600])])
@@ -454,19 +472,55 @@ def test_pushed_at_at_the_edge_of_the_range_is_accepted(client: TestClient, queu
     assert decode_batch(queue.jobs[0].args[0]).pushed_at.year == 9999
 
 
-def test_redis_down_is_503_with_retry_after(settings: Settings) -> None:
+def test_redis_down_a_push_is_spooled_and_drained_once_redis_is_back(
+    settings: Settings, server: fakeredis.FakeServer, queue: Queue
+) -> None:
+    with make_client(settings, fakeredis.FakeAsyncRedis(server=server)) as client:
+        state = client.app.state  # type: ignore[attr-defined]
+        server.connected = False
+        first = post(client, {"push_id": "while-down", "data": {"sessions": [session(1)]}})
+        again = post(client, {"push_id": "while-down", "data": {"sessions": [session(1)]}})
+        assert client.portal.call(state.drainer.drain_once) == 0  # Redis still down: nothing leaves the spool
+        server.connected = True
+        state.queue_watch.mark_up()  # as the next successful enqueue would
+        assert client.portal.call(state.drainer.drain_once) == 1
+        assert client.portal.call(state.spool.stats).batches == 0
+
+    assert first.status_code == 202 and first.json()["success"] is True
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert queue.count == 1
+
+
+def test_without_a_spool_redis_down_is_503_with_retry_after(settings: Settings) -> None:
     dead = AsyncRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
-    with make_client(settings, dead) as client:
+    with make_client(replace(settings, spool_max_bytes=0), dead) as client:
         resp = post(client, {"data": {"sessions": [session(1)]}})
-    assert_error(resp, 503, "unavailable", "queue is unavailable")
+    assert_error(resp, 503, "unavailable", "this api has no spool (SPOOL_MAX_BYTES=0)")
     assert int(resp.headers["retry-after"]) > 0
 
 
-def test_healthz_answers_without_io(settings: Settings) -> None:
+def test_a_full_spool_is_503_and_counted(settings: Settings) -> None:
+    dead = AsyncRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    with make_client(replace(settings, spool_max_bytes=2000), dead) as client:
+        assert post(client, {"data": {"sessions": [session(1)]}}).status_code == 202
+        resp = post(client, {"data": {"sessions": [session(i) for i in range(2, 9)]}})
+        text = client.get("/metrics").text
+    assert_error(resp, 503, "unavailable", "SPOOL_MAX_BYTES")
+    assert 'selftune_ingest_refused_pushes_total{cause="spool_full"} 1.0' in text
+    assert "selftune_ingest_spool_batches 1.0" in text
+
+
+def test_healthz_answers_without_io_and_readyz_is_about_pushes(settings: Settings) -> None:
     dead = AsyncRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
     with make_client(settings, dead) as client:
         assert client.get("/healthz").json() == {"ok": True}
+        spooling = client.get("/readyz")
+    with make_client(replace(settings, spool_max_bytes=0), dead) as client:
         ready = client.get("/readyz")
+    # Redis down but the spool writable: pushes are still made durable, so the api stays in rotation.
+    assert spooling.status_code == 200, spooling.text
+    assert spooling.json()["pushes_go_to"] == "spool"
+    assert any(e.startswith("redis:") for e in spooling.json()["degraded"])
     assert ready.status_code == 503
     assert any(e.startswith("redis:") for e in ready.json()["errors"])
     body = ready.json()  # the error body of every other endpoint too, each problem listed

@@ -1,0 +1,308 @@
+"""The api's local durable spool: where a push goes when Redis cannot take it (SPEC 2.3, 2.5).
+
+The real CLI never sends a refused batch again, so a push that Redis cannot
+hold (unreachable, or past its memory headroom) is written here, exactly as it
+would have been queued, and fsynced before the 202. A drainer (`api.intake.SpoolDrainer`)
+moves spooled batches into the queue, oldest first, once Redis can take them.
+
+The store is SQLite (the standard library's `sqlite3`) in WAL mode with
+`synchronous=FULL`: every commit is fsynced, a crash or SIGKILL never leaves a
+half-written batch, and several api processes on one host share one file
+safely (SQLite's own locking). A drainer leases the batches it moves, so two
+processes never drain the same batch at once; a lease left by a killed process
+expires and another drains it. Draining is idempotent anyway: the enqueue
+script skips a push id Redis has already accepted (counted as a duplicate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000  # another api process holding the write lock (a commit is a few ms)
+LEASE_S = 30.0  # a drainer that died mid-drain releases its batches after this
+DRAIN_BATCH = 50  # batches leased per round
+DRAIN_IDLE_S = 0.5  # pause between rounds while the spool is empty or Redis cannot take more
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spooled (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- drain order: oldest first
+    workspace_id TEXT NOT NULL,
+    push_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    payload BLOB NOT NULL,       -- the job argument, exactly as it would have been queued
+    answer BLOB NOT NULL,        -- the 202's body, for the 200 duplicate answer
+    records INTEGER NOT NULL,    -- accepted records (the shared rate counter)
+    bytes INTEGER NOT NULL,
+    spooled_at REAL NOT NULL,    -- unix time
+    lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    UNIQUE (workspace_id, push_id)
+);
+CREATE TABLE IF NOT EXISTS spool_size (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    batches INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO spool_size VALUES (1, 0, 0);
+"""
+
+
+class SpoolFull(Exception):
+    """The spool is at SPOOL_MAX_BYTES: the batch was not written."""
+
+
+class SpoolError(Exception):
+    """The spool could not be written (disk full, read-only, corrupt...): the batch was not written."""
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """One spooled batch, as the drainer reads it back."""
+
+    id: int
+    workspace_id: str
+    push_id: str
+    key_id: str
+    payload: bytes
+    answer: bytes
+    records: int
+    spooled_at: float
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    batches: int
+    bytes: int
+    oldest_spooled_at: float | None  # unix time
+
+    def oldest_age_s(self, now: float | None = None) -> float:
+        if self.oldest_spooled_at is None:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self.oldest_spooled_at)
+
+
+class Spool:
+    """The SQLite file at SPOOL_PATH. Thread-safe; blocking (the api calls it through `AsyncSpool`)."""
+
+    def __init__(self, path: str | Path, max_bytes: int) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE takes the write lock at once).
+        self._conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: a 202 survives a power cut
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        # Idempotent (IF NOT EXISTS, OR IGNORE): every api process of the host runs it at start.
+        self._conn.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
+
+    def put(
+        self, workspace_id: str, push_id: str, key_id: str, payload: bytes, answer: bytes, records: int
+    ) -> bytes | None:
+        """Write a batch durably; return the first answer instead if this push id is spooled already.
+
+        Raises SpoolFull past SPOOL_MAX_BYTES and SpoolError when the disk refuses.
+        """
+        size = len(payload) + len(answer)
+        try:
+            with self._write() as conn:
+                prior = conn.execute(
+                    "SELECT answer FROM spooled WHERE workspace_id = ? AND push_id = ?", (workspace_id, push_id)
+                ).fetchone()
+                if prior is not None:
+                    return bytes(prior[0])
+                (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
+                if held + size > self.max_bytes:
+                    raise SpoolFull(f"the spool holds {held} bytes of its {self.max_bytes} (SPOOL_MAX_BYTES)")
+                conn.execute(
+                    "INSERT INTO spooled (workspace_id, push_id, key_id, payload, answer, records, bytes, spooled_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (workspace_id, push_id, key_id, payload, answer, records, size, time.time()),
+                )
+                conn.execute("UPDATE spool_size SET batches = batches + 1, bytes = bytes + ?", (size,))
+        except sqlite3.Error as exc:
+            raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
+        return None
+
+    def first_answer(self, workspace_id: str, push_id: str) -> bytes | None:
+        """The answer a spooled push id was accepted with, or None."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT answer FROM spooled WHERE workspace_id = ? AND push_id = ?", (workspace_id, push_id)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def lease(self, owner: str, limit: int = DRAIN_BATCH, lease_s: float = LEASE_S) -> list[Spooled]:
+        """Up to `limit` of the oldest batches no live drainer holds, now held by `owner` for `lease_s`."""
+        now = time.time()
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT id, workspace_id, push_id, key_id, payload, answer, records, spooled_at FROM spooled"
+                " WHERE lease_until < ? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            if rows:
+                conn.executemany(
+                    "UPDATE spooled SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                    [(owner, now + lease_s, row[0]) for row in rows],
+                )
+        return [Spooled(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6], r[7]) for r in rows]
+
+    def remove(self, owner: str, ids: list[int]) -> int:
+        """Delete drained batches this owner still leases; return how many went."""
+        if not ids:
+            return 0
+        with self._write() as conn:
+            marks = ",".join("?" * len(ids))
+            (count, size) = conn.execute(
+                f"SELECT count(*), coalesce(sum(bytes), 0) FROM spooled WHERE lease_owner = ? AND id IN ({marks})",
+                (owner, *ids),
+            ).fetchone()
+            conn.execute(f"DELETE FROM spooled WHERE lease_owner = ? AND id IN ({marks})", (owner, *ids))
+            conn.execute("UPDATE spool_size SET batches = batches - ?, bytes = bytes - ?", (count, size))
+        return int(count)
+
+    def release(self, owner: str, ids: list[int]) -> None:
+        """Give leased batches back (Redis failed mid-drain): the next round takes them again."""
+        if not ids:
+            return
+        with self._write() as conn:
+            marks = ",".join("?" * len(ids))
+            conn.execute(
+                f"UPDATE spooled SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = ? AND id IN ({marks})",
+                (owner, *ids),
+            )
+
+    def drop_workspace(self, workspace_id: str) -> int:
+        """Delete a workspace's spooled batches (its data is being deleted); return how many."""
+        with self._write() as conn:
+            (count, size) = conn.execute(
+                "SELECT count(*), coalesce(sum(bytes), 0) FROM spooled WHERE workspace_id = ?", (workspace_id,)
+            ).fetchone()
+            conn.execute("DELETE FROM spooled WHERE workspace_id = ?", (workspace_id,))
+            conn.execute("UPDATE spool_size SET batches = batches - ?, bytes = bytes - ?", (count, size))
+        return int(count)
+
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            batches, size = self._conn.execute("SELECT batches, bytes FROM spool_size").fetchone()
+            (oldest,) = self._conn.execute("SELECT min(spooled_at) FROM spooled").fetchone()
+        return SpoolStats(int(batches), int(size), oldest)
+
+    def writable(self) -> str | None:
+        """None if a batch could be written now, else why not."""
+        try:
+            with self._write() as conn:
+                (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
+        except (SpoolError, sqlite3.Error) as exc:
+            return f"spool: {exc}"
+        if held >= self.max_bytes:
+            return f"spool: full ({held} bytes, SPOOL_MAX_BYTES={self.max_bytes})"
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def read_stats(path: str | Path) -> SpoolStats | None:
+    """What a spool file holds, read-only (the ops command line); None if there is no spool there."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        batches, size = conn.execute("SELECT batches, bytes FROM spool_size").fetchone()
+        (oldest,) = conn.execute("SELECT min(spooled_at) FROM spooled").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return SpoolStats(int(batches), int(size), oldest)
+
+
+class AsyncSpool:
+    """The spool for the event loop: every call runs on one thread of its own, in order."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        # Known to hold batches (set by a put or a stats read, cleared by a stats read showing none):
+        # while false, a push skips the spool's push-id lookup altogether.
+        self.maybe_holds = True
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def put(self, *args: Any) -> bytes | None:
+        prior = await self._run(self.spool.put, *args)
+        self.maybe_holds = True
+        return prior  # type: ignore[no-any-return]
+
+    async def first_answer(self, workspace_id: str, push_id: str) -> bytes | None:
+        if not self.maybe_holds:
+            return None
+        return await self._run(self.spool.first_answer, workspace_id, push_id)  # type: ignore[no-any-return]
+
+    async def stats(self) -> SpoolStats:
+        stats: SpoolStats = await self._run(self.spool.stats)
+        self.maybe_holds = stats.batches > 0
+        return stats
+
+    async def lease(self, owner: str, limit: int = DRAIN_BATCH) -> list[Spooled]:
+        return await self._run(self.spool.lease, owner, limit)  # type: ignore[no-any-return]
+
+    async def remove(self, owner: str, ids: list[int]) -> int:
+        return await self._run(self.spool.remove, owner, ids)  # type: ignore[no-any-return]
+
+    async def release(self, owner: str, ids: list[int]) -> None:
+        await self._run(self.spool.release, owner, ids)
+
+    async def writable(self) -> str | None:
+        return await self._run(self.spool.writable)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self._run(self.spool.close)
+        self._executor.shutdown(wait=False)
+
+
+def drainer_name() -> str:
+    """A lease owner unique to this process (host, pid and a random part: pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
