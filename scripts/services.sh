@@ -34,10 +34,12 @@ redis_up() {
   # auto-aof-rewrite-min-size 1gb: no rewrite (a fork, and a copy of the whole backlog
   # competing for the CPU) while a burst's backlog builds up; at 64mb those rewrites
   # doubled the api's p99 latency (bench/README.md, "The api's tail at half rate").
+  # maxmemory: the api reads it to know its headroom (REDIS_MEMORY_HIGH_PCT): past 80 % of it,
+  # pushes go to the api's spool instead of Redis, so a backlog never makes Redis refuse writes.
   redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$data/redis" --daemonize yes \
     --pidfile "$data/redis/redis.pid" --logfile "$data/redis/redis.log" \
     --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --save "" --rdbcompression no \
-    --auto-aof-rewrite-min-size 1gb
+    --auto-aof-rewrite-min-size 1gb --maxmemory "${REDIS_MAXMEMORY:-2gb}"
   for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return; sleep 0.1; done
   echo "services: redis did not start; see $data/redis/redis.log" >&2; exit 1
 }

@@ -195,8 +195,9 @@ def process_env(settings: Any, **overrides: str) -> dict[str, str]:
     """Environment of api and worker processes: this checkout's code, the test servers, quick retries."""
     return {
         **os.environ,
-        # Run this checkout's code, whatever the venv was installed from.
-        "PYTHONPATH": str(REPO),
+        # Run this checkout's code, whatever the venv was installed from (SELFTUNE_CODE_DIR: another
+        # checkout's, e.g. the code before a change, run under the same tests for contrast).
+        "PYTHONPATH": os.environ.get("SELFTUNE_CODE_DIR") or str(REPO),
         "PYTHONUNBUFFERED": "1",
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from schema.settings import Settings
 from tests.conftest import missing_server
 from tests.e2e.stack import Stack, running_stack
+from tests.faults.cli_harness import CLI_TABLE, HEADER
 from tests.faults.harness import SUMMARIES, WorkerPool
 from tests.faults.servers import Servers
 from workers.accounts import create_key, create_workspace
@@ -81,6 +82,12 @@ def rq_redis(settings: Settings) -> Iterator[Redis]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if CLI_TABLE:
+        terminalreporter.section("fault scenarios with the CLI's retry policy (SPEC 2.5)")
+        terminalreporter.write_line(HEADER)
+        terminalreporter.write_line("|---|---|---|---|---|---|")
+        for figures in CLI_TABLE:
+            terminalreporter.write_line(figures.row())
     if SUMMARIES:
         terminalreporter.section("fault scenarios")
         for line in SUMMARIES:

@@ -104,6 +104,7 @@ def test_a_full_redis_spools_the_push_and_the_drainer_queues_it_once_redis_has_r
     assert push(client, api_key, {"prompts": [samples.prompt(1)]}, "fits").status_code == 202
     policy = redis.config_get("maxmemory-policy")["maxmemory-policy"]
     redis.config_set("maxmemory-policy", "noeviction")
+    maxmemory = redis.config_get("maxmemory")["maxmemory"]
     redis.config_set("maxmemory", 1)  # below what Redis already uses: every write is refused
     try:
         resp = push(client, api_key, {"prompts": [samples.prompt(2)]}, "does-not-fit")
@@ -112,7 +113,7 @@ def test_a_full_redis_spools_the_push_and_the_drainer_queues_it_once_redis_has_r
         assert queue.count == 1
         assert client.app.state.spool.spool.stats().batches == 1  # type: ignore[attr-defined]
     finally:
-        redis.config_set("maxmemory", 0)
+        redis.config_set("maxmemory", maxmemory)
         redis.config_set("maxmemory-policy", policy)
     _wait_for("the drainer moved the spooled push into the queue", lambda: queue.count == 2)
     assert client.app.state.spool.spool.stats().batches == 0  # type: ignore[attr-defined]
@@ -132,6 +133,7 @@ def test_past_the_memory_headroom_pushes_go_to_the_spool_so_workers_can_still_dr
     redis = Redis.from_url(settings.redis_url)
     queue = Queue(settings.queue_name, connection=redis)
     used = int(redis.info("memory")["used_memory"])
+    maxmemory = redis.config_get("maxmemory")["maxmemory"]
     redis.config_set("maxmemory", int(used / 0.9))  # ~90 % in use: over the 80 % bound, under the cap
     try:
         time.sleep(1.5)  # the api reads Redis's memory use once a second
@@ -142,7 +144,7 @@ def test_past_the_memory_headroom_pushes_go_to_the_spool_so_workers_can_still_dr
         assert ready.status_code == 200 and ready.json()["pushes_go_to"] == "spool"
         assert any("maxmemory (REDIS_MEMORY_HIGH_PCT=80)" in d for d in ready.json()["degraded"])
     finally:
-        redis.config_set("maxmemory", 0)
+        redis.config_set("maxmemory", maxmemory)
     _wait_for("the drainer moved the spooled push into the queue", lambda: queue.count == 1)
     assert push(client, api_key, {"prompts": [samples.prompt(1)]}, "near-full").status_code == 200
 

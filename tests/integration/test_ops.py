@@ -295,6 +295,7 @@ def test_status_and_metrics_show_the_spool_while_redis_cannot_take_pushes(
     spooled = "selftune_ingest_spooled_batches_total"
     with TestClient(create_app(cli_env)) as c:
         base = metric(c.get("/metrics").text, spooled, 0)
+        maxmemory = redis.config_get("maxmemory")["maxmemory"]
         redis.config_set("maxmemory", 1)  # under noeviction every write is refused (OOM)
         try:
             for i in range(3):
@@ -302,7 +303,7 @@ def test_status_and_metrics_show_the_spool_while_redis_cannot_take_pushes(
             text = c.get("/metrics").text
             status = run_cli(capsys, "status")
         finally:
-            redis.config_set("maxmemory", 0)
+            redis.config_set("maxmemory", maxmemory)
         deadline = time.monotonic() + 10
         while Queue(cli_env.queue_name, connection=redis).count < 3:
             assert time.monotonic() < deadline, "the spool was not drained"

@@ -1,0 +1,187 @@
+"""A client that treats every answer exactly as the real selftune CLI 0.2.32 does (SPEC 2.5).
+
+- A network error (status 0), 429 or any 5xx is retried within the same flush: at most
+  ATTEMPTS attempts, sleeping SLEEPS_S between them (about 15 s in all). `Retry-After`
+  is ignored.
+- After the last attempt the payload is `failed`; any other 4xx, and a 2xx whose body
+  does not say `success: true`, are `failed` at once. 2xx with `success: true`, 304
+  and 409 count as sent.
+- A `failed` payload is never sent again: its records are gone. Retries of one
+  payload reuse its body and push id.
+- Each CLI sends its payloads one after another (a flush is sequential), each POST
+  with a 30 s timeout.
+
+So what the service refused for longer than ~15 s is lost, and the fault scenarios
+count it as such: a record is lost when its client gave up on its push, or when the
+push was acknowledged and the record never reached Postgres.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx2
+
+from tests.e2e.rows import ID_COLUMNS
+from tests.faults.load import Push, build_push
+
+ATTEMPTS = 5
+SLEEPS_S = (1.0, 2.0, 4.0, 8.0)
+REQUEST_TIMEOUT = httpx2.Timeout(30.0, connect=30.0)
+
+SENT = "sent"
+GAVE_UP = "gave up"  # retried ATTEMPTS times, never acknowledged
+REFUSED_4XX = "refused 4xx"  # failed at once
+BAD_2XX = "2xx not understood"
+
+
+@dataclass
+class CliLedger:
+    """Every payload's fate as its CLI saw it (thread-safe)."""
+
+    pushes: dict[str, Push] = field(default_factory=dict)
+    fate: dict[str, str] = field(default_factory=dict)
+    attempts: Counter[str] = field(default_factory=Counter)  # answers seen on any attempt, by kind
+    retried: int = 0  # payloads that needed more than one attempt
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def settle(self, push: Push, fate: str, answers: list[str]) -> None:
+        with self._lock:
+            self.pushes[push.push_id] = push
+            self.fate[push.push_id] = fate
+            self.attempts.update(answers)
+            self.retried += len(answers) > 1
+
+    def with_fate(self, fate: str) -> set[str]:
+        return {p for p, f in self.fate.items() if f == fate}
+
+    @property
+    def acknowledged(self) -> set[str]:
+        return self.with_fate(SENT)
+
+    @property
+    def given_up(self) -> set[str]:
+        return set(self.fate) - self.acknowledged
+
+    def expected_ids(self, push_ids: set[str]) -> dict[str, list[str]]:
+        """The record ids of these pushes by table, sorted (ids are unique per push: counts are exact)."""
+        out: dict[str, list[str]] = {table: [] for table in ID_COLUMNS}
+        for pid in push_ids:
+            for table, ids in self.pushes[pid].records.items():
+                out[table].extend(ids)
+        return {table: sorted(ids) for table, ids in out.items()}
+
+
+def send_as_the_cli(client: httpx2.Client, url: str, key: str, push: Push) -> tuple[str, list[str]]:
+    """One payload through the CLI's policy; returns (fate, the answers of each attempt)."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if push.gzipped:  # the real CLI sends no Content-Encoding; kept for the variety of bodies
+        headers["Content-Encoding"] = "gzip"
+    answers: list[str] = []
+    for attempt in range(ATTEMPTS):
+        if attempt:  # a stop request does not cut a payload's retries short: the CLI would go on
+            time.sleep(SLEEPS_S[attempt - 1])
+        try:
+            response = client.post(url + push.path, content=push.body, headers=headers)
+        except httpx2.TransportError as exc:
+            answers.append(f"network error ({type(exc).__name__})")
+            continue
+        answers.append(str(response.status_code))
+        status = response.status_code
+        if status in (304, 409):
+            return SENT, answers
+        if 200 <= status < 300:
+            try:
+                ok = response.json().get("success") is True
+            except ValueError:
+                ok = False
+            return (SENT if ok else BAD_2XX), answers
+        if status == 429 or status >= 500:
+            continue
+        return REFUSED_4XX, answers
+    return GAVE_UP, answers
+
+
+class CliFleet:
+    """`len(keys)` CLIs, each pushing new payloads one after another until stopped, each by the CLI's policy.
+
+    Bounded: at most `max_pushes` payloads in all; `stop()` lets each CLI finish the
+    payload it is retrying (at most ~15 s plus its timeouts), as a real flush would.
+    """
+
+    def __init__(
+        self,
+        target: Callable[[], str],
+        keys: list[str],
+        workspace_id: str,
+        ledger: CliLedger,
+        tag: str,
+        pause_s: float = 0.05,
+        max_pushes: int = 20_000,
+    ) -> None:
+        self.target = target
+        self.keys = keys
+        self.workspace_id = workspace_id
+        self.ledger = ledger
+        self.tag = tag
+        self.pause_s = pause_s
+        self.max_pushes = max_pushes
+        self._seq = itertools.count(1)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.started_at = 0.0
+        self.elapsed_s = 0.0
+        self.crashes: list[str] = []
+
+    def start(self) -> CliFleet:
+        self.started_at = time.monotonic()
+        for i, key in enumerate(self.keys):
+            t = threading.Thread(target=self._run, args=(key,), name=f"cli-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _run(self, key: str) -> None:
+        try:
+            with httpx2.Client(timeout=REQUEST_TIMEOUT) as client:
+                while not self._stop.is_set():
+                    seq = next(self._seq)
+                    if seq > self.max_pushes:
+                        return
+                    push = build_push(seq, self.tag, self.workspace_id)
+                    fate, answers = send_as_the_cli(client, self.target(), key, push)
+                    self.ledger.settle(push, fate, answers)
+                    self._stop.wait(self.pause_s)
+        except Exception as exc:  # a bug in the client must fail the test, not vanish with the thread
+            self.crashes.append(f"{threading.current_thread().name}: {exc!r}")
+
+    def sleep_until(self, offset_s: float) -> None:
+        remaining = self.started_at + offset_s - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+
+    def run_for(self, seconds: float, during: Callable[[], None] | None = None) -> None:
+        """Run for `seconds` from the start, with `during()` in this thread meanwhile; then stop."""
+        if not self._threads:
+            self.start()
+        try:
+            if during is not None:
+                during()
+            self.sleep_until(seconds)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        longest = sum(SLEEPS_S) + ATTEMPTS * 30 + 5
+        for t in self._threads:
+            t.join(timeout=longest)
+        self.elapsed_s = time.monotonic() - self.started_at
+        alive = [t.name for t in self._threads if t.is_alive()]
+        assert not alive, f"CLI threads did not stop: {alive}"
+        assert not self.crashes, f"the CLI client crashed: {self.crashes}"
