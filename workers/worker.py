@@ -3,28 +3,42 @@
 `IngestWorker` is RQ's `SimpleWorker`: the job runs in the worker process, so
 imports, the msgspec decoders and the Postgres connection are paid once, not
 per job. When batches are waiting behind the one it dequeued, it takes up to
-WORKER_JOBS_PER_TAKE of them at once (see `IngestWorker.execute_job`).
-`run_workers(n)` starts n such processes and waits for them.
+WORKER_JOBS_PER_TAKE of them at once (see `IngestWorker.execute_job`). While it
+runs batches, a thread renews its claim on them every few seconds, so a batch
+whose worker died is retried within seconds, and a live one, however long, never.
+
+`run_workers(n)` supervises n such worker processes and one RQ scheduler process
+(it moves retries whose pause is over back to the queue), each of them a child
+that dies with the supervisor; a child that exits is replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import time
+import uuid
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
+from rq.registry import clean_registries
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+from rq.scripts import release_lock
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY, clean_worker_registry
 
 from schema import logs, redis_check
 from schema.heap import freeze_startup_heap
@@ -35,9 +49,28 @@ from workers.jobs import count_batch, log_batch, write_payload
 
 log = logging.getLogger(__name__)
 
-# How long after its timeout a job whose worker vanished (SIGKILL, lost machine)
-# is declared abandoned and retried. RQ's default is 60 s; our jobs are short.
+# While a worker runs batches, a thread renews its claim on each (RQ's execution and
+# started-registry entries) every HEARTBEAT_INTERVAL_S, for HEARTBEAT_TTL_S. A worker
+# that dies (SIGKILL, OOM, lost machine) stops renewing: the next maintenance of any
+# worker of the queue after the claim lapses retries its batch, within about
+# HEARTBEAT_TTL_S + WORKER_MAINTENANCE_INTERVAL_S + the first retry pause of the death.
+# (RQ's own claim lasts the job's whole timeout + 60 s, renewed by nothing in a SimpleWorker.)
+HEARTBEAT_TTL_S = 12
+HEARTBEAT_INTERVAL_S = 4
+# A batch still running this long after its own timeout (stuck where RQ's SIGALRM
+# cannot stop it) is renewed no more, and so is retried as abandoned.
 ABANDONED_GRACE_S = 10
+# RQ's maintenance lock lasts 899 s and is left behind by a worker killed while it
+# cleans, or by a cleaning that raised: nobody would retry abandoned batches for 15
+# minutes. Cleaning takes milliseconds; ours expires after MAINTENANCE_LOCK_S.
+MAINTENANCE_LOCK_S = 30
+# A job in the queue's intermediate list but not started (its worker died between
+# taking it and registering it, a few milliseconds) is retried once two cleanings
+# INTERMEDIATE_GRACE_S apart saw it so (RQ waits a minute). A sighting is forgotten
+# after INTERMEDIATE_SEEN_TTL_S, so one made of a job then running normally is not
+# held against the same job taken again later.
+INTERMEDIATE_GRACE_S = 10
+INTERMEDIATE_SEEN_TTL_S = 60
 
 
 # Moves job ids from the queue (KEYS[1]) to its intermediate queue (KEYS[2]), as
@@ -73,25 +106,140 @@ class IngestWorker(SimpleWorker):
     and `replay` behave exactly as for a job taken alone. With an empty queue
     behind it, a job takes RQ's own path unchanged.
 
-    Abandoned jobs (the worker killed) are noticed within timeout + ABANDONED_GRACE_S.
+    A thread renews the claims on running jobs (see HEARTBEAT_TTL_S), so the jobs
+    of a worker that died are retried by the next maintenance after the claims
+    lapse, and those of a live one are never taken for abandoned.
     """
 
     jobs_per_take = 1
     _take_script: Any = None
+    _heartbeat_thread: threading.Thread | None = None
+    _heartbeat_stop: threading.Event | None = None
+    _running: tuple[float | None, int] = (None, 0)  # when the job or take now running started, and its timeout
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return int(job.timeout or 180) + ABANDONED_GRACE_S
+        # RQ sets every claim (execution, started registry, worker key) for this long
+        # when a job starts; the heartbeat thread renews it while the job runs.
+        return HEARTBEAT_TTL_S
+
+    def _start_heartbeat(self) -> None:
+        """Start the thread that renews the claims on running jobs (once per process)."""
+        if self._heartbeat_thread is not None and self._heartbeat_thread.is_alive():
+            return
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread = threading.Thread(
+            target=self._heartbeat_loop, args=(self._heartbeat_stop,), name="claim-heartbeat", daemon=True
+        )
+        self._heartbeat_thread.start()
+
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                self.renew_claims()
+            except Exception as exc:  # Redis away: try again next time (the claims last 3 intervals)
+                log.warning("could not renew the claims on running batches: %s: %s", type(exc).__name__, exc)
+
+    def renew_claims(self) -> int:
+        """Renew, for HEARTBEAT_TTL_S, this worker's claims on the jobs it is running; returns how many.
+
+        Runs on the heartbeat thread. `self.executions` (RQ's own index of the worker's running
+        executions: one for RQ's path, one per job of a take) is changed by the main thread,
+        so it is copied first. A job that ended meanwhile is not claimed again: RQ's execution
+        heartbeat only updates registry entries that still exist (ZADD XX); at worst it leaves
+        the ended execution's own hash behind, which expires after HEARTBEAT_TTL_S. Past the
+        timeout of the job or take now running (+ ABANDONED_GRACE_S), nothing is renewed: a
+        job stuck where RQ's alarm cannot stop it lapses, and is retried as abandoned.
+        """
+        for _ in range(5):
+            try:
+                running = list(self.executions.values())
+                break
+            except RuntimeError:  # changed size while copied
+                continue
+        else:
+            return 0
+        if not running or not self._within_timeout():
+            return 0
+        with self.connection.pipeline() as pipe:
+            for execution in running:
+                execution.heartbeat(execution.job.started_job_registry, HEARTBEAT_TTL_S, pipe)
+            self.heartbeat(HEARTBEAT_TTL_S, pipeline=pipe)
+            pipe.execute()
+        return len(running)
+
+    def _within_timeout(self) -> bool:
+        """Whether the job (or take) running now is within its timeout + ABANDONED_GRACE_S."""
+        since, timeout = self._running
+        if since is None or timeout < 0:  # not started yet (bookkeeping), or no timeout
+            return True
+        return time.monotonic() - since < timeout + ABANDONED_GRACE_S
+
+    def _start_clock(self, timeout: int) -> None:
+        """Note that a job, or a take, starts under a death penalty of `timeout` s (see _within_timeout)."""
+        self._running = (time.monotonic(), timeout)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        self._start_clock(int(job.timeout or self.queue_class.DEFAULT_TIMEOUT))
+        return super().perform_job(job, queue, execution)
+
+    def teardown(self) -> None:
+        if self._heartbeat_stop is not None:
+            self._heartbeat_stop.set()
+        super().teardown()  # type: ignore[no-untyped-call]
+
+    def clean_registries(self) -> None:
+        """RQ's `clean_registries`, with a lock that expires after MAINTENANCE_LOCK_S, not 899 s.
+
+        The lock is RQ's own key, so plain RQ workers on the queue still take turns with
+        these. It also rescues jobs stuck in the intermediate list after INTERMEDIATE_GRACE_S.
+        """
+        for queue in self.queues:
+            if not self.connection.set(queue.registry_cleaning_key, 1, nx=True, ex=MAINTENANCE_LOCK_S):
+                continue
+            try:
+                self.log.debug("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
+                clean_registries(queue, self._exc_handlers)  # private: RQ's failure handlers, as RQ passes them
+                clean_worker_registry(queue)
+                self._rescue_intermediate(queue)
+            finally:
+                queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
+        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ's annotation says None only
+
+    def _rescue_intermediate(self, queue: Queue) -> None:
+        """RQ's `IntermediateQueue.cleanup`, with INTERMEDIATE_GRACE_S instead of a minute (see there)."""
+        intermediate = queue.intermediate_queue
+        job_ids = intermediate.get_job_ids()
+        if not job_ids:
+            return
+        started = set(queue.started_job_registry.get_job_ids(cleanup=False))
+        for job_id in job_ids:
+            if job_id in started:
+                continue
+            job = queue.fetch_job(job_id)
+            if job is None:
+                intermediate.remove(job_id)
+                continue
+            seen_key = intermediate.get_first_seen_key(job_id)
+            if self.connection.set(seen_key, now().timestamp(), nx=True, ex=INTERMEDIATE_SEEN_TTL_S):
+                continue  # first sighting
+            first_seen = intermediate.get_first_seen(job_id)
+            if first_seen is not None and (now() - first_seen).total_seconds() > INTERMEDIATE_GRACE_S:
+                log.warning("job %s was taken from the queue by a worker that never started it: retrying it", job_id)
+                self.handle_job_failure(job, queue, exc_string="Job was stuck in intermediate queue.")
+                intermediate.remove(job_id)
+                self.connection.delete(seen_key)
 
     @property
     def dequeue_timeout(self) -> int:
         # RQ runs maintenance (which retries abandoned batches) only between
         # waits for a job, and an idle wait lasts up to worker_ttl - 15 s (6+ min).
         # Wait at most one maintenance interval, so a dead worker's batch is
-        # retried within about timeout + grace + interval (RQ's own locks can
-        # add up to a minute: its scheduler lock, its intermediate queue).
+        # retried within about HEARTBEAT_TTL_S + interval.
         return max(1, min(super().dequeue_timeout, int(self.maintenance_interval)))
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        self._start_heartbeat()
+        self._running = (None, 0)  # until its death penalty starts (perform_job, _perform_together)
         more = self._take_more(queue) if self.jobs_per_take > 1 and job.func_name == INGEST_JOB else []
         # Only ingest jobs are written together; anything else on the queue runs RQ's own way.
         batches = [j for j in more if j.func_name == INGEST_JOB]
@@ -129,6 +277,7 @@ class IngestWorker(SimpleWorker):
         executions = self._start_all(jobs, queue)
         written: list[tuple[Job, Execution, dict[str, Any], float]] = []
         timeout = max(j.timeout or self.queue_class.DEFAULT_TIMEOUT for j in jobs)
+        self._start_clock(int(timeout))
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
                 for job, execution in zip(jobs, executions, strict=True):
@@ -151,9 +300,9 @@ class IngestWorker(SimpleWorker):
             )
         self._finish_all(written)
         for job, execution in list(zip(jobs, executions, strict=True))[len(written) :]:
-            # Registered as started when the take began: renew it now, or another worker's
-            # maintenance could take this batch for abandoned while it runs (RQ's own
-            # prepare_job_execution does not renew the started registry).
+            # Registered as started when the take began, and renewed by the heartbeat thread
+            # since: renew it now too, so that it starts with a whole HEARTBEAT_TTL_S ahead
+            # (RQ's own prepare_job_execution does not renew the started registry).
             with self.connection.pipeline() as pipe:
                 execution.heartbeat(job.started_job_registry, self.get_heartbeat_ttl(job), pipe)
                 pipe.execute()
@@ -244,58 +393,169 @@ def raise_recursion_limit() -> None:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), WORKER_RECURSION_LIMIT))
 
 
-def _work(burst: bool) -> None:
+# PR_SET_PDEATHSIG (linux/prctl.h): the kernel signals the process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _die_with_parent(sig: int, parent: int) -> None:
+    """Have the kernel send `sig` to this process as soon as `parent` (the supervisor) dies.
+
+    Without it a child of a supervisor killed with SIGKILL lives on as an orphan: a
+    worker nobody stops, or a scheduler holding the lock no replacement can take.
+    Linux only (prctl through ctypes); elsewhere the process manager must kill the group.
+    """
+    # Not the supervisor's handlers, inherited by fork (blocked across it: see _Child.start).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), sig)
+
+
+def _work(burst: bool, parent: int) -> None:
+    # SIGKILL, as if killed with the supervisor: a worker cannot stop warmly within a
+    # bounded time (a batch may run for its whole timeout), and its batch is retried.
+    _die_with_parent(signal.SIGKILL, parent)
     logs.configure()
     raise_recursion_limit()
     settings = Settings.from_env()
     check_redis(Redis.from_url(settings.redis_url), settings)
     worker = make_worker(settings)
     freeze_startup_heap()
-    worker.work(burst=burst, with_scheduler=True, logging_level=os.environ.get("LOG_LEVEL", "INFO"))
+    # The scheduler runs in a process of its own (see run_workers), not forked by a
+    # worker: RQ's, the worker's child, would outlive a worker killed with SIGKILL. A
+    # burst worker only moves due jobs once, in-process, as RQ does in burst mode.
+    worker.work(burst=burst, with_scheduler=burst, logging_level=os.environ.get("LOG_LEVEL", "INFO"))
 
 
-RESTART_BACKOFF_S = 2.0  # a worker that died (Redis gone, say) is replaced after this pause
+SCHEDULER_LOCK_POLL_S = 1.0  # how often a scheduler waiting for the lock (another holds it) tries again
+
+
+def make_scheduler(settings: Settings, name: str, connection: Redis | None = None) -> RQScheduler:
+    """RQ's scheduler for the ingest queue, named `name` (its lock's token)."""
+    return RQScheduler(
+        [settings.queue_name],
+        connection=connection or Redis.from_url(settings.redis_url),
+        serializer=MsgpackSerializer,
+        name=name,
+        logging_level=os.environ.get("LOG_LEVEL", "INFO"),
+    )
+
+
+def _schedule(name: str, parent: int) -> None:
+    """A scheduler process: wait for RQ's scheduler lock, then move due jobs to the queue every second."""
+    # SIGTERM: it stops within a second and releases its lock (RQ's handler).
+    _die_with_parent(signal.SIGTERM, parent)
+    logs.configure()
+    scheduler = make_scheduler(Settings.from_env(), name)
+    # One scheduler per queue holds the lock (another pool's, on another machine, say):
+    # wait for it. RQ's own loop would only try again after 2 minutes.
+    while not scheduler.acquire_locks():  # type: ignore[no-untyped-call]
+        time.sleep(SCHEDULER_LOCK_POLL_S)
+    # In this process, not `start()`, which would fork one more child.
+    scheduler.work()  # type: ignore[no-untyped-call]
+
+
+def release_scheduler(settings: Settings, name: str) -> None:
+    """Release the lock of a scheduler that died (if it still holds it) and forget it, as its own stop would."""
+    redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        # Private to RQ (rq.scripts): the compare-and-delete its scheduler releases its lock with.
+        release_lock(redis, RQScheduler.get_locking_key(settings.queue_name), name)
+        redis.delete(SCHEDULER_KEY_TEMPLATE % name)  # its metadata hash, as its register_death deletes it
+    except (RedisError, OSError) as exc:
+        log.warning("could not release the lock of scheduler %s (it expires within a minute): %s", name, exc)
+    finally:
+        redis.close()
+
+
+RESTART_BACKOFF_S = 2.0  # a child that exits sooner than this after its start is replaced this long after it
+
+
+class _Child:
+    """One supervised child process: a worker or the scheduler."""
+
+    def __init__(self, name: str, target: Any, args: tuple[Any, ...]) -> None:
+        self.name = name
+        self.target = target
+        self.args = args
+        self.proc: multiprocessing.Process | None = None
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.proc = multiprocessing.Process(target=self.target, args=self.args, name=self.name)
+        # A stop signal arriving while the child is forked waits until the child has its own handlers.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self.proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self.started = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.pid and self.proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signum)
 
 
 def run_workers(count: int, burst: bool = False) -> int:
-    """Run `count` worker processes and keep them running; SIGTERM/SIGINT stop them warmly.
+    """Run `count` worker processes and one scheduler process, and keep them running.
 
-    RQ's worker quits when Redis disappears under it: a child that exits
-    unexpectedly is replaced, so a Redis blip never halves capacity silently.
-    In burst mode the children end when the queue is empty, and are not replaced.
-    A single worker runs in this process: its process manager restarts it.
+    Every one of them is a child of this process that dies with it (see
+    `_die_with_parent`), and SIGTERM/SIGINT here stop them all warmly. RQ's worker
+    quits when Redis disappears under it: a child that exits unexpectedly is
+    replaced, at once if it had run for RESTART_BACKOFF_S, so a Redis blip never
+    halves capacity silently. A scheduler that died is replaced at once too,
+    after its lock is released, so delayed retries keep firing. In burst mode the
+    workers end when the queue is empty and are not replaced (no scheduler runs).
     """
-    if count == 1:
-        _work(burst)
-        return 0
-
-    def spawn(i: int) -> multiprocessing.Process:
-        proc = multiprocessing.Process(target=_work, args=(burst,), name=f"worker-{i}")
-        proc.start()
-        return proc
-
-    procs = [spawn(i) for i in range(count)]
+    logs.configure()
+    settings = Settings.from_env()
+    me = os.getpid()
+    workers = [_Child(f"worker-{i}", _work, (burst, me)) for i in range(count)]
+    scheduler_name = uuid.uuid4().hex  # its lock's token: what this pool releases when the scheduler died
+    children = list(workers)
+    scheduler: _Child | None = None
+    if not burst:
+        scheduler = _Child("scheduler", _schedule, (scheduler_name, me))
+        children.append(scheduler)
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for p in procs:
-            if p.pid and p.is_alive():
-                os.kill(p.pid, signum)
+        for child in children:
+            child.signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    while any(p.is_alive() for p in procs) or not (stopping or burst):
-        for i, p in enumerate(procs):
-            if p.is_alive() or stopping or burst:
-                continue
-            log.warning("%s exited with code %s; starting a new one", p.name, p.exitcode)
-            time.sleep(RESTART_BACKOFF_S)
-            if not stopping:
-                procs[i] = spawn(i)
-        time.sleep(0.5)
-    return max((p.exitcode or 0) for p in procs)
+    for child in children:
+        child.start()
+    while True:
+        if stopping or burst:
+            if not any(child.alive() for child in children):
+                break
+        else:
+            for child in children:
+                if child.alive() or time.monotonic() - child.started < RESTART_BACKOFF_S:
+                    continue
+                assert child.proc is not None
+                log.warning("%s exited with code %s; starting a new one", child.name, child.proc.exitcode)
+                if child is scheduler:
+                    release_scheduler(settings, scheduler_name)
+                if not stopping:
+                    child.start()
+        sentinels = [child.proc.sentinel for child in children if child.alive() and child.proc is not None]
+        multiprocessing.connection.wait(sentinels, timeout=0.5)  # wakes as soon as a child exits
+    return max((child.proc.exitcode or 0) for child in workers if child.proc is not None)
 
 
 if __name__ == "__main__":

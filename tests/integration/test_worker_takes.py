@@ -22,7 +22,7 @@ from schema.queue import IngestJob, MsgpackSerializer
 from schema.settings import Settings
 from tests.support import count, push_json, run_burst_worker, with_lock_timeout
 from workers import jobs
-from workers.worker import ABANDONED_GRACE_S, IngestWorker, make_worker
+from workers.worker import HEARTBEAT_TTL_S, IngestWorker, make_worker
 
 PUSHES = 12
 
@@ -165,7 +165,7 @@ def test_a_batch_left_after_a_failure_in_its_take_is_registered_afresh_before_it
         locker.rollback()
 
     assert db.execute("SELECT status FROM pushes WHERE push_id = 'after'").fetchone() == ("processed",)
-    ttl = settings.job_timeout_s + ABANDONED_GRACE_S
+    ttl = HEARTBEAT_TTL_S  # renewed as it starts, and every few seconds while it runs
     assert seen["left"] > ttl - 1.0, f"{seen['left']:.1f} s left of {ttl} s: registered when the take began"
 
 
