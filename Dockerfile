@@ -26,10 +26,16 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # Then the project itself (console script selftune-ingest, SQL migrations as package data).
 COPY api ./api
 COPY schema ./schema
+COPY spool ./spool
 COPY workers ./workers
 RUN pip install --no-deps . \
     && pip check \
     && rm -rf build ./*.egg-info
+
+# The api's local spool (README, "Durability"): mount a volume here; the directory is the
+# app user's, so a fresh named volume is too.
+ENV SPOOL_PATH=/var/lib/selftune-ingest/spool/api-spool.sqlite3
+RUN mkdir -p /var/lib/selftune-ingest/spool && chown -R 10001:10001 /var/lib/selftune-ingest
 
 USER 10001:10001
 

@@ -111,7 +111,9 @@ class KeyStore:
                 if parsed is not None:
                     key_id, workspace_id, revoked = parsed
                     self.served_without_postgres += 1
-                    return None if revoked else ApiKey(key_id, workspace_id)
+                    found = None if revoked else ApiKey(key_id, workspace_id)
+                    self._remember(digest, found, time.monotonic())
+                    return found
                 if mirror_made and cached is None:
                     return None  # the full copy does not hold it: unknown (401), as Postgres would say
         if cached is not None:

@@ -41,7 +41,13 @@ class Service:
         self.log_path = log_path
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                # cwd: uvicorn puts its working directory first on sys.path (--app-dir ".").
+                argv,
+                cwd=env.get("PYTHONPATH") or REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     @property

@@ -377,9 +377,11 @@ def _exported_series_names() -> set[str]:
 
     from api import metrics
     from schema.queue_state import QueueState
+    from spool.store import SpoolStats
 
     own = [f for obj in vars(metrics).values() if isinstance(obj, MetricWrapperBase) for f in obj.collect()]
     shared = list(metrics.SharedStateCollector(QueueState(0, 0.0, 0, 0, 0, 0, 0, {}), {}).collect())
+    shared += list(metrics.SpoolCollector(SpoolStats(0, 0, None)).collect())
     assert own, "found no prometheus-client metric objects in api/metrics.py"
     assert shared, "SharedStateCollector yielded no metric families"
     suffixes = {
@@ -583,7 +585,9 @@ def test_alert_rules_are_complete_and_cover_the_runbook() -> None:
         ("queue lag above 300 s", 300, ("selftune_ingest_queue_lag_seconds", "300")),
         ("failed batches", 600, ("selftune_ingest_failed_batches", "> 0")),
         ("no busy or idle workers", 120, ("selftune_ingest_workers", "== 0")),
-        ("503 rate", 60, ("selftune_ingest_pushes_total", 'code="503"')),
+        ("pushes refused because neither Redis nor the spool could hold them", 60, ("selftune_ingest_refused_pushes_total",)),
+        ("batches waiting in a spool", 300, ("selftune_ingest_spool_batches", "> 0")),
+        ("a deep queue (an alert, never a refusal)", 600, ("selftune_ingest_queue_batches",)),
     ]
     for what, min_for, needles in required:
         matching = [r for r in alerts if all(n in str(r["expr"]) for n in needles)]
