@@ -18,9 +18,11 @@ from starlette.requests import ClientDisconnect, Request
 from api.errors import ApiError
 from schema.envelope import NUL_MESSAGE, nul_path
 from schema.jsonbytes import has_nul_escape
+from schema.scan import nesting_depth
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer
 MAX_SMALL_BODY_BYTES = 64 * 1024  # consume, device-code and poll bodies are a few dozen bytes
+MAX_SMALL_BODY_DEPTH = 32  # their JSON is one flat object; the decoder would recurse past ~1,000 levels
 
 
 def _too_large(what: str, limit: int, setting: str) -> ApiError:
@@ -101,6 +103,14 @@ async def _read_body(request: Request, gzip: bool, max_bytes: int, max_compresse
 async def read_json(request: Request, decoder: msgspec.json.Decoder[Any]) -> Any:
     """A small JSON body decoded into its Struct: 400 if not JSON, 422 naming the field at fault."""
     body = await read_body(request, check_content_headers(request), MAX_SMALL_BODY_BYTES, MAX_SMALL_BODY_BYTES)
+    # Checked before decoding: msgspec raises RecursionError (a 500) near 1,000 levels.
+    depth = nesting_depth(body)
+    if depth > MAX_SMALL_BODY_DEPTH:
+        raise ApiError(
+            400,
+            "invalid_json",
+            f"body is nested {depth} levels deep, deeper than MAX_SMALL_BODY_DEPTH={MAX_SMALL_BODY_DEPTH}",
+        )
     try:
         decoded = decoder.decode(body)
     except msgspec.ValidationError as exc:

@@ -19,6 +19,7 @@ from msgspec import Meta, inspect
 
 from schema.jsonbytes import first_invalid_utf8, has_nul_escape
 from schema.records import OUT_OF_RANGE_MESSAGE, RECORD_DECODERS, RECORD_TYPES, Timestamp, in_utc_range
+from schema.scan import FIELD_CAP_BYTES, PushScanner, ScanError
 
 MAX_ERRORS_LISTED = 100  # a batch of 10,000 bad records gets a readable answer
 MAX_PUSH_ID_LENGTH = 200
@@ -329,6 +330,32 @@ def _undecodable(raw: msgspec.Raw | bytes, path: str, exc: msgspec.DecodeError) 
     return problem or f"{path}: {exc}"
 
 
+def check_alone(
+    record_type: str, raw: msgspec.Raw | bytes, path: str, limits: RecordLimits = DEFAULT_LIMITS
+) -> tuple[Any, msgspec.Raw | bytes, str | None]:
+    """check_record for a record's bytes as sent, found on their own (the scanner): (record, bytes to keep, error).
+
+    Reads around an unpaired surrogate as validate_push does for a whole body: in a
+    field nobody reads it is dropped with that field (the record is kept re-encoded),
+    elsewhere the record is rejected with the string's path. Invalid UTF-8 rejects
+    the record (msgspec would raise UnicodeDecodeError for it).
+    """
+    data = bytes(raw)
+    bad_byte = first_invalid_utf8(data)
+    if bad_byte is not None:
+        return None, raw, f"{path}: JSON is malformed: invalid UTF-8 (byte {bad_byte} of the record)"
+    record, error = check_record(record_type, raw, path, limits)
+    if error is None or (b"\\ud" not in data and b"\\uD" not in data):
+        return record, raw, error
+    try:
+        tree = json.loads(data.decode(), parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        return None, raw, error
+    fixed = _record_bytes(tree, RECORD_TYPES[record_type].__struct_fields__)
+    record, second = check_record(record_type, fixed, path, limits)
+    return (record, fixed, None) if second is None else (None, raw, second)
+
+
 def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> ValidatedPush:
     """Decode a push body and validate every record, each on its own account.
 
@@ -356,42 +383,91 @@ def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Validat
     try:
         envelope = _decode_envelope(body)
     except RecursionError:
-        # Deeper than the decoder can follow (~1000 levels): no record can be
-        # told from another, so the body as a whole is refused (400).
-        raise msgspec.DecodeError("JSON is nested too deeply to read") from None
+        # Deeper than the decoder can follow (~1,000 levels): the scanner finds where each
+        # record ends without recursing, and the record too deep to read is rejected alone.
+        return _validate_scanned(body, limits)
     except msgspec.DecodeError:
         # msgspec refuses an unpaired UTF-16 surrogate escape ("\\ud83d") anywhere, even in a
         # field it would ignore; JSON allows it, and JavaScript makes one by cutting a string
         # inside an emoji. Only the record holding it is rejected: read the body the slow way.
         if b"\\ud" not in body and b"\\uD" not in body:
             raise
-        tree = _read_around_surrogates(body)
-        if tree is None:  # not JSON for Python either: msgspec's own message
-            raise
         try:
+            tree = _read_around_surrogates(body)
+            if tree is None:  # not JSON for Python either: msgspec's own message
+                raise
             envelope = _envelope_around_surrogates(tree, limits)
         except RecursionError:
-            raise msgspec.DecodeError("JSON is nested too deeply to read") from None
+            return _validate_scanned(body, limits)
     _check_pushed_at(envelope)
     # Before any record is looked at: a few kilobytes of gzipped `{},` can hold millions.
     _check_count(sum(len(raws) for raws in _by_type(envelope).values()), limits)
     if not clean:  # a clean body has no NUL anywhere, the envelope's strings included
-        for name in _ENVELOPE_STRINGS:
-            value = getattr(envelope, name)
-            if value is not None and "\x00" in value:
-                raise EnvelopeError(f"{name}: {NUL_MESSAGE}")
+        _check_envelope_strings(envelope)
     return _validate_each(envelope, limits, clean)
 
 
+def _check_envelope_strings(envelope: PushEnvelope) -> None:
+    for name in _ENVELOPE_STRINGS:
+        value = getattr(envelope, name)
+        if value is not None and "\x00" in value:
+            raise EnvelopeError(f"{name}: {NUL_MESSAGE}")
+
+
+def envelope_of_scan(scanner: PushScanner) -> PushEnvelope:
+    """The envelope a scanner saw, its record arrays empty; EnvelopeError (422) as the usual decode says.
+
+    The scanner rebuilds the envelope without its records (a misplaced value as an
+    empty one of its kind), so this decode never meets a record's size or depth.
+    """
+    if scanner.overlong_fields:
+        name = scanner.overlong_fields[0]
+        raise EnvelopeError(f"{name}: longer than {FIELD_CAP_BYTES} bytes")
+    skeleton = scanner.skeleton()
+    try:
+        envelope = _decode_envelope(skeleton)
+    except msgspec.DecodeError as exc:
+        # An unpaired surrogate in one of the envelope's strings: name the field, as the usual path does.
+        problem = None
+        if b"\\ud" in skeleton or b"\\uD" in skeleton:
+            tree = _read_around_surrogates(skeleton)
+            problem = _surrogate_problem(tree, "") if tree is not None else None
+        raise EnvelopeError(problem.removeprefix(".") if problem else str(exc)) from None
+    _check_pushed_at(envelope)
+    _check_envelope_strings(envelope)
+    return envelope
+
+
+def _validate_scanned(body: bytes, limits: RecordLimits) -> ValidatedPush:
+    """validate_push for a body too deep for the decoder: records found by the scanner, each checked alone."""
+    scanner = PushScanner()
+    try:
+        found = scanner.scan(body)
+    except ScanError as exc:
+        raise msgspec.DecodeError(str(exc)) from None
+    envelope = envelope_of_scan(scanner)
+    _check_count(sum(scanner.counts.values()), limits)
+    view = memoryview(body)
+    spans: dict[tuple[str, str], list[msgspec.Raw]] = {}
+    for r in found:
+        spans.setdefault((r.section, r.record_type), []).append(msgspec.Raw(view[r.start : r.end]))
+    for (section, record_type), raws in spans.items():
+        arrays = getattr(envelope, section)
+        if arrays is not None:  # None: the section was null, and held no records
+            setattr(arrays, record_type, raws)
+    return _validate_each(envelope, limits, clean=False, read_around_surrogates=True)
+
+
 def _read_around_surrogates(body: bytes) -> Any:
-    """The body read by Python's json, which takes unpaired surrogates; None if it is not JSON even so."""
+    """The body read by Python's json, which takes unpaired surrogates; None if it is not JSON even so.
+
+    Raises RecursionError when the body is nested deeper than json can follow.
+    """
     try:
         # From str, not bytes: json would take a BOM or UTF-16 that msgspec refuses (the body is UTF-8).
         return json.loads(body.decode(), parse_constant=_not_json)
     except ValueError:
         return None
-    except RecursionError:
-        raise msgspec.DecodeError("JSON is nested too deeply to read") from None
 
 
 def _envelope_around_surrogates(tree: Any, limits: RecordLimits) -> PushEnvelope:
@@ -527,8 +603,14 @@ def _by_type(envelope: Any) -> dict[str, list[Any]]:
     return records
 
 
-def _validate_each(envelope: PushEnvelope, limits: RecordLimits, clean: bool) -> ValidatedPush:
-    """Check every record on its own: the good ones by type, the bad ones with their JSON paths."""
+def _validate_each(
+    envelope: PushEnvelope, limits: RecordLimits, clean: bool, read_around_surrogates: bool = False
+) -> ValidatedPush:
+    """Check every record on its own: the good ones by type, the bad ones with their JSON paths.
+
+    `read_around_surrogates`: records are the bytes as sent (not re-encoded by the
+    surrogate path), so one with an unpaired surrogate is read as check_alone does.
+    """
     records: dict[str, list[msgspec.Raw]] = {name: [] for name in RECORD_TYPES}
     rejected: list[RejectedRecord] = []
     seen = dict.fromkeys(RECORD_TYPES, 0)  # positions run on across both sections
@@ -542,9 +624,14 @@ def _validate_each(envelope: PushEnvelope, limits: RecordLimits, clean: bool) ->
                 continue
             good = records[record_type]
             for index, raw in enumerate(raws):
-                _, error = check_record(record_type, raw, f"{section}.{record_type}[{index}]", limits, clean)
+                path = f"{section}.{record_type}[{index}]"
+                kept: msgspec.Raw | bytes = raw
+                if read_around_surrogates:
+                    _, kept, error = check_alone(record_type, raw, path, limits)
+                else:
+                    _, error = check_record(record_type, raw, path, limits, clean)
                 if error is None:
-                    good.append(raw)
+                    good.append(kept if isinstance(kept, msgspec.Raw) else msgspec.Raw(kept))
                 else:
                     rejected.append(RejectedRecord(record_type, seen[record_type] + index, error, bytes(raw)))
             seen[record_type] += len(raws)

@@ -206,8 +206,9 @@ def test_an_unpaired_surrogate_in_a_record_field_nobody_reads_is_ignored(client:
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        # Deep, with a surrogate elsewhere: the usual 400, not a RecursionError (500).
-        (b'{"x": "\\udc00", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested too deeply"),
+        # Deep, with a surrogate elsewhere: read by the scanner, and `data` is the misplaced array it is
+        # (not a RecursionError, a 500, nor a 400 for the depth).
+        (b'{"x": "\\udc00", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}", 422, "data: Expected `object"),
         (b'{"x": "\\udc00", "data": ' + b"[" * 490 + b"1" + b"]" * 490 + b"}", 422, "data: Expected `object"),
         # A byte order mark, or broken JSON that merely holds "\ud": msgspec's own 400.
         (b'\xef\xbb\xbf{"push_id": "\\ud83d", "data": {}}', 400, "body is not valid JSON"),
@@ -613,9 +614,17 @@ def test_string_and_nesting_limits_reject_the_record_not_the_batch(
     ]
 
 
-def test_json_nested_beyond_what_can_be_read_is_400(client: TestClient) -> None:
-    body = b'{"data": {"sessions": [{"raw_source_ref": {"metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}}]}}"
-    assert_error(post(client, body), 400, "invalid_json", "nested too deeply")
+def test_json_nested_beyond_what_the_decoder_reads_rejects_its_record_alone(client: TestClient, queue: Queue) -> None:
+    # Was a 400 for the whole body (the real CLI drops a 4xx batch): now the scanner finds the record's end.
+    deep = b'{"raw_source_ref": {"metadata": {"m": ' + b"[" * 5000 + b"]" * 5000 + b"}}}"
+    body = b'{"push_id": "deep", "data": {"sessions": [' + deep + b", " + json.dumps(session(2)).encode() + b"]}}"
+    resp = post(client, body)
+    assert resp.status_code == 202, resp.text
+    answer = resp.json()
+    assert answer["accepted"] == {"sessions": 1} and answer["rejected"] == {"sessions": 1}
+    assert answer["errors"] == ["data.sessions[0]: nested deeper than MAX_NESTING_DEPTH=32"]
+    [rejected] = decode_batch(queue.jobs[0].args[0]).rejected
+    assert rejected.raw == deep  # verbatim, for the worker's quarantine
 
 
 def test_a_body_that_arrives_too_slowly_is_408(settings: Settings, server: fakeredis.FakeServer) -> None:
