@@ -48,6 +48,7 @@ MAX_CACHED_KEYS = 100_000
 LOOKUP_TIMEOUT_S = 1.0  # waiting for a pooled connection: past it, Postgres is taken as down
 POSTGRES_RETRY_S = 2.0  # after a failure, lookups go straight to the mirror for this long
 KEY_RETRY_AFTER_S = 5
+RETRY_FAILED_REFRESH_S = 5.0  # a key mirror copy that failed is tried again this soon
 # What the key lookup takes for "Postgres cannot answer"; any other exception is a bug and bubbles up.
 DATABASE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed, OSError)
 
@@ -156,9 +157,14 @@ class KeyMirror:
         """Make a full copy unless another api made one within the interval; return the keys copied, or None."""
         if not force and not await self._redis.set(KEY_MIRROR_LOCK, "1", nx=True, ex=max(1, int(self._interval_s))):
             return None
-        async with self._pool.connection(timeout=LOOKUP_TIMEOUT_S * 5) as conn:
-            cur = await conn.execute("SELECT key_hash, key_id, workspace_id, revoked_at IS NOT NULL FROM api_keys")
-            rows = await cur.fetchall()
+        try:
+            async with self._pool.connection(timeout=LOOKUP_TIMEOUT_S * 5) as conn:
+                cur = await conn.execute("SELECT key_hash, key_id, workspace_id, revoked_at IS NOT NULL FROM api_keys")
+                rows = await cur.fetchall()
+        except DATABASE_ERRORS:
+            # Let the next try (this api's or another's) come in a few seconds, not a whole interval.
+            await self._redis.delete(KEY_MIRROR_LOCK)
+            raise
         staging = f"{KEY_MIRROR}:staging:{uuid.uuid4().hex}"
         async with self._redis.pipeline(transaction=True) as pipe:
             for start in range(0, len(rows), 1000):
@@ -174,11 +180,13 @@ class KeyMirror:
 
     async def _run(self) -> None:
         while True:
+            pause = self._interval_s
             try:
                 await self.refresh()
             except (*DATABASE_ERRORS, RedisError) as exc:  # either is down: the mirror keeps its last copy
                 log.info("key mirror not refreshed: %s: %s", type(exc).__name__, exc)
-            await asyncio.sleep(self._interval_s)
+                pause = min(pause, RETRY_FAILED_REFRESH_S)
+            await asyncio.sleep(pause)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="key-mirror")
