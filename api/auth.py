@@ -19,7 +19,6 @@ may be accepted by an api process that cached it until KEY_CACHE_TTL_S ends.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -31,6 +30,7 @@ import psycopg_pool
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
+from api.background import BackgroundLoop
 from api.errors import ApiError, unauthorized, unavailable
 from schema.keys import (
     KEY_MIRROR,
@@ -139,7 +139,7 @@ async def mirror_issued_key(redis: Any, key: str, key_id: str | None, workspace_
         log.warning("key %s not mirrored yet (%s); the next full copy will add it", key_id, type(exc).__name__)
 
 
-class KeyMirror:
+class KeyMirror(BackgroundLoop):
     """Copies every key hash from Postgres into the Redis mirror, every KEY_MIRROR_REFRESH_S, from one api at a time.
 
     The copy is built under a temporary key and renamed over the mirror, so a reader
@@ -147,11 +147,12 @@ class KeyMirror:
     Postgres leave the mirror too.
     """
 
+    task_name = "key-mirror"
+
     def __init__(self, pool: psycopg_pool.AsyncConnectionPool, redis: Any, interval_s: float) -> None:
         self._pool = pool
         self._redis = redis
         self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
 
     async def refresh(self, force: bool = False) -> int | None:
         """Make a full copy unless another api made one within the interval; return the keys copied, or None."""
@@ -186,16 +187,7 @@ class KeyMirror:
             except (*DATABASE_ERRORS, RedisError) as exc:  # either is down: the mirror keeps its last copy
                 log.info("key mirror not refreshed: %s: %s", type(exc).__name__, exc)
                 pause = min(pause, RETRY_FAILED_REFRESH_S)
-            await asyncio.sleep(pause)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="key-mirror")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task}, timeout=5)
+            await self.pause(pause)
 
 
 def bearer_key(request: Request) -> str:

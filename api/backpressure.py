@@ -16,23 +16,24 @@ of each waiting for a connection timeout.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
+from api.background import BackgroundLoop
 from schema.queue_state import SNAPSHOT_SCRIPT, QueueKeys, QueueState, parse_snapshot, snapshot_args
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
-STOP_WAIT_S = 5.0  # at most one snapshot (a few Redis round trips) is in flight when asked to stop
 REDIS_RETRY_S = 1.0  # after a failed enqueue, pushes go straight to the spool this long
 
 
-class QueueWatch:
+class QueueWatch(BackgroundLoop):
     """Keeps a recent queue snapshot and Redis's memory use, and says whether Redis can take a push."""
+
+    task_name = "queue-watch"
 
     def __init__(self, settings: Settings, redis: Any) -> None:
         self._settings = settings
@@ -42,7 +43,6 @@ class QueueWatch:
         self.latest: QueueState | None = None
         self.memory: tuple[int, int] | None = None  # Redis used_memory, maxmemory (bytes)
         self._down_until = 0.0
-        self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> QueueState:
         now = time.time()
@@ -79,33 +79,9 @@ class QueueWatch:
         return None
 
     async def _run(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
         while True:
             try:
                 await self.refresh()
             except Exception as exc:  # Redis down: the pushes find out themselves, and spool
                 log.debug("queue snapshot failed: %s", exc)
-            # stop() cancels this task, but Python 3.11 can lose that cancellation:
-            # asyncio.wait_for, which the Redis client waits with, returns the inner
-            # result instead when it is ready at the same moment (bpo-42130, fixed in
-            # 3.12). Measured: about half the cancellations landing in a command that
-            # Redis answers with an error (an error reply, LOADING, ...). So the request
-            # is read here too, or the loop would run on and shutdown wait forever.
-            if task.cancelling():
-                raise asyncio.CancelledError
-            await asyncio.sleep(REFRESH_S)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="queue-watch")
-
-    async def stop(self) -> None:
-        """Stop the background task; returns within STOP_WAIT_S whatever the task does."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        # asyncio.wait, not `await task`: shutdown must end even if the task never does.
-        done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
-        if not done:
-            log.warning("queue watch did not stop within %s s; left behind", STOP_WAIT_S)
+            await self.pause(REFRESH_S)

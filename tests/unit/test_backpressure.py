@@ -20,7 +20,7 @@ import fakeredis
 import pytest
 from starlette.testclient import TestClient
 
-from api import backpressure
+from api import background
 from api.app import create_app
 from api.backpressure import QueueWatch
 from schema.settings import Settings
@@ -77,12 +77,12 @@ def test_stop_ends_the_watch_though_the_client_absorbs_the_cancellation(caplog: 
 def test_stop_returns_even_if_the_watch_never_ends(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(backpressure, "STOP_WAIT_S", 0.2)
+    monkeypatch.setattr(background, "STOP_WAIT_S", 0.2)
     redis = AbsorbingRedis(server=fakeredis.FakeServer())
     redis.stuck = True
     _, returned = asyncio.run(start_and_stop(redis))
     assert returned, "stop() returned"
-    assert "queue watch did not stop within 0.2 s; left behind" in caplog.text
+    assert "queue-watch did not stop within 0.2 s; left behind" in caplog.text
 
 
 def cycle_lifespans(cycles: int) -> None:
