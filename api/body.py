@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -19,6 +21,7 @@ from api.errors import ApiError
 from schema.envelope import NUL_MESSAGE, nul_path
 from schema.jsonbytes import has_nul_escape
 from schema.scan import nesting_depth
+from schema.settings import Settings
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer
 MAX_SMALL_BODY_BYTES = 64 * 1024  # consume, device-code and poll bodies are a few dozen bytes
@@ -98,6 +101,106 @@ async def _read_body(request: Request, gzip: bool, max_bytes: int, max_compresse
         # A second gzip member or trailing bytes: refuse rather than ignore part of the body.
         raise ApiError(400, "bad_gzip", "body is not valid gzip: bytes follow the end of the gzip stream")
     return b"".join(chunks)
+
+
+# -- pushes past MAX_BODY_BYTES: read in chunks, never whole ---------------------------------------
+
+INFLATE_STEP = 1 << 20  # inflated bytes per step: a small gzip chunk can hold a gigabyte
+
+
+@dataclass
+class Overflow:
+    """A push body past the in-memory limit: the inflated chunks read so far, and the rest, still arriving.
+
+    `rest` yields inflated chunks and raises ApiError (400 bad gzip, 413 past the
+    hard cap) as the body arrives; reading it must end by `deadline` (the loop's clock).
+    """
+
+    head: list[bytes]
+    rest: AsyncIterator[bytes]
+    deadline: float
+
+
+async def _inflated(
+    request: Request, gzip: bool, wire_limit: int, wire_setting: str, size_limit: int, size_setting: str
+) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive, inflated if gzip, in steps of at most INFLATE_STEP; ApiError past a limit."""
+    inflater = zlib.decompressobj(_GZIP_WBITS) if gzip else None
+    wire = size = 0
+    try:
+        async for chunk in request.stream():
+            wire += len(chunk)
+            if wire > wire_limit:
+                raise _too_large("request body", wire_limit, wire_setting)
+            if inflater is None:
+                if chunk:
+                    yield chunk
+                continue
+            data = chunk
+            while data:
+                try:
+                    out = inflater.decompress(data, INFLATE_STEP)
+                except zlib.error as exc:
+                    raise ApiError(400, "bad_gzip", f"body is not valid gzip: {exc}") from None
+                size += len(out)
+                if size > size_limit:
+                    raise _too_large("decompressed body", size_limit, size_setting)
+                if out:
+                    yield out
+                data = inflater.unconsumed_tail
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
+    if inflater is not None and not inflater.eof:
+        raise ApiError(400, "bad_gzip", "body is not valid gzip: the stream is truncated")
+    if inflater is not None and inflater.unused_data:
+        raise ApiError(400, "bad_gzip", "body is not valid gzip: bytes follow the end of the gzip stream")
+
+
+def _timed_out(timeout_s: float) -> ApiError:
+    return ApiError(
+        408, "request_timeout", f"the body took longer than {timeout_s:g} s to arrive (BODY_READ_TIMEOUT_S)"
+    )
+
+
+async def read_push_body(request: Request, gzip: bool, settings: Settings, can_stream: bool) -> bytes | Overflow:
+    """A push body: bytes when within MAX_BODY_BYTES, else an Overflow to stream (when `can_stream`).
+
+    Past MAX_BODY_BYTES (declared by Content-Length, or once the bytes read pass it)
+    the body is not gathered in memory: the caller streams the rest. 413 only past
+    MAX_PUSH_BYTES (inflated), or its gzip wire cap; without streaming, past MAX_BODY_BYTES as before.
+    """
+    if not can_stream or settings.max_push_bytes <= settings.max_body_bytes:
+        return await read_body(
+            request, gzip, settings.max_body_bytes, settings.max_compressed_body_bytes, settings.body_read_timeout_s
+        )
+    timeout_s = settings.body_read_timeout_s
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    if gzip:
+        wire_limit, wire_setting = (
+            settings.max_compressed_push_bytes,
+            "MAX_COMPRESSED_BODY_BYTES scaled by MAX_PUSH_BYTES",
+        )
+    else:
+        wire_limit, wire_setting = settings.max_push_bytes, "MAX_PUSH_BYTES"
+    declared = request.headers.get("content-length")
+    declared_size = int(declared) if declared and declared.isdigit() else None
+    if declared_size is not None and declared_size > wire_limit:
+        raise _too_large("request body", wire_limit, wire_setting)
+    chunks = _inflated(request, gzip, wire_limit, wire_setting, settings.max_push_bytes, "MAX_PUSH_BYTES")
+    if not gzip and declared_size is not None and declared_size > settings.max_body_bytes:
+        return Overflow([], chunks, deadline)  # known big: not one byte of it gathered in memory
+    head: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for piece in chunks:
+                head.append(piece)
+                size += len(piece)
+                if size > settings.max_body_bytes:
+                    return Overflow(head, chunks, deadline)
+    except TimeoutError:
+        raise _timed_out(timeout_s) from None
+    return b"".join(head)
 
 
 async def read_json(request: Request, decoder: msgspec.json.Decoder[Any]) -> Any:

@@ -105,6 +105,15 @@ class Enqueuer:
         self._on_failure = Callback(FAILURE_CALLBACK)
         self._script = redis.register_script(_ENQUEUE_ONCE)
 
+    @property
+    def redis(self) -> AsyncRedis:
+        """The api's Redis client (the spool's drainer moves a streamed push's body with it)."""
+        return self._redis
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
     async def first_answer(self, workspace_id: str, push_id: str) -> bytes | None:
         """The answer this push id was first accepted with, or None (the lookup enqueue_once starts with)."""
         return await self._redis.get(dedupe_key(workspace_id, push_id))  # type: ignore[return-value]
@@ -118,15 +127,17 @@ class Enqueuer:
         answer: bytes,
         records: int,
         limit_rate: bool = True,
+        func: str = INGEST_JOB,
     ) -> bytes | None:
         """Enqueue the payload unless this push id was accepted before; return the earlier answer if so.
 
         Raises RateLimited when `limit_rate` and the key is over RATE_LIMIT_PUSHES_PER_S
         (a duplicate is answered either way); the spool's drainer passes False, as the
-        push was accepted already. Redis's own errors propagate.
+        push was accepted already. `func` is the job's function (INGEST_STREAMED_JOB for
+        a streamed push). Redis's own errors propagate.
         """
         job: IngestJob = self._queue.create_job(  # type: ignore[assignment]
-            INGEST_JOB,
+            func,
             args=(payload,),
             job_id=uuid.uuid4().hex,
             description=job_description(workspace_id, push_id),

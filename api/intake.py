@@ -8,17 +8,19 @@ queue once Redis can take them again, oldest first.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Literal
 
+import msgspec
 from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
 
+from api.background import BackgroundLoop
 from api.backpressure import QueueWatch
 from api.enqueue import Enqueuer
 from api.metrics import SPOOL_DRAINED, SPOOL_REFUSED, SPOOLED
+from schema.queue import INGEST_STREAMED_JOB, body_key, decode_batch, encode_batch
 from spool.store import DRAIN_IDLE_S, AsyncSpool, SpoolError, SpoolFull, drainer_name
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,8 @@ class Intake:
         """
         if self.spool is not None:
             prior = await self.spool.first_answer(workspace_id, push_id)
+            if prior is None:  # a streamed push (past MAX_BODY_BYTES) waiting in the spool
+                prior = await self.spool.streamed_first_answer(workspace_id, push_id)
             if prior is not None:
                 return prior
         return await self._enqueuer.first_answer(workspace_id, push_id)
@@ -123,7 +127,7 @@ class Intake:
         return Accepted("spool", prior)
 
 
-class SpoolDrainer:
+class SpoolDrainer(BackgroundLoop):
     """Moves spooled batches into the queue, oldest first, whenever Redis can take them.
 
     Every api process runs one; leases keep two from moving the same batch. A batch
@@ -132,12 +136,13 @@ class SpoolDrainer:
     duplicate: the enqueue script never queues a push id twice.
     """
 
+    task_name = "spool-drainer"
+
     def __init__(self, spool: AsyncSpool, enqueuer: Enqueuer, watch: QueueWatch) -> None:
         self._spool = spool
         self._enqueuer = enqueuer
         self._watch = watch
         self._owner = drainer_name()
-        self._task: asyncio.Task[None] | None = None
 
     async def drain_once(self) -> int:
         """One round: lease, enqueue, delete; return how many batches left the spool."""
@@ -168,7 +173,55 @@ class SpoolDrainer:
             await self._spool.release(self._owner, [b.id for b in leased if b.id not in set(moved)])
         if moved:
             log.info("spool drained", extra={"batches": len(moved)})
-        return len(moved)
+        streamed = await self.drain_streamed_once() if self._watch.why_not_redis() is None else 0
+        return len(moved) + streamed
+
+    # -- streamed pushes (past MAX_BODY_BYTES) -------------------------------------------------
+
+    async def drain_streamed_once(self) -> int:
+        """Move one streamed push's body into Redis in chunks and enqueue it once; return 1 if one left the spool.
+
+        The body goes to its own key (schema.queue.body_key), APPENDed chunk by chunk,
+        so neither the api nor Redis's client ever holds it whole; then the job, through
+        the same enqueue-once script as any push. A push id Redis has accepted already
+        (a drainer killed after the enqueue) is only removed from the spool: its body
+        key belongs to the queued job. The key expires with FAILED_TTL_S, as a failed job would.
+        """
+        await self._spool.sweep_abandoned_streamed()
+        leased = await self._spool.lease_streamed(self._owner)
+        if leased is None:
+            return 0
+        redis = self._enqueuer.redis
+        key = body_key(leased.workspace_id, leased.push_id)
+        try:
+            prior = await self._enqueuer.first_answer(leased.workspace_id, leased.push_id)
+            if prior is None:
+                await redis.delete(key)  # a partial copy from a drainer that died mid-move
+                for seq in range(leased.chunks):
+                    await redis.append(key, await self._spool.streamed_chunk(leased.id, seq))
+                await redis.expire(key, self._enqueuer.settings.failed_ttl_s)
+                batch = msgspec.structs.replace(decode_batch(leased.payload), body_key=key)
+                prior = await self._enqueuer.enqueue_once(
+                    leased.key_id,
+                    leased.workspace_id,
+                    leased.push_id,
+                    encode_batch(batch),
+                    leased.answer,
+                    leased.records,
+                    limit_rate=False,
+                    func=INGEST_STREAMED_JOB,
+                )
+                if prior is not None:
+                    await redis.delete(key)
+        except (RedisError, OSError) as exc:
+            self._watch.mark_down()
+            log.warning("spool drain of a streamed push paused: %s: %s", type(exc).__name__, exc)
+            await self._spool.release_streamed(self._owner, leased.id)
+            return 0
+        await self._spool.remove_streamed(self._owner, leased.id)
+        SPOOL_DRAINED.labels("duplicate" if prior is not None else "queued").inc()
+        log.info("spool drained a streamed push", extra={"push_id": leased.push_id, "bytes": leased.bytes})
+        return 1
 
     async def _run(self) -> None:
         while True:
@@ -177,14 +230,4 @@ class SpoolDrainer:
             except (SpoolError, RedisError, OSError) as exc:
                 log.warning("spool drain failed: %s: %s", type(exc).__name__, exc)
                 moved = 0
-            if not moved:
-                await asyncio.sleep(DRAIN_IDLE_S)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="spool-drainer")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task}, timeout=5)
+            await self.pause(0 if moved else DRAIN_IDLE_S)

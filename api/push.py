@@ -12,11 +12,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import authenticate, forbidden_workspace
-from api.body import check_content_headers, read_body
+from api.body import Overflow, check_content_headers, read_push_body
 from api.enqueue import RateLimited
 from api.errors import ApiError, unavailable
 from api.intake import REFUSED_RETRY_AFTER_S, Refused
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED, observe_push
+from api.streamed import accept_streamed
 from schema.envelope import MAX_PUSH_ID_LENGTH, EnvelopeError, TooManyRecords, ValidatedPush, validate_push
 from schema.queue import encode_batch, queued_batch
 
@@ -39,8 +40,13 @@ class PushAnswer(msgspec.Struct, omit_defaults=True):
 
 def _push_id(request: Request, validated: ValidatedPush) -> str:
     """Body push_id, else the Idempotency-Key header, else a new one."""
-    if validated.envelope.push_id:
-        return validated.envelope.push_id
+    return push_id_of(request, validated.envelope.push_id)
+
+
+def push_id_of(request: Request, body_push_id: str | None) -> str:
+    """Body push_id, else the Idempotency-Key header, else a new one (422 for a header too long)."""
+    if body_push_id:
+        return body_push_id
     header = request.headers.get("idempotency-key", "").strip()
     if header:
         if len(header) > MAX_PUSH_ID_LENGTH:
@@ -91,9 +97,10 @@ async def _push(request: Request) -> Response:
     key = await authenticate(request, state.keys)
     request.state.push = {"workspace_id": key.workspace_id, "key_id": key.key_id}
     gzip = check_content_headers(request)
-    body = await read_body(
-        request, gzip, settings.max_body_bytes, settings.max_compressed_body_bytes, settings.body_read_timeout_s
-    )
+    # Past MAX_BODY_BYTES the body streams to the spool instead (api/streamed.py): never whole in memory.
+    body = await read_push_body(request, gzip, settings, can_stream=state.spool is not None)
+    if isinstance(body, Overflow):
+        return await accept_streamed(request, key, body, received_at, PushAnswer, push_id_of)
     try:
         validated = validate_push(body, settings.record_limits)
     except EnvelopeError as exc:

@@ -356,6 +356,11 @@ def check_alone(
     return (record, fixed, None) if second is None else (None, raw, second)
 
 
+def oversized_error(path: str, size: int, limit: int) -> str:
+    """Why a streamed push's record over MAX_RECORD_BYTES is rejected: it is quarantined verbatim, unread."""
+    return f"{path}: record of {size} bytes is over MAX_RECORD_BYTES={limit}; kept unread in quarantine"
+
+
 def validate_push(body: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> ValidatedPush:
     """Decode a push body and validate every record, each on its own account.
 

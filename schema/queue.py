@@ -21,6 +21,10 @@ from rq.job import Job
 from schema.envelope import RejectedRecord, ValidatedPush, split_records
 
 INGEST_JOB = "workers.jobs.ingest_batch"
+# A push too big to read in memory (past MAX_BODY_BYTES): its body waits in Redis under `body_key`
+# and the worker splits it there. A job of its own, so a worker that predates it fails the job
+# (replayable once upgraded) instead of reading a batch with no records.
+INGEST_STREAMED_JOB = "workers.jobs.ingest_streamed_batch"
 # RQ calls it when a batch fails; it matters when the batch's worker died (see the function).
 FAILURE_CALLBACK = "workers.jobs.on_batch_failure"
 
@@ -43,6 +47,9 @@ class QueuedBatch(_BatchHead, kw_only=True):
     body: bytes | None = None
     records: dict[str, list[bytes]] = {}  # the valid records by type, each its JSON bytes
     rejected: list[RejectedRecord] = []
+    # A streamed push (INGEST_STREAMED_JOB): the Redis key holding its body, and the body's size.
+    body_key: str | None = None
+    body_bytes: int = 0
 
     def raw_records(self) -> dict[str, list[Any]]:
         """The accepted records by type (types with any), each its JSON (bytes or msgspec.Raw), whichever form the batch has."""
@@ -170,6 +177,11 @@ class IngestJob(Job):
 def dedupe_key(workspace_id: str, push_id: str) -> str:
     """Redis key remembering a push id's first answer (for the 200 duplicate)."""
     return f"selftune:push:{workspace_id}:{push_id}"
+
+
+def body_key(workspace_id: str, push_id: str) -> str:
+    """Redis key holding a streamed push's body until its worker has written it (one per push id)."""
+    return f"selftune:push-body:{workspace_id}:{push_id}"
 
 
 def failure_key(workspace_id: str, push_id: str) -> str:

@@ -81,6 +81,9 @@ class Settings:
     # Request limits.
     max_body_bytes: int  # decompressed size of one push
     max_compressed_body_bytes: int  # size on the wire
+    # Past max_body_bytes a push is not read in memory: it streams to the spool and a worker splits it.
+    max_push_bytes: int  # the hard cap (413 past it), decompressed; the gzip wire cap scales with it
+    max_record_bytes: int  # a streamed push's record longer than this is quarantined verbatim, unread
     max_records_per_push: int
     max_string_chars: int  # longest string inside a record
     max_nesting_depth: int  # deepest nesting of objects and arrays inside a record
@@ -125,6 +128,8 @@ class Settings:
             queue_name=_str("QUEUE_NAME", "ingest"),
             max_body_bytes=_int("MAX_BODY_BYTES", 16 * MIB, 1024),
             max_compressed_body_bytes=_int("MAX_COMPRESSED_BODY_BYTES", 16 * MIB, 1024),
+            max_push_bytes=_int("MAX_PUSH_BYTES", 256 * MIB, 1024),
+            max_record_bytes=_int("MAX_RECORD_BYTES", 4 * MIB, 1024),
             max_records_per_push=_int("MAX_RECORDS_PER_PUSH", 10_000, 1),
             max_string_chars=_int("MAX_STRING_CHARS", 1_000_000, 1),
             max_nesting_depth=_int("MAX_NESTING_DEPTH", 32, 2),
@@ -158,6 +163,13 @@ class Settings:
         """
         listed = self.job_retry_backoff_s or (0,)
         return [listed[min(i, len(listed) - 1)] for i in range(self.job_retries)]
+
+    @property
+    def max_compressed_push_bytes(self) -> int:
+        """The wire cap of a gzip push: MAX_COMPRESSED_BODY_BYTES scaled as MAX_PUSH_BYTES scales MAX_BODY_BYTES."""
+        return max(
+            self.max_compressed_body_bytes, self.max_compressed_body_bytes * self.max_push_bytes // self.max_body_bytes
+        )
 
     @property
     def record_limits(self) -> RecordLimits:

@@ -61,6 +61,37 @@ CREATE TABLE IF NOT EXISTS spool_size (
 INSERT OR IGNORE INTO spool_size VALUES (1, 0, 0);
 """
 
+# -- streamed pushes (past MAX_BODY_BYTES): the body in chunks, never whole in memory -----------
+# A push is written chunk by chunk while it streams in (push_id NULL: it is learned from the
+# body), then completed in one commit (fsynced) before its 202. Its bytes count in spool_size
+# as they arrive, its batch once complete. An upload its api abandoned (killed mid-body) is
+# swept after ABANDONED_UPLOAD_S.
+_STREAMED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streamed (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- drain order: oldest first
+    workspace_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    push_id TEXT,                -- NULL until the upload is complete
+    payload BLOB,                -- the job argument without its body (schema.queue.QueuedBatch)
+    answer BLOB,                 -- the 202's body, for the 200 duplicate answer
+    records INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL,    -- unix time
+    spooled_at REAL,             -- unix time the upload completed; NULL while it streams in
+    lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS streamed_push ON streamed (workspace_id, push_id);
+CREATE TABLE IF NOT EXISTS streamed_chunks (
+    streamed_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (streamed_id, seq)
+);
+"""
+ABANDONED_UPLOAD_S = 600.0  # an upload not completed in this long lost its api (bodies take <= BODY_READ_TIMEOUT_S)
+
 
 class SpoolFull(Exception):
     """The spool is at SPOOL_MAX_BYTES: the batch was not written."""
@@ -82,6 +113,21 @@ class Spooled:
     answer: bytes
     records: int
     spooled_at: float
+
+
+@dataclass(frozen=True)
+class StreamedSpooled:
+    """One complete streamed push, as the drainer reads it back (its chunks are read one at a time)."""
+
+    id: int
+    workspace_id: str
+    push_id: str
+    key_id: str
+    payload: bytes
+    answer: bytes
+    records: int
+    bytes: int
+    chunks: int
 
 
 @dataclass(frozen=True)
@@ -113,6 +159,7 @@ class Spool:
         self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # Idempotent (IF NOT EXISTS, OR IGNORE): every api process of the host runs it at start.
         self._conn.executescript(_SCHEMA)
+        self._conn.executescript(_STREAMED_SCHEMA)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -237,6 +284,133 @@ class Spool:
             return f"spool: full ({held} bytes, SPOOL_MAX_BYTES={self.max_bytes})"
         return None
 
+    # -- streamed pushes ---------------------------------------------------------------------
+
+    def begin_streamed(self, workspace_id: str, key_id: str) -> int:
+        """Start the upload of a push too big for memory; return its id. SpoolFull if the spool is full already."""
+        try:
+            with self._write() as conn:
+                (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
+                if held >= self.max_bytes:
+                    raise SpoolFull(f"the spool holds {held} bytes of its {self.max_bytes} (SPOOL_MAX_BYTES)")
+                cur = conn.execute(
+                    "INSERT INTO streamed (workspace_id, key_id, started_at) VALUES (?, ?, ?)",
+                    (workspace_id, key_id, time.time()),
+                )
+                assert cur.lastrowid is not None
+                return cur.lastrowid
+        except sqlite3.Error as exc:
+            raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
+
+    def put_streamed_chunk(self, streamed_id: int, seq: int, data: bytes) -> None:
+        """Append one chunk of an upload (committed, so fsynced: memory holds one chunk, never the body)."""
+        try:
+            with self._write() as conn:
+                (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
+                if held + len(data) > self.max_bytes:
+                    raise SpoolFull(f"the spool holds {held} bytes of its {self.max_bytes} (SPOOL_MAX_BYTES)")
+                conn.execute(
+                    "INSERT INTO streamed_chunks (streamed_id, seq, data) VALUES (?, ?, ?)", (streamed_id, seq, data)
+                )
+                conn.execute(
+                    "UPDATE streamed SET bytes = bytes + ?, chunks = chunks + 1 WHERE id = ?", (len(data), streamed_id)
+                )
+                conn.execute("UPDATE spool_size SET bytes = bytes + ?", (len(data),))
+        except sqlite3.Error as exc:
+            raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
+
+    def finish_streamed(
+        self, streamed_id: int, push_id: str, payload: bytes, answer: bytes, records: int
+    ) -> bytes | None:
+        """Complete an upload durably (one fsynced commit); return the first answer instead if the push id is spooled already.
+
+        On a prior answer the upload is left for the caller to discard.
+        """
+        try:
+            with self._write() as conn:
+                (workspace_id,) = conn.execute(
+                    "SELECT workspace_id FROM streamed WHERE id = ?", (streamed_id,)
+                ).fetchone()
+                prior = conn.execute(
+                    "SELECT answer FROM spooled WHERE workspace_id = ? AND push_id = ?"
+                    " UNION ALL SELECT answer FROM streamed WHERE workspace_id = ? AND push_id = ?",
+                    (workspace_id, push_id, workspace_id, push_id),
+                ).fetchone()
+                if prior is not None:
+                    return bytes(prior[0])
+                conn.execute(
+                    "UPDATE streamed SET push_id = ?, payload = ?, answer = ?, records = ?, spooled_at = ? WHERE id = ?",
+                    (push_id, payload, answer, records, time.time(), streamed_id),
+                )
+                conn.execute("UPDATE spool_size SET batches = batches + 1")
+        except sqlite3.Error as exc:
+            raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
+        return None
+
+    def streamed_first_answer(self, workspace_id: str, push_id: str) -> bytes | None:
+        """The answer a streamed push id still in the spool was accepted with, or None."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT answer FROM streamed WHERE workspace_id = ? AND push_id = ?", (workspace_id, push_id)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _delete_streamed(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
+        rows = conn.execute(f"SELECT id, bytes, spooled_at FROM streamed WHERE {where}", args).fetchall()
+        for streamed_id, size, spooled_at in rows:
+            conn.execute("DELETE FROM streamed_chunks WHERE streamed_id = ?", (streamed_id,))
+            conn.execute("DELETE FROM streamed WHERE id = ?", (streamed_id,))
+            complete = 1 if spooled_at is not None else 0
+            conn.execute("UPDATE spool_size SET batches = batches - ?, bytes = bytes - ?", (complete, size))
+        return len(rows)
+
+    def discard_streamed(self, streamed_id: int) -> None:
+        """Delete an upload that will not be answered 202 (refused, a duplicate, or its client gone)."""
+        with self._write() as conn:
+            self._delete_streamed(conn, "id = ?", (streamed_id,))
+
+    def sweep_abandoned_streamed(self, older_than_s: float = ABANDONED_UPLOAD_S) -> int:
+        """Delete uploads never completed (their api died mid-body); return how many."""
+        with self._write() as conn:
+            return self._delete_streamed(conn, "spooled_at IS NULL AND started_at < ?", (time.time() - older_than_s,))
+
+    def lease_streamed(self, owner: str, lease_s: float = LEASE_S) -> StreamedSpooled | None:
+        """The oldest complete streamed push no live drainer holds, now held by `owner`; None if there is none."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id, workspace_id, push_id, key_id, payload, answer, records, bytes, chunks FROM streamed"
+                " WHERE spooled_at IS NOT NULL AND lease_until < ? ORDER BY id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE streamed SET lease_owner = ?, lease_until = ? WHERE id = ?", (owner, now + lease_s, row[0])
+            )
+        return StreamedSpooled(row[0], row[1], row[2], row[3], bytes(row[4]), bytes(row[5]), *row[6:])
+
+    def streamed_chunk(self, streamed_id: int, seq: int) -> bytes:
+        """One chunk of a streamed push, in order from 0."""
+        with self._lock:
+            (data,) = self._conn.execute(
+                "SELECT data FROM streamed_chunks WHERE streamed_id = ? AND seq = ?", (streamed_id, seq)
+            ).fetchone()
+        return bytes(data)
+
+    def remove_streamed(self, owner: str, streamed_id: int) -> int:
+        """Delete a drained streamed push this owner still leases; return 1 if it went."""
+        with self._write() as conn:
+            return self._delete_streamed(conn, "id = ? AND lease_owner = ?", (streamed_id, owner))
+
+    def release_streamed(self, owner: str, streamed_id: int) -> None:
+        """Give a leased streamed push back (Redis failed mid-drain)."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE streamed SET lease_owner = NULL, lease_until = 0 WHERE id = ? AND lease_owner = ?",
+                (streamed_id, owner),
+            )
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -297,6 +471,42 @@ class AsyncSpool:
 
     async def writable(self) -> str | None:
         return await self._run(self.spool.writable)  # type: ignore[no-any-return]
+
+    # -- streamed pushes (see Spool) -----------------------------------------------------------
+
+    async def begin_streamed(self, workspace_id: str, key_id: str) -> int:
+        return await self._run(self.spool.begin_streamed, workspace_id, key_id)  # type: ignore[no-any-return]
+
+    async def put_streamed_chunk(self, streamed_id: int, seq: int, data: bytes) -> None:
+        await self._run(self.spool.put_streamed_chunk, streamed_id, seq, data)
+
+    async def finish_streamed(self, *args: Any) -> bytes | None:
+        prior = await self._run(self.spool.finish_streamed, *args)
+        self.maybe_holds = True
+        return prior  # type: ignore[no-any-return]
+
+    async def streamed_first_answer(self, workspace_id: str, push_id: str) -> bytes | None:
+        if not self.maybe_holds:
+            return None
+        return await self._run(self.spool.streamed_first_answer, workspace_id, push_id)  # type: ignore[no-any-return]
+
+    async def discard_streamed(self, streamed_id: int) -> None:
+        await self._run(self.spool.discard_streamed, streamed_id)
+
+    async def sweep_abandoned_streamed(self) -> int:
+        return await self._run(self.spool.sweep_abandoned_streamed)  # type: ignore[no-any-return]
+
+    async def lease_streamed(self, owner: str) -> StreamedSpooled | None:
+        return await self._run(self.spool.lease_streamed, owner)  # type: ignore[no-any-return]
+
+    async def streamed_chunk(self, streamed_id: int, seq: int) -> bytes:
+        return await self._run(self.spool.streamed_chunk, streamed_id, seq)  # type: ignore[no-any-return]
+
+    async def remove_streamed(self, owner: str, streamed_id: int) -> int:
+        return await self._run(self.spool.remove_streamed, owner, streamed_id)  # type: ignore[no-any-return]
+
+    async def release_streamed(self, owner: str, streamed_id: int) -> None:
+        await self._run(self.spool.release_streamed, owner, streamed_id)
 
     async def close(self) -> None:
         await self._run(self.spool.close)

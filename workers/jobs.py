@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import psycopg
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
@@ -18,6 +19,7 @@ from schema.queue import QueuedBatch, decode_batch, failure_key
 from schema.records import RECORD_TYPES
 from schema.settings import Settings
 from workers import db
+from workers.streamed import write_streamed
 from workers.writer import (
     REFUSED,
     QuarantineRow,
@@ -142,7 +144,26 @@ def payload_is_clean(payload: bytes) -> bool:
 
 
 def _write_queued(batch: QueuedBatch, payload: bytes) -> dict[str, Any]:
+    if batch.body_key is not None:  # a streamed push: its body waits in Redis (workers/streamed.py)
+        return write_streamed(db.connection(settings()), batch, _body_redis(), settings())
     return write_batch(db.connection(settings()), batch, payload_is_clean(payload))
+
+
+def _body_redis() -> Redis:
+    """The Redis holding streamed bodies: the job's own connection (a new one outside a job, e.g. a replay)."""
+    job = get_current_job()
+    if job is not None:
+        return job.connection
+    return Redis.from_url(settings().redis_url)
+
+
+def ingest_streamed_batch(payload: bytes) -> dict[str, Any]:
+    """RQ job (INGEST_STREAMED_JOB): a push past MAX_BODY_BYTES, split from its body in Redis.
+
+    The same job as ingest_batch, under its own name so that a worker without it
+    fails the job (replayable) instead of reading a batch with no records.
+    """
+    return ingest_batch(payload)
 
 
 def ingest_batch(payload: bytes) -> dict[str, Any]:

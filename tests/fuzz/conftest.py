@@ -58,7 +58,9 @@ class MemoryKeys:
 
 def fuzz_settings() -> Settings:
     """Limits small enough that over-limit bodies are cheap to build."""
-    return replace(Settings.from_env(), max_body_bytes=4 * MIB, max_compressed_body_bytes=1 * MIB)
+    return replace(
+        Settings.from_env(), max_body_bytes=4 * MIB, max_compressed_body_bytes=1 * MIB, max_push_bytes=16 * MIB
+    )
 
 
 class Stack:

@@ -48,7 +48,9 @@ def server() -> fakeredis.FakeServer:
 
 @pytest.fixture
 def settings() -> Settings:
-    return replace(Settings.from_env(), max_body_bytes=64 * 1024, max_compressed_body_bytes=16 * 1024)
+    return replace(
+        Settings.from_env(), max_body_bytes=64 * 1024, max_compressed_body_bytes=16 * 1024, max_push_bytes=1024 * 1024
+    )
 
 
 def make_client(settings: Settings, redis: Any) -> TestClient:
@@ -390,13 +392,21 @@ def test_truncated_gzip_is_400(client: TestClient) -> None:
     assert_error(post(client, data[:-12], **{"Content-Encoding": "gzip"}), 400, "bad_gzip", "truncated")
 
 
-def test_body_over_the_limit_is_413_naming_the_setting(client: TestClient, settings: Settings) -> None:
+def test_body_over_the_hard_cap_is_413_naming_the_setting(client: TestClient, settings: Settings) -> None:
+    # Between MAX_BODY_BYTES and MAX_PUSH_BYTES a body is streamed (tests/unit/test_streamed_push.py).
+    body = json.dumps({"data": {"prompts": [prompt(1, text_size=settings.max_push_bytes)]}}).encode()
+    assert_error(post(client, body), 413, "payload_too_large", "MAX_PUSH_BYTES")
+
+
+def test_body_past_max_body_bytes_under_the_cap_is_accepted(client: TestClient, settings: Settings) -> None:
     body = json.dumps({"data": {"prompts": [prompt(1, text_size=settings.max_body_bytes)]}}).encode()
-    assert_error(post(client, body), 413, "payload_too_large", "MAX_BODY_BYTES")
+    resp = post(client, body)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["accepted"] == {"prompts": 1}
 
 
 def test_gzip_bomb_is_413_on_its_decompressed_size(client: TestClient, settings: Settings) -> None:
-    # 10 MB of spaces inside a JSON string compresses to ~10 KB: under the wire limit, far over the body limit.
+    # 10 MB of spaces inside a JSON string compresses to ~10 KB: under the wire limit, far over the hard cap.
     bomb = gzip.compress(b'{"data": {}, "pad": "' + b" " * 10_000_000 + b'"}')
     assert len(bomb) < settings.max_compressed_body_bytes
     assert_error(post(client, bomb, **{"Content-Encoding": "gzip"}), 413, "payload_too_large", "decompressed body")
@@ -405,7 +415,7 @@ def test_gzip_bomb_is_413_on_its_decompressed_size(client: TestClient, settings:
 def test_compressed_body_over_the_wire_limit_is_413(client: TestClient, settings: Settings) -> None:
     import os
 
-    noise = gzip.compress(os.urandom(settings.max_compressed_body_bytes + 1))
+    noise = gzip.compress(os.urandom(settings.max_compressed_push_bytes + 1))
     resp = post(client, noise, **{"Content-Encoding": "gzip"})
     assert_error(resp, 413, "payload_too_large", "MAX_COMPRESSED_BODY_BYTES")
 
