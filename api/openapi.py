@@ -76,7 +76,12 @@ ERROR_MEANINGS = {
     403: "`workspace_id` in the body is not the key's workspace. Do not retry.",
     404: "No such resource.",
     408: "The body took longer than BODY_READ_TIMEOUT_S to arrive. Retry.",
-    413: "The body is over the limit, compressed or decompressed, or holds too many records. Split the push.",
+    413: (
+        "The body is over the hard cap (MAX_PUSH_BYTES decompressed, or its share of it on the wire for gzip),"
+        " or holds more than MAX_RECORDS_PER_PUSH records. Bodies between MAX_BODY_BYTES and the cap are"
+        " accepted (202): streamed to the api's spool, split by a worker; a record over MAX_RECORD_BYTES is"
+        " rejected alone. Split the push."
+    ),
     415: "Content-Type or Content-Encoding is not supported. Do not retry.",
     422: "The envelope itself is malformed (e.g. `data` is not an object). Do not retry.",
     429: "The key's rate limit is exceeded. Retry after `Retry-After` seconds.",

@@ -269,9 +269,7 @@ class Spool:
 
     def stats(self) -> SpoolStats:
         with self._lock:
-            batches, size = self._conn.execute("SELECT batches, bytes FROM spool_size").fetchone()
-            (oldest,) = self._conn.execute("SELECT min(spooled_at) FROM spooled").fetchone()
-        return SpoolStats(int(batches), int(size), oldest)
+            return _stats(self._conn)
 
     def writable(self) -> str | None:
         """None if a batch could be written now, else why not."""
@@ -423,12 +421,19 @@ def read_stats(path: str | Path) -> SpoolStats | None:
         return None
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
-        batches, size = conn.execute("SELECT batches, bytes FROM spool_size").fetchone()
-        (oldest,) = conn.execute("SELECT min(spooled_at) FROM spooled").fetchone()
+        return _stats(conn)
     except sqlite3.Error:
         return None
     finally:
         conn.close()
+
+
+def _stats(conn: sqlite3.Connection) -> SpoolStats:
+    """Batches and bytes held (streamed pushes included, once complete), and the oldest one's spool time."""
+    batches, size = conn.execute("SELECT batches, bytes FROM spool_size").fetchone()
+    (oldest,) = conn.execute(
+        "SELECT min(t) FROM (SELECT min(spooled_at) AS t FROM spooled UNION ALL SELECT min(spooled_at) FROM streamed)"
+    ).fetchone()
     return SpoolStats(int(batches), int(size), oldest)
 
 
