@@ -22,8 +22,19 @@ class AccountError(ValueError):
     """A workspace or key operation that cannot be done, with the reason."""
 
 
+class NotFoundError(AccountError):
+    """No workspace, key or enrollment by that name or id."""
+
+
+def is_workspace_id(text: str) -> bool:
+    """Whether `text` has the shape of a workspace id (ws_ and 16 hex digits), which no name may have."""
+    return _ID_SHAPED.fullmatch(text) is not None
+
+
 @dataclass(frozen=True)
 class KeyInfo:
+    """A key as `key list` shows it: its prefix, never the key."""
+
     key_id: str
     workspace_id: str
     workspace_name: str
@@ -36,7 +47,7 @@ def create_workspace(conn: psycopg.Connection, name: str) -> str:
     """Create a workspace; return its id (ws_...)."""
     if not _NAME.fullmatch(name):
         raise AccountError(f"workspace name {name!r}: use letters, digits, '_', '.', '-' (max 100)")
-    if _ID_SHAPED.fullmatch(name):
+    if is_workspace_id(name):
         raise AccountError(f"workspace name {name!r}: has the shape of a workspace id (ws_ and 16 hex digits)")
     workspace_id = "ws_" + secrets.token_hex(8)
     try:
@@ -54,11 +65,12 @@ def find_workspace(conn: psycopg.Connection, name_or_id: str) -> str:
         {"w": name_or_id},
     ).fetchone()
     if row is None:
-        raise AccountError(f"no workspace named or with id {name_or_id!r}")
+        raise NotFoundError(f"no workspace named or with id {name_or_id!r}")
     return str(row[0])
 
 
 def list_workspaces(conn: psycopg.Connection) -> list[tuple[str, str, datetime]]:
+    """Every workspace as (id, name, created_at), oldest first."""
     return list(conn.execute("SELECT workspace_id, name, created_at FROM workspaces ORDER BY created_at"))
 
 
@@ -75,6 +87,7 @@ def create_key(conn: psycopg.Connection, workspace: str, live: bool = True) -> t
 
 
 def list_keys(conn: psycopg.Connection, workspace: str | None = None) -> list[KeyInfo]:
+    """Keys (never the keys themselves), oldest first; of one workspace (name or id) if given."""
     workspace_id = find_workspace(conn, workspace) if workspace else None
     rows = conn.execute(
         "SELECT k.key_id, k.workspace_id, w.name, k.key_prefix, k.created_at, k.revoked_at"
@@ -110,4 +123,4 @@ def revoke_key(conn: psycopg.Connection, key_id: str) -> None:
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = %s RETURNING key_id", (key_id,)
     ).fetchone()
     if row is None:
-        raise AccountError(f"no key with id {key_id!r}")
+        raise NotFoundError(f"no key with id {key_id!r}")

@@ -56,17 +56,8 @@ class Status:
     def as_dict(self) -> dict[str, Any]:
         q = self.queue
         return {
-            "queue_depth": q.depth,
-            "lag_seconds": round(q.lag_s, 1),
-            "failed": q.failed,
-            "retrying": q.scheduled,
-            "in_progress": q.started,
-            "workers_busy": q.workers_busy,
-            "workers_idle": q.workers_idle,
+            **q.as_dict(),  # schema/queue_state.py owns the queue's figures and their names
             "quarantined": self.quarantined,
-            "accepted_records_per_s": round(q.rates.get("accepted_records", 0.0), 1),
-            "written_records_per_s": round(q.rates.get("written_records", 0.0), 1),
-            "written_batches_per_s": round(q.rates.get("written_batches", 0.0), 2),
             "spooled_batches": self.spool.batches if self.spool else 0,
             "spool_bytes": self.spool.bytes if self.spool else 0,
             "spool_oldest_seconds": round(self.spool.oldest_age_s(), 1) if self.spool else 0.0,
@@ -74,10 +65,15 @@ class Status:
 
 
 def status(redis: Redis, conn: psycopg.Connection | None, settings: Settings) -> Status:
+    """The queue's snapshot, the pending quarantine (None without Postgres) and this host's spool."""
     quarantined = None
     if conn is not None:
-        row = conn.execute("SELECT count(*) FROM quarantine WHERE replayed_at IS NULL").fetchone()
-        quarantined = int(row[0]) if row else 0
+        try:
+            row = conn.execute("SELECT count(*) FROM quarantine WHERE replayed_at IS NULL").fetchone()
+        except psycopg.OperationalError:  # Postgres went away (status --watch): shown as unreachable
+            row = None
+        else:
+            quarantined = int(row[0]) if row else 0
     return Status(read_snapshot(redis, settings.queue_name, time.time()), quarantined, read_stats(settings.spool_path))
 
 

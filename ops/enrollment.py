@@ -13,13 +13,17 @@ from datetime import datetime
 
 import psycopg
 
-from workers.accounts import AccountError, find_workspace
+from ops.accounts import AccountError, NotFoundError, find_workspace
 
 _USER_CODE = re.compile(r"[A-Z]{8}")
 
 
 class DeviceCodeError(AccountError):
     """A user code that cannot be approved or denied, with the reason."""
+
+
+class UnknownUserCode(DeviceCodeError, NotFoundError):
+    """No enrollment has this user code."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ def _why_not(conn: psycopg.Connection, user_code: str) -> DeviceCodeError:
         "SELECT status, expires_at <= now() FROM device_codes WHERE user_code = %s", (user_code,)
     ).fetchone()
     if row is None:
-        return DeviceCodeError(f"no enrollment with user code {user_code}")
+        return UnknownUserCode(f"no enrollment with user code {user_code}")
     status, expired = row
     if status == "issued":
         return DeviceCodeError(f"{user_code} was approved and its key already collected")

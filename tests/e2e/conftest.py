@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from redis import Redis
 
+from ops.accounts import create_key, create_workspace
 from schema.settings import Settings
 from tests.e2e.stack import Account, Api, PostgresServer, Stack, running_stack
-from workers.accounts import create_key, create_workspace
 
 
 @pytest.fixture

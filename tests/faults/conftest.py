@@ -20,13 +20,13 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
+from ops.accounts import create_key, create_workspace
 from schema.settings import Settings
 from tests.conftest import missing_server
 from tests.e2e.stack import Stack, running_stack
 from tests.faults.cli_harness import CLI_TABLE, HEADER
 from tests.faults.harness import SUMMARIES, WorkerPool
 from tests.faults.servers import Servers
-from workers.accounts import create_key, create_workspace
 
 LOAD_THREADS = 3  # concurrent clients, one key each (as separate CLIs)
 

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,7 +33,7 @@ from redis import Redis
 from schema.queue_state import QueueState, read_snapshot
 from schema.settings import Settings
 from tests.e2e.rows import ID_COLUMNS
-from tests.e2e.stack import BIN, Service, Stack, answers_healthz, free_port
+from tests.e2e.stack import BIN, REPO, Service, Stack, answers_healthz, free_port, log_config_args
 from tests.faults.load import OTHER_STATUS, REFUSED_503, TRANSPORT, Ledger
 from workers.ops import failed_batches
 
@@ -63,7 +64,7 @@ class ApiProcess:
     def start(cls, stack: Stack, port: int | None = None, **env: str) -> ApiProcess:
         port = port or free_port()
         argv = [str(BIN / "uvicorn"), "api.app:create_app", "--factory", "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--no-access-log"]
+        argv += ["--port", str(port), "--no-access-log", *log_config_args(Path(stack.env.get("PYTHONPATH") or REPO))]
         api = cls(stack, port, stack.start("api", argv, **env), env)
         stack.wait_until(api.healthy, f"the api on port {port} answers GET /healthz")
         return api

@@ -13,13 +13,13 @@ import psycopg
 import pytest
 from redis import Redis
 
+from ops import accounts
 from schema import samples
 from schema.keys import KEY_MIRROR_REFRESHED
 from schema.settings import Settings
 from tests.e2e.stack import Stack
 from tests.faults.harness import ApiProcess, WorkerPool, queue_state
 from tests.faults.servers import Servers
-from workers import accounts
 
 RECOVERY_BOUND_S = 10.0  # the "within seconds", generously (the pool retries every ~1-2 s)
 

@@ -1,6 +1,6 @@
 """The real CLI's account endpoints through the real app: device-code enrollment and alpha/verify.
 
-The operator's side runs through `selftune-ingest` itself (`workers.cli.main`).
+The operator's side runs through `selftune-ingest` itself (`ops.cli.main`).
 Waiting out a poll interval or an expiry is done by moving the stored times
 back, not by sleeping.
 """
@@ -23,9 +23,9 @@ from starlette.testclient import TestClient
 import workers.jobs
 from api import device
 from api.app import create_app
+from ops import accounts, cli
 from schema import samples
 from schema.settings import Settings
-from workers import accounts, cli
 from workers import db as worker_db
 from workers.worker import make_worker
 
@@ -144,7 +144,7 @@ def test_a_code_expires_unapproved_and_cannot_be_approved_late(
     assert poll(client, grant["device_code"], "/v2")["status"] == "expired"
 
     code, _, err = ops("device", "approve", grant["user_code"], "--workspace", "acme")
-    assert code == 2 and "expired" in err
+    assert code == 1 and "expired" in err
     assert ops("device", "list")[1].count("\n") == 1  # the header only
 
 
@@ -167,7 +167,7 @@ def test_a_denied_code_is_denied_and_stays_denied(
     assert poll(client, grant["device_code"])["status"] == "denied"
 
     code, _, err = ops("device", "approve", grant["user_code"], "--workspace", "acme")
-    assert code == 2 and "already denied" in err
+    assert code == 1 and "already denied" in err
     wait_interval(db)
     assert poll(client, grant["device_code"])["status"] == "denied"
     assert accounts.list_keys(db) == []
@@ -176,11 +176,11 @@ def test_a_denied_code_is_denied_and_stays_denied(
 def test_the_ops_cli_names_what_is_wrong(client: TestClient, ops: Any, acme: str) -> None:
     grant = request_code(client)
     code, _, err = ops("device", "approve", "BCDF-GHJK", "--workspace", "acme")
-    assert code == 2 and "no enrollment with user code BCDF-GHJK" in err
+    assert code == 1 and "no enrollment with user code BCDF-GHJK" in err
     code, _, err = ops("device", "approve", "nope", "--workspace", "acme")
     assert code == 2 and "not a user code" in err
     code, _, err = ops("device", "approve", grant["user_code"], "--workspace", "initech")
-    assert code == 2 and "no workspace named or with id 'initech'" in err
+    assert code == 1 and "no workspace named or with id 'initech'" in err
     code, out, _ = ops("--json", "device", "list")
     assert code == 0 and [p["user_code"] for p in json.loads(out)] == [grant["user_code"]]
 

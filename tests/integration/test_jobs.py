@@ -17,11 +17,11 @@ from rq.registry import FailedJobRegistry
 from starlette.testclient import TestClient
 
 from api.app import create_app
+from ops import accounts
 from schema import samples
 from schema.queue import INGEST_JOB, MsgpackSerializer
 from schema.settings import Settings
 from tests.support import count, legacy_payload, push_json, run_burst_worker, with_lock_timeout
-from workers import accounts
 
 push = push_json
 run_worker = run_burst_worker

@@ -7,14 +7,17 @@ command line moves exactly the chosen ones, and they land once.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -27,11 +30,11 @@ from rq.registry import StartedJobRegistry
 from starlette.testclient import TestClient
 
 from api.app import create_app
+from ops import accounts, actions, cli
 from schema import samples
 from schema.queue import INGEST_JOB, IngestJob, MsgpackSerializer
 from schema.settings import Settings
 from tests.support import count, push_json, run_burst_worker, with_lock_timeout
-from workers import accounts, cli, ops
 
 
 @pytest.fixture
@@ -138,7 +141,7 @@ def test_a_batch_abandoned_on_its_last_attempt_has_its_push_marked_failed(
 
 
 def failed_registry_ids(redis: Redis, settings: Settings) -> list[str]:
-    return ops.failed_registry(redis, settings).get_job_ids()
+    return actions.failed_registry(redis, settings).get_job_ids()
 
 
 def test_replay_moves_exactly_the_chosen_batches_and_each_lands_once(
@@ -170,13 +173,13 @@ def test_replaying_a_batch_that_had_in_fact_committed_writes_nothing_twice(
 ) -> None:
     # An abandoned job can have committed before its worker died: run the same batch again.
     redis = Redis.from_url(cli_env.redis_url)
-    [failed] = ops.failed_batches(redis, cli_env, push_ids=["a1"])
+    [failed] = actions.failed_batches(redis, cli_env, push_ids=["a1"])
     payload = Job.fetch(failed.job_id, connection=redis, serializer=MsgpackSerializer).args[0]
     run_cli(capsys, "replay", "a1")
     run_burst_worker(cli_env)
     before = (count(db, "sessions"), count(db, "prompts"))
     [attempts_before] = db.execute("SELECT attempts FROM pushes WHERE push_id = 'a1'").fetchone()  # type: ignore[misc]
-    ops.queue_for(redis, cli_env).enqueue(INGEST_JOB, payload)
+    actions.queue_for(redis, cli_env).enqueue(INGEST_JOB, payload)
     run_burst_worker(cli_env)
     assert (count(db, "sessions"), count(db, "prompts")) == before
     assert db.execute("SELECT attempts, status FROM pushes WHERE push_id = 'a1'").fetchone() == (
@@ -264,9 +267,7 @@ def test_status_and_metrics_after_real_traffic_with_two_worker_processes(
         assert metric(before, prompts_accepted) - metric(base, prompts_accepted, 0) == 30
 
         env = {**os.environ, "DATABASE_URL": cli_env.database_url, "REDIS_URL": cli_env.redis_url}
-        subprocess.run(
-            [sys.executable, "-m", "workers.cli", "worker", "-n", "2", "--burst"], env=env, check=True, timeout=60
-        )
+        subprocess.run([sys.executable, "-m", "ops", "worker", "-n", "2", "--burst"], env=env, check=True, timeout=60)
         after = c.get("/metrics").text
     # Worker-side numbers come from Redis (flushed per test): exact, whichever process wrote.
     assert metric(after, "selftune_ingest_queue_batches") == 0
@@ -329,3 +330,202 @@ def test_readyz_says_why_when_postgres_is_not_migrated(redis_url: str, database_
     assert database.status_code == 503
     assert database.json()["errors"] == ["postgres: not migrated: run 'selftune-ingest migrate'"]
     assert database.json()["error"]["code"] == "database_not_ready"
+
+
+# -- the command line itself: flags, names, errors, pipes -----------------------------------------
+
+CLI = Path(sys.executable).parent / "selftune-ingest"
+
+
+def run_cli_raw(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`selftune-ingest ARGS...` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_cli_process(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed `selftune-ingest ARGS...` as a process, with `env` over this one's."""
+    return subprocess.run([str(CLI), *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+
+def test_json_goes_before_or_after_the_command_on_every_command(
+    two_workspaces: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
+) -> None:
+    assert run_cli(capsys, "status").keys() == json.loads(run_cli_raw(capsys, "status", "--json")[1]).keys()
+    assert json.loads(run_cli_raw(capsys, "migrate", "--json")[1]) == {"applied": []}
+    [first, *_] = accounts.list_keys(db)
+    code, out, _ = run_cli_raw(capsys, "key", "revoke", first.key_id, "--json")
+    assert code == 0 and json.loads(out)["key_id"] == first.key_id and json.loads(out)["revoked"] is True
+    code, out, _ = run_cli_raw(capsys, "key", "--json", "list", "--workspace", "alpha")
+    assert code == 0 and [k["workspace_name"] for k in json.loads(out)] == ["alpha"]
+    # Options mixed with the push ids, --json last.
+    code, out, _ = run_cli_raw(capsys, "replay", "--dry-run", "--all", "--json")
+    assert code == 0 and json.loads(out) == {"dry_run": True, "would_replay": []}
+
+
+def test_errors_are_json_under_json_with_their_exit_codes(
+    two_workspaces: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [
+        (["key", "revoke", "key_0000000000000000"], 1, "not_found", "key_0000000000000000"),
+        (["workspace", "create", "alpha"], 1, "refused", "exists already"),
+        (["status", "--bogus"], 2, "usage", "--bogus"),
+        (["failed", "list", "--since", "yesterday"], 2, "usage", "not a time"),
+        (["replay"], 2, "usage", "--all"),
+        (["device", "approve", "nope", "--workspace", "alpha"], 2, "usage", "not a user code"),
+    ]
+    for args, exit_code, code, named in cases:
+        for argv in (["--json", *args], [*args, "--json"]):
+            status, out, err = run_cli_raw(capsys, *argv)
+            assert status == exit_code, argv
+            error = json.loads(out)["error"]
+            assert error["code"] == code and named in error["message"], (argv, error)
+        status, out, err = run_cli_raw(capsys, *args)  # without --json: one line on stderr
+        assert status == exit_code and out == "" and named in err and "Traceback" not in err
+
+
+def test_workspace_takes_a_name_everywhere_and_an_unknown_one_is_an_error(
+    failed_pushes: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
+) -> None:
+    beta = workspace_id(db, "beta")
+    db.execute(
+        "INSERT INTO quarantine (workspace_id, push_id, record_type, record_index, error, raw, received_at)"
+        " VALUES (%s, 'b1', 'prompts', 0, 'a reason', '{}', now())",
+        (beta,),
+    )
+    assert [b["push_id"] for b in run_cli(capsys, "failed", "list", "--workspace", "beta")] == ["b1"]
+    dry = run_cli(capsys, "replay", "--workspace", "beta", "--dry-run")
+    assert [b["push_id"] for b in dry["would_replay"]] == ["b1"]
+    assert [r["workspace_id"] for r in run_cli(capsys, "quarantine", "list", "--workspace", "beta")] == [beta]
+    assert run_cli(capsys, "quarantine", "replay", "--workspace", "beta", "--dry-run")["still_invalid"] == 1
+    [shown] = run_cli(capsys, "push", "show", "b1", "--workspace", "beta")
+    assert shown["workspace_id"] == beta and shown["status"] == "failed"
+
+    for args in (
+        ["failed", "list"],
+        ["replay", "--dry-run"],
+        ["quarantine", "list"],
+        ["quarantine", "replay", "--dry-run"],
+        ["push", "show", "b1"],
+        ["key", "list"],
+    ):
+        code, out, err = run_cli_raw(capsys, *args, "--workspace", "gamma")
+        assert code == 1 and "no workspace named or with id 'gamma'" in err, (args, out, err)
+    assert len(run_cli(capsys, "failed", "list")) == 3  # nothing was replayed
+
+
+def test_replay_of_a_push_id_not_in_the_failed_registry_fails_and_moves_nothing(
+    failed_pushes: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for args in (["replay", "nosuchpush"], ["replay", "a1", "nosuchpush"], ["replay", "--dry-run", "nosuchpush"]):
+        code, out, err = run_cli_raw(capsys, *args)
+        assert code == 1 and "nosuchpush" in err and "a1" not in err, args
+    code, out, _ = run_cli_raw(capsys, "--json", "replay", "b1", "--workspace", "alpha")  # b1 is beta's
+    assert code == 1 and json.loads(out)["error"]["code"] == "not_found"
+    assert len(run_cli(capsys, "failed", "list")) == 3
+
+
+def test_push_show_reads_as_text(
+    failed_pushes: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
+) -> None:
+    code, out, _ = run_cli_raw(capsys, "push", "show", "a2", "--workspace", "alpha")
+    assert code == 0
+    assert out.startswith(f"push a2 in workspace {workspace_id(db, 'alpha')}\n")
+    assert "in the failed registry" in out and "LockNotAvailable" in out
+    assert "datetime" not in out and "{" not in out and "None" not in out
+    run_cli(capsys, "replay", "a2")
+    run_burst_worker(cli_env)
+    code, out, _ = run_cli_raw(capsys, "push", "show", "a2")
+    assert code == 0 and "processed" in out and "1 sessions" in out and "1 prompts" in out and " ms\n" in out
+    code, out, err = run_cli_raw(capsys, "push", "show", "nosuchpush")
+    assert code == 1 and out == "" and "nosuchpush" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "server"),
+    [
+        (["status"], "Redis"),
+        (["failed", "list"], "Redis"),
+        (["replay", "--all"], "Redis"),
+        (["migrate"], "Postgres"),
+        (["workspace", "list"], "Postgres"),
+        (["key", "list", "--workspace", "alpha"], "Postgres"),
+        (["quarantine", "list"], "Postgres"),
+        (["push", "show", "p1"], "Postgres"),
+        (["device", "list"], "Postgres"),
+    ],
+)
+def test_an_unreachable_server_is_one_line_and_exit_2(args: list[str], server: str, cli_env: Settings) -> None:
+    closed = {
+        "Redis": {"REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"},
+        "Postgres": {"DATABASE_URL": "postgresql://postgres:hunter2@127.0.0.1:1/selftune"},
+    }[server]
+    done = run_cli_process(*args, **closed)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert f"cannot reach {server} at " in done.stderr and "127.0.0.1:1" in done.stderr
+    assert "hunter2" not in done.stderr and ":***@" in done.stderr
+    as_json = run_cli_process(*args, "--json", **closed)
+    assert as_json.returncode == 2 and json.loads(as_json.stdout)["error"]["code"] == f"{server.lower()}_unreachable"
+
+
+def test_failed_list_by_workspace_id_while_postgres_is_down(
+    failed_pushes: dict[str, str], cli_env: Settings, db: psycopg.Connection
+) -> None:
+    # Failed batches pile up while Postgres is down: their registry is in Redis, an id needs no lookup.
+    done = run_cli_process(
+        "--json", "failed", "list", "--workspace", workspace_id(db, "beta"), DATABASE_URL="postgresql://x@127.0.0.1:1/x"
+    )
+    assert done.returncode == 0 and [b["push_id"] for b in json.loads(done.stdout)] == ["b1"]
+    assert "without checking it" in done.stderr
+
+
+def test_safe_in_a_pipe(cli_env: Settings) -> None:
+    # `status --watch` writes forever: the reader leaving is EPIPE, which ends it quietly.
+    env = {**os.environ, "DATABASE_URL": cli_env.database_url, "REDIS_URL": cli_env.redis_url}
+    writer = subprocess.Popen(
+        [str(CLI), "status", "--watch", "--interval", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert writer.stdout is not None and writer.stderr is not None
+    head = subprocess.run(["head", "-1"], stdin=writer.stdout, capture_output=True, text=True, timeout=30)
+    writer.stdout.close()  # head holds the only read end now; once it exits, the next write fails
+    try:
+        assert writer.wait(timeout=30) == 1
+    finally:
+        writer.kill()
+    with writer.stderr:
+        assert writer.stderr.read() == b""
+    assert "selftune ingest" in head.stdout
+    shell = subprocess.run(
+        f"{CLI} status | head -1; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shell.returncode == 0 and shell.stdout.startswith("queued batches") and shell.stderr == ""
+
+
+def test_watch_redraws_at_most_once_a_second_and_ctrl_c_ends_it(cli_env: Settings) -> None:
+    env = {**os.environ, "DATABASE_URL": cli_env.database_url, "REDIS_URL": cli_env.redis_url}
+    watch = subprocess.Popen(
+        [str(CLI), "status", "--watch", "--interval", "0", "--json"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(2.5)
+    watch.send_signal(signal.SIGINT)
+    out, _ = watch.communicate(timeout=30)
+    assert watch.returncode == 0
+    assert 1 <= len(out.splitlines()) <= 4, f"{len(out.splitlines())} redraws in 2.5 s"
+
+
+def test_version_and_exit_codes_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli_raw(capsys, "--version")
+    assert code == 0 and out == f"selftune-ingest {importlib.metadata.version('selftune-ingest')}\n"
+    code, out, _ = run_cli_raw(capsys, "--help")
+    assert code == 0 and "Exit codes:" in out and "2    a usage error" in out
+    code, out, _ = run_cli_raw(capsys, "status", "--help")
+    assert code == 0 and "--json" in out and "at least 1" in out

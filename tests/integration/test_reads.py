@@ -29,12 +29,12 @@ from api.params import DEFAULT_LIMIT, MAX_LIMIT
 from api.push import PushAnswer
 from api.signals import SignalFilters, signals_query
 from api.skills import GRADING_FIELDS, SKILLS, TREND, grading_query
+from ops import accounts
 from schema import samples
 from schema.migrate import migrate
 from schema.queue import dedupe_key
 from schema.settings import Settings
 from tests.support import batch_of
-from workers import accounts
 from workers import db as worker_db
 from workers.jobs import write_batch
 from workers.worker import make_worker

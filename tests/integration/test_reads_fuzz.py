@@ -21,12 +21,12 @@ from starlette.applications import Starlette
 
 from api import openapi
 from api.app import create_app
+from ops import accounts
 from schema import samples
 from schema.settings import Settings
 from tests.fuzz.conftest import REQUEST_TIMEOUT_S, SCHEMATHESIS_CHECKS
 from tests.fuzz.test_openapi_fuzz import SERVERLESS_PATHS
 from tests.support import batch_of
-from workers import accounts
 from workers.jobs import write_batch
 
 schema = schemathesis.openapi.from_dict(json.loads(openapi.document())).exclude(path=SERVERLESS_PATHS)

@@ -1,0 +1,17 @@
+"""`selftune-ingest migrate`: apply pending migrations (idempotent, safe to run concurrently)."""
+
+from __future__ import annotations
+
+import click
+
+from ops.context import Command, Ops
+
+
+@click.command(cls=Command)
+@click.pass_obj
+def migrate(ops: Ops) -> None:
+    """Apply pending database migrations."""
+    from schema.migrate import migrate as apply
+
+    applied = apply(ops.postgres())
+    ops.emit({"applied": applied}, f"applied {', '.join(applied)}" if applied else "database is up to date")
