@@ -28,6 +28,7 @@ COPY api ./api
 COPY schema ./schema
 COPY spool ./spool
 COPY workers ./workers
+COPY ops ./ops
 RUN pip install --no-deps . \
     && pip check \
     && rm -rf build ./*.egg-info
