@@ -42,6 +42,7 @@ USER 10001:10001
 
 EXPOSE 8000
 
+# uvicorn's own lines are JSON like the app's (api/uvicorn-logging.json, LOG_FORMAT).
 # Idle keep-alive connections close after 5 s and at most 1000 are served at once, so slow or
 # idle clients cannot hold the server; bodies slower than BODY_READ_TIMEOUT_S get 408.
-CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", "--timeout-keep-alive", "5", "--timeout-graceful-shutdown", "30"]
+CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", "--log-config", "api/uvicorn-logging.json", "--timeout-keep-alive", "5", "--timeout-graceful-shutdown", "30"]

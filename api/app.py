@@ -26,10 +26,12 @@ from api.inflight import InflightLimit
 from api.intake import Intake, SpoolDrainer
 from api.metrics import metrics
 from api.push import push
+from api.unhandled import UnhandledErrors
 from schema import logs, redis_check
 from schema.heap import freeze_startup_heap
 from schema.migrate import latest_version
 from schema.settings import Settings
+from schema.version import VERSION
 from spool.store import AsyncSpool, Spool
 
 log = logging.getLogger(__name__)
@@ -179,7 +181,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.queue_watch = watch = QueueWatch(settings, redis)
     app.state.intake = Intake(enqueuer, watch, spool)
     app.state.drainer = drainer = SpoolDrainer(spool, enqueuer, watch) if spool is not None else None
-    log.info("api starting with %s", settings.redacted())
+    log.info("api %s starting with %s", VERSION, settings.redacted(), extra={"version": VERSION})
     await _check_redis(redis, settings)
     tasks: list[Any] = [t for t in (watch, drainer, mirror) if t is not None]
     for task in tasks:
@@ -216,14 +218,15 @@ def create_app(settings: Settings | None = None, **injected: Any) -> Starlette:
     object with `async lookup(key) -> ApiKey | None`) to run without servers.
     """
     real_process = settings is None
-    if real_process:  # not a test: JSON logs
-        logs.configure()
-    settings = settings or Settings.from_env()
+    settings = settings or Settings.from_env()  # first: a bad LOG_FORMAT is a SettingsError, not text logs
+    if real_process:  # not a test: JSON logs, uvicorn's own included
+        logs.configure(settings.log_level)
     app = Starlette(
         routes=routes,
         exception_handlers=exception_handlers,
         lifespan=lifespan,
-        middleware=[Middleware(InflightLimit, limit=settings.max_inflight_requests)],
+        # UnhandledErrors first (outermost): a bug anywhere inside is one counted, logged 500.
+        middleware=[Middleware(UnhandledErrors), Middleware(InflightLimit, limit=settings.max_inflight_requests)],
     )
     # A real process freezes its startup heap (schema.heap); a test process, which makes many
     # apps, would only keep their garbage forever.

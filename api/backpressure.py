@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from api.background import BackgroundLoop
-from schema.queue_state import SNAPSHOT_SCRIPT, QueueKeys, QueueState, parse_snapshot, snapshot_args
+from schema.queue_state import SNAPSHOT_SCRIPT, QueueKeys, QueueState, parse_snapshot, snapshot_args, worker_alive_s
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class QueueWatch(BackgroundLoop):
         self._redis = redis
         self._keys = QueueKeys.for_queue(settings.queue_name)
         self._script = redis.register_script(SNAPSHOT_SCRIPT)
+        self._alive_s = worker_alive_s(settings.worker_maintenance_interval_s)
         self.latest: QueueState | None = None
         self.memory: tuple[int, int] | None = None  # Redis used_memory, maxmemory (bytes)
         self._down_until = 0.0
@@ -47,7 +48,7 @@ class QueueWatch(BackgroundLoop):
     async def refresh(self) -> QueueState:
         now = time.time()
         keys, args = snapshot_args(self._keys, now)
-        self.latest = parse_snapshot(await self._script(keys=keys, args=args), now)
+        self.latest = parse_snapshot(await self._script(keys=keys, args=args), now, self._alive_s)
         if self._settings.redis_memory_high_pct > 0:
             info = await self._redis.info("memory")
             self.memory = (int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))

@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from schema import stats
 from schema.queue_state import QueueState
+from schema.version import VERSION
 from spool.store import SpoolStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -52,6 +53,20 @@ REQUEST_SECONDS = Histogram(
 )
 
 
+class BuildInfoCollector(Collector):
+    """`selftune_ingest_build_info{version=...} 1`: which build answers (one value per process, the same)."""
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(f"{NS}_build_info", "This build (always 1), by version", labels=["version"])
+        info.add_metric([VERSION], 1)
+        yield info
+
+
+_BUILD = CollectorRegistry(auto_describe=False)
+_BUILD.register(BuildInfoCollector())
+BUILD_INFO_TEXT = generate_latest(_BUILD)
+
+
 class SharedStateCollector(Collector):
     """Metric families built from one Redis read (queue snapshot and worker counters)."""
 
@@ -66,9 +81,13 @@ class SharedStateCollector(Collector):
         yield GaugeMetricFamily(f"{NS}_failed_batches", "Batches in RQ's failed registry", value=s.failed)
         yield GaugeMetricFamily(f"{NS}_retrying_batches", "Batches waiting for a retry", value=s.scheduled)
         yield GaugeMetricFamily(f"{NS}_started_batches", "Batches being written", value=s.started)
+        yield GaugeMetricFamily(
+            f"{NS}_stalled_batches", "Started batches whose worker died (claim lapsed), awaiting retry", value=s.stalled
+        )
         workers = GaugeMetricFamily(f"{NS}_workers", "Workers by state", labels=["state"])
         workers.add_metric(["busy"], s.workers_busy)
         workers.add_metric(["idle"], s.workers_idle)
+        workers.add_metric(["suspended"], s.workers_suspended)
         yield workers
         yield self._by_label(stats.WRITTEN, f"{NS}_records_written", "Records written to Postgres, by type", "type")
         yield self._by_label(
@@ -129,7 +148,7 @@ class SpoolCollector(Collector):
 async def metrics(request: Request) -> Response:
     """Prometheus text: this process's counters, the spool, then the shared queue and worker state."""
     state = request.app.state
-    own = generate_latest(_process_registry())
+    own = generate_latest(_process_registry()) + BUILD_INFO_TEXT
     if state.spool is not None:
         spool = CollectorRegistry(auto_describe=False)
         spool.register(SpoolCollector(await state.spool.stats()))

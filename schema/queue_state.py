@@ -2,8 +2,10 @@
 
 Used by `/metrics`, the api's back-pressure check and `selftune-ingest
 status`: one Lua script, run by a sync or an async client alike, returns queue
-depth, the enqueue time of the oldest queued batch, registry sizes, worker
-states and the last minute's rates. The keys are RQ's own, asked of RQ.
+depth, the enqueue time of the oldest batch not moving (queued, or started by a
+worker that died), registry sizes, worker states (with RQ's suspension flag and
+each worker's last heartbeat, so a dead worker is not counted) and the last
+minute's rates. The keys are RQ's own, asked of RQ.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 from redis import Redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.suspension import WORKERS_SUSPENDED as SUSPENDED_KEY
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from schema import stats
 
-# KEYS: queue, failed, scheduled, started, workers set, then the rate buckets.
-# ARGV: number of rate kinds, buckets per kind.
+# KEYS: queue, failed, scheduled, started, workers set, RQ's suspension flag, then the rate buckets.
+# ARGV: now (unix seconds).
 SNAPSHOT_SCRIPT = """
 local depth = redis.call('LLEN', KEYS[1])
 local oldest = false
@@ -29,17 +32,40 @@ if head then oldest = redis.call('HGET', 'rq:job:' .. head, 'enqueued_at') end
 local failed = redis.call('ZCARD', KEYS[2])
 local scheduled = redis.call('ZCARD', KEYS[3])
 local started = redis.call('ZCARD', KEYS[4])
-local busy, idle = 0, 0
-for _, wkey in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-  local state = redis.call('HGET', wkey, 'state')
-  if state == 'busy' then busy = busy + 1 elseif state then idle = idle + 1 end
+-- Started entries ("job:execution") are scored by when their claim lapses: past it, nobody renews
+-- them (their worker died) and the batch is not moving. The oldest such batch's enqueue time.
+local stalled = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 100)
+local stalled_oldest = false
+for _, entry in ipairs(stalled) do
+  local job_id = string.match(entry, '^(.*):[^:]*$') or entry
+  local at = redis.call('HGET', 'rq:job:' .. job_id, 'enqueued_at')
+  if at and (not stalled_oldest or at < stalled_oldest) then stalled_oldest = at end
 end
+local workers = {}
+for _, wkey in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  local w = redis.call('HMGET', wkey, 'state', 'last_heartbeat')
+  if w[1] then
+    workers[#workers + 1] = w[1]
+    workers[#workers + 1] = w[2] or ''
+  end
+end
+local suspended = redis.call('EXISTS', KEYS[6])
 local rates = {}
-for i = 6, #KEYS do rates[#rates + 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
-return {depth, oldest, failed, scheduled, started, busy, idle, rates}
+for i = 7, #KEYS do rates[#rates + 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
+return {depth, oldest, failed, scheduled, started, #stalled, stalled_oldest, workers, suspended, rates}
 """
 
 RATE_KINDS = ("accepted_records", "written_records", "written_batches")
+
+# A worker heartbeats at least once per wait for a job (at most WORKER_MAINTENANCE_INTERVAL_S, see
+# workers/worker.py) and every few seconds while it writes. One silent for this long is dead, however
+# long its hash lives on (RQ keeps an idle worker's hash for 8 minutes after its last heartbeat).
+WORKER_ALIVE_S = 30.0
+
+
+def worker_alive_s(maintenance_interval_s: float) -> float:
+    """How long a worker may stay silent and still count as alive (three of its waits, at least 15 s)."""
+    return max(15.0, 3.0 * maintenance_interval_s)
 
 
 @dataclass(frozen=True)
@@ -47,13 +73,33 @@ class QueueState:
     """What ops need to see at a glance; rates are per second over the last minute."""
 
     depth: int
-    lag_s: float  # age of the oldest queued batch (0 when the queue is empty)
+    lag_s: float  # age of the oldest batch not moving: queued, or started by a worker that died (0: none)
     failed: int
     scheduled: int  # waiting for a retry
     started: int
     workers_busy: int
     workers_idle: int
     rates: dict[str, float] = field(default_factory=dict)
+    workers_suspended: int = 0  # `rq suspend`: they take no batch until `rq resume`
+    stalled: int = 0  # started batches whose claim lapsed (their worker died); retried by the next maintenance
+    recent_rates: dict[str, float] = field(default_factory=dict)  # per second over the last RECENT_WINDOW_S
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures `selftune-ingest status` and the ops page show, by their names there."""
+        return {
+            "queue_depth": self.depth,
+            "lag_seconds": round(self.lag_s, 1),
+            "failed": self.failed,
+            "retrying": self.scheduled,
+            "in_progress": self.started,
+            "stalled": self.stalled,
+            "workers_busy": self.workers_busy,
+            "workers_idle": self.workers_idle,
+            "workers_suspended": self.workers_suspended,
+            "accepted_records_per_s": round(self.rates.get("accepted_records", 0.0), 1),
+            "written_records_per_s": round(self.rates.get("written_records", 0.0), 1),
+            "written_batches_per_s": round(self.rates.get("written_batches", 0.0), 2),
+        }
 
 
 @dataclass(frozen=True)
@@ -81,27 +127,57 @@ class QueueKeys:
 def snapshot_args(keys: QueueKeys, now: float) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for SNAPSHOT_SCRIPT."""
     rate_keys = [k for kind in RATE_KINDS for k in stats.window_keys(kind, now)]
-    return [keys.queue, keys.failed, keys.scheduled, keys.started, keys.workers, *rate_keys], []
+    return [keys.queue, keys.failed, keys.scheduled, keys.started, keys.workers, SUSPENDED_KEY, *rate_keys], [now]
 
 
-def parse_snapshot(raw: list[Any], now: float) -> QueueState:
-    depth, oldest, failed, scheduled, started, busy, idle, rates = raw
-    lag = 0.0
-    if oldest:
-        text = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
-        enqueued = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if enqueued.tzinfo is None:
-            enqueued = enqueued.replace(tzinfo=UTC)
-        lag = max(0.0, now - enqueued.timestamp())
+def _unix(stamp: Any) -> float:
+    """RQ's timestamps ("2026-01-02T03:04:05.678901Z", UTC) as unix seconds."""
+    text = stamp.decode() if isinstance(stamp, bytes) else str(stamp)
+    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def _workers(flat: list[Any], suspended: bool, now: float, alive_s: float) -> tuple[int, int, int]:
+    """Busy, idle and suspended workers from (state, last_heartbeat) pairs; silent ones are left out as dead.
+
+    A suspended worker stops heartbeating (RQ's suspension loop only sleeps), so it counts as
+    suspended however silent, until RQ's hash of it expires. A busy one finishes its batch first.
+    """
+    busy = idle = held = 0
+    for i in range(0, len(flat), 2):
+        state = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
+        if state == "suspended" or (suspended and state != "busy"):
+            held += 1
+        elif flat[i + 1] and now - _unix(flat[i + 1]) <= alive_s:
+            if state == "busy":
+                busy += 1
+            else:
+                idle += 1
+    return busy, idle, held
+
+
+def parse_snapshot(raw: list[Any], now: float, alive_s: float = WORKER_ALIVE_S) -> QueueState:
+    depth, oldest, failed, scheduled, started, stalled, stalled_oldest, workers, suspended, rates = raw
+    lag = max([0.0, *(now - _unix(at) for at in (oldest, stalled_oldest) if at)])
+    busy, idle, held = _workers(workers, bool(suspended), now, alive_s)
     per_kind = len(rates) // len(RATE_KINDS)
-    totals = {
-        kind: sum(int(r) for r in rates[i * per_kind : (i + 1) * per_kind]) / stats.RATE_WINDOW_S
-        for i, kind in enumerate(RATE_KINDS)
-    }
-    return QueueState(int(depth), lag, int(failed), int(scheduled), int(started), int(busy), int(idle), totals)
+    counts = {kind: [int(r) for r in rates[i * per_kind : (i + 1) * per_kind]] for i, kind in enumerate(RATE_KINDS)}
+    return QueueState(
+        depth=int(depth),
+        lag_s=lag,
+        failed=int(failed),
+        scheduled=int(scheduled),
+        started=int(started),
+        workers_busy=busy,
+        workers_idle=idle,
+        rates={kind: stats.per_second(c, now) for kind, c in counts.items()},
+        workers_suspended=held,
+        stalled=int(stalled),
+        recent_rates={kind: stats.per_second(c, now, stats.RECENT_WINDOW_S) for kind, c in counts.items()},
+    )
 
 
-def read_snapshot(redis: Redis, queue_name: str, now: float) -> QueueState:
+def read_snapshot(redis: Redis, queue_name: str, now: float, alive_s: float = WORKER_ALIVE_S) -> QueueState:
     """The snapshot through a sync client (the ops command line)."""
     keys, args = snapshot_args(QueueKeys.for_queue(queue_name), now)
-    return parse_snapshot(redis.eval(SNAPSHOT_SCRIPT, len(keys), *keys, *args), now)
+    return parse_snapshot(redis.eval(SNAPSHOT_SCRIPT, len(keys), *keys, *args), now, alive_s)

@@ -59,8 +59,10 @@ def _bool(name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
-def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+def _choice(name: str, default: str, choices: tuple[str, ...], upper: bool = False) -> str:
     value = os.environ.get(name) or default
+    if upper:
+        value = value.upper()
     if value not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
@@ -68,6 +70,21 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 def _str(name: str, default: str) -> str:
     return os.environ.get(name) or default
+
+
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SECRET_FIELDS = ("ops_token",)
+
+
+def log_format() -> str:
+    """LOG_FORMAT, checked: read on its own too, by the log setup that runs before the settings (schema/logs.py)."""
+    return _choice("LOG_FORMAT", "json", LOG_FORMATS)
+
+
+def log_level() -> str:
+    """LOG_LEVEL, checked (any case)."""
+    return _choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True)
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,11 @@ class Settings:
     key_mirror_refresh_s: float  # how often one api copies every key hash into Redis (read while Postgres is down)
     # Requests one api process serves at once; past it, 503 with Retry-After (0: no bound).
     max_inflight_requests: int
+    # The operator page GET /ops: its token (Bearer, or ?token= once to set a cookie); empty: the page is off (404).
+    ops_token: str
+    # Logs: one JSON object per line ("json") or plain lines ("text"), at this level.
+    log_format: str
+    log_level: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -152,6 +174,9 @@ class Settings:
             key_cache_ttl_s=_float("KEY_CACHE_TTL_S", 30.0),
             key_mirror_refresh_s=_float("KEY_MIRROR_REFRESH_S", 60.0, 1.0),
             max_inflight_requests=_int("MAX_INFLIGHT_REQUESTS", 1000),
+            ops_token=os.environ.get("OPS_TOKEN", ""),
+            log_format=log_format(),
+            log_level=log_level(),
         )
 
     @property
@@ -180,7 +205,9 @@ class Settings:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, str) and "://" in value:
+            if f.name in SECRET_FIELDS and value:
+                value = "***"
+            elif isinstance(value, str) and "://" in value:
                 value = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", value)  # redis://:password@host too
             out[f.name] = value
         return out

@@ -2,8 +2,10 @@
 
 Prometheus scrapes one api process at a time, but workers run anywhere and
 serve no HTTP: what they did is counted in Redis, and `/metrics` and the
-`status` command read it back. Rates over the last minute come from
-10-second buckets that expire on their own.
+`status` command read it back. Rates come from 5-second buckets that
+expire on their own; the current, partial bucket is counted too, so a burst
+shows at once (with 10-second buckets and the partial one left out, `status`
+showed 0 records/s through a burst and its rate 13 s later).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ WRITE_SECONDS = f"{PREFIX}:write_seconds"  # hash: histogram buckets ("le"), "su
 # Histogram buckets for one batch's write, in seconds.
 WRITE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-RATE_BUCKET_S = 10
-RATE_WINDOW_S = 60
+RATE_BUCKET_S = 5
+RATE_WINDOW_S = 60  # `status` and /metrics: records per second over the last minute
+RECENT_WINDOW_S = 10  # the ops page's history samples: records per second over the last 10 s
 RATE_TTL_S = 300
 
 
@@ -31,11 +34,22 @@ def rate_key(what: str, at: float | None = None) -> str:
 
 
 def window_keys(what: str, now: float | None = None) -> list[str]:
-    """The complete buckets of the last RATE_WINDOW_S seconds (the current, partial one left out)."""
+    """The buckets of the last RATE_WINDOW_S seconds, oldest first, the current (partial) one last."""
     now = time.time() if now is None else now
-    last_full = int(now // RATE_BUCKET_S) - 1
+    current = int(now // RATE_BUCKET_S)
     count = RATE_WINDOW_S // RATE_BUCKET_S
-    return [f"{PREFIX}:rate:{what}:{b}" for b in range(last_full - count + 1, last_full + 1)]
+    return [f"{PREFIX}:rate:{what}:{b}" for b in range(current - count, current + 1)]
+
+
+def per_second(counts: list[int], now: float, window_s: int = RATE_WINDOW_S) -> float:
+    """A rate from the newest buckets of `window_keys` (oldest first): their sum over the time they cover.
+
+    The newest `window_s / RATE_BUCKET_S` full buckets and the current one cover
+    `window_s` plus the part of the current bucket already elapsed.
+    """
+    full = window_s // RATE_BUCKET_S
+    covered = full * RATE_BUCKET_S + now % RATE_BUCKET_S
+    return sum(counts[-(full + 1) :]) / covered if covered > 0 else 0.0
 
 
 def bucket_label(seconds: float) -> str:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start (or stop) the Redis and PostgreSQL this project needs, on 127.0.0.1, with
 # their data under .data/<profile>/ (ignored by git). Installs redis-server from
-# Debian's packages if it is missing; PostgreSQL 15 comes from /usr/lib/postgresql/15/bin.
+# Debian's packages if it is missing (and, for the test profile, promtool, chromium and
+# chromium-driver); PostgreSQL 15 comes from /usr/lib/postgresql/15/bin.
 #
 #   scripts/services.sh up dev     # ports 5432 and 6379 (make run)
 #   scripts/services.sh up test    # ports 55432 and 56379 (make test)
@@ -44,6 +45,17 @@ redis_up() {
   echo "services: redis did not start; see $data/redis/redis.log" >&2; exit 1
 }
 
+# The test tier's tools: promtool (alert rule tests) and a headless chromium with its driver (the ops page).
+test_tools_up() {
+  local missing=()
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "services: installing ${missing[*]} from Debian's packages (test tools)"
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 postgres_up() {
   [ -x "$pgbin/initdb" ] || { echo "services: PostgreSQL not found in $pgbin (set PGBIN)" >&2; exit 1; }
   mkdir -p "$data"
@@ -67,6 +79,7 @@ case "$action" in
   up)
     redis_up
     postgres_up
+    if [ "$profile" = test ]; then test_tools_up; fi
     echo "services ($profile): redis on 127.0.0.1:$redis_port, postgres on 127.0.0.1:$pg_port (data in $data)"
     ;;
   down)

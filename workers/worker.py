@@ -44,6 +44,7 @@ from schema import logs, redis_check
 from schema.heap import freeze_startup_heap
 from schema.queue import INGEST_JOB, IngestJob, MsgpackSerializer
 from schema.settings import Settings
+from schema.version import VERSION
 from workers import db
 from workers.jobs import count_batch, log_batch, write_payload
 
@@ -426,6 +427,7 @@ def _work(burst: bool, parent: int) -> None:
     settings = Settings.from_env()
     check_redis(Redis.from_url(settings.redis_url), settings)
     worker = make_worker(settings)
+    log.info("worker %s starting (selftune-ingest %s)", worker.name, VERSION, extra={"version": VERSION})
     freeze_startup_heap()
     # The scheduler runs in a process of its own (see run_workers), not forked by a
     # worker: RQ's, the worker's child, would outlive a worker killed with SIGKILL. A
@@ -519,6 +521,9 @@ def run_workers(count: int, burst: bool = False) -> int:
     """
     logs.configure()
     settings = Settings.from_env()
+    log.info(
+        "selftune-ingest %s: %d worker(s)%s", VERSION, count, " (burst)" if burst else "", extra={"version": VERSION}
+    )
     me = os.getpid()
     workers = [_Child(f"worker-{i}", _work, (burst, me)) for i in range(count)]
     scheduler_name = uuid.uuid4().hex  # its lock's token: what this pool releases when the scheduler died

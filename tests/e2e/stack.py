@@ -151,6 +151,7 @@ class Stack:
         """Start uvicorn on a free port; return once /healthz answers."""
         port = free_port()
         argv = [str(BIN / "uvicorn"), "api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
+        argv += log_config_args(Path(self.env.get("PYTHONPATH") or REPO))
         api = Api(f"http://127.0.0.1:{port}", self.start("api", argv, **env))
         self.wait_until(lambda: self._healthy(api), f"the api on port {port} answers GET /healthz")
         return api
@@ -225,6 +226,12 @@ def running_stack(settings: Any, tmp_path: Path, **overrides: str) -> Iterator[S
         yield processes
     finally:
         processes.stop_all()
+
+
+def log_config_args(code_dir: Path) -> list[str]:
+    """uvicorn's --log-config, as the Procfile gives it (JSON lines, uvicorn's included), when that code has one."""
+    config = code_dir / "api" / "uvicorn-logging.json"
+    return ["--log-config", str(config)] if config.exists() else []
 
 
 def answers_healthz(service: Service, url: str) -> bool:

@@ -23,3 +23,22 @@ def test_the_settings_logged_at_startup_never_hold_a_password(
     redacted = Settings.from_env().redacted()
     assert redacted[name.lower()] == shown
     assert "s3cret" not in repr(redacted)
+
+
+@pytest.mark.parametrize("value", ["xml", "JSON", "plain"])
+def test_an_unknown_log_format_is_a_settings_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """LOG_FORMAT=xml used to mean plain text, silently."""
+    from schema import logs
+    from schema.settings import SettingsError
+
+    monkeypatch.setenv("LOG_FORMAT", value)
+    with pytest.raises(SettingsError, match="LOG_FORMAT must be one of json, text"):
+        Settings.from_env()
+    with pytest.raises(SettingsError):
+        logs.formatter()
+
+
+def test_the_ops_token_is_never_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPS_TOKEN", "s3cret-ops")
+    assert Settings.from_env().redacted()["ops_token"] == "***"
+    assert "s3cret" not in repr(Settings.from_env().redacted())
