@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import device, openapi, push_status, signals, skills
+from api import device, openapi, ops, push_status, signals, skills
 from api.auth import DATABASE_ERRORS, KeyMirror, KeyStore
 from api.backpressure import QueueWatch
 from api.enqueue import Enqueuer
@@ -25,6 +25,7 @@ from api.errors import ApiError, api_error_handler, error_response
 from api.inflight import InflightLimit
 from api.intake import Intake, SpoolDrainer
 from api.metrics import metrics
+from api.ops_history import OpsHistory
 from api.push import push
 from api.unhandled import UnhandledErrors
 from schema import logs, redis_check
@@ -126,6 +127,7 @@ routes = [
     *skills.routes,
     *device.routes,
     *openapi.routes,
+    *ops.routes,
 ]
 
 exception_handlers = {ApiError: api_error_handler, 404: not_found, 405: method_not_allowed}
@@ -181,9 +183,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.queue_watch = watch = QueueWatch(settings, redis)
     app.state.intake = Intake(enqueuer, watch, spool)
     app.state.drainer = drainer = SpoolDrainer(spool, enqueuer, watch) if spool is not None else None
+    history = OpsHistory(redis, watch) if settings.ops_token else None  # the ops page's plots
     log.info("api %s starting with %s", VERSION, settings.redacted(), extra={"version": VERSION})
     await _check_redis(redis, settings)
-    tasks: list[Any] = [t for t in (watch, drainer, mirror) if t is not None]
+    tasks: list[Any] = [t for t in (watch, drainer, mirror, history) if t is not None]
     for task in tasks:
         task.start()
     if app.state.freeze_heap:
