@@ -18,7 +18,7 @@ push was acknowledged and the record never reached Postgres.
 
 from __future__ import annotations
 
-import itertools
+import random
 import threading
 import time
 from collections import Counter
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import httpx2
 
 from tests.e2e.rows import ID_COLUMNS
-from tests.faults.load import Push, build_push
+from tests.faults.load import Ledger, LoadGenerator, Push, build_push
 
 ATTEMPTS = 5
 SLEEPS_S = (1.0, 2.0, 4.0, 8.0)
@@ -107,12 +107,15 @@ def send_as_the_cli(client: httpx2.Client, url: str, key: str, push: Push) -> tu
     return GAVE_UP, answers
 
 
-class CliFleet:
+class CliFleet(LoadGenerator):
     """`len(keys)` CLIs, each pushing new payloads one after another until stopped, each by the CLI's policy.
 
-    Bounded: at most `max_pushes` payloads in all; `stop()` lets each CLI finish the
-    payload it is retrying (at most ~15 s plus its timeouts), as a real flush would.
+    The load generator's threads, bounds and stop, with the CLI's way of sending: `stop()`
+    lets each CLI finish the payload it is retrying (at most ~15 s plus its timeouts), as a
+    real flush would.
     """
+
+    join_timeout_s = sum(SLEEPS_S) + ATTEMPTS * 30 + 5
 
     def __init__(
         self,
@@ -124,29 +127,10 @@ class CliFleet:
         pause_s: float = 0.05,
         max_pushes: int = 20_000,
     ) -> None:
-        self.target = target
-        self.keys = keys
-        self.workspace_id = workspace_id
-        self.ledger = ledger
-        self.tag = tag
-        self.pause_s = pause_s
-        self.max_pushes = max_pushes
-        self._seq = itertools.count(1)
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self.started_at = 0.0
-        self.elapsed_s = 0.0
-        self.crashes: list[str] = []
+        super().__init__(target, keys, workspace_id, Ledger(), tag, pause_s, max_pushes)
+        self.cli_ledger = ledger
 
-    def start(self) -> CliFleet:
-        self.started_at = time.monotonic()
-        for i, key in enumerate(self.keys):
-            t = threading.Thread(target=self._run, args=(key,), name=f"cli-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def _run(self, key: str) -> None:
+    def _run(self, key: str, rng: random.Random) -> None:
         try:
             with httpx2.Client(timeout=REQUEST_TIMEOUT) as client:
                 while not self._stop.is_set():
@@ -155,33 +139,7 @@ class CliFleet:
                         return
                     push = build_push(seq, self.tag, self.workspace_id)
                     fate, answers = send_as_the_cli(client, self.target(), key, push)
-                    self.ledger.settle(push, fate, answers)
+                    self.cli_ledger.settle(push, fate, answers)
                     self._stop.wait(self.pause_s)
         except Exception as exc:  # a bug in the client must fail the test, not vanish with the thread
             self.crashes.append(f"{threading.current_thread().name}: {exc!r}")
-
-    def sleep_until(self, offset_s: float) -> None:
-        remaining = self.started_at + offset_s - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
-
-    def run_for(self, seconds: float, during: Callable[[], None] | None = None) -> None:
-        """Run for `seconds` from the start, with `during()` in this thread meanwhile; then stop."""
-        if not self._threads:
-            self.start()
-        try:
-            if during is not None:
-                during()
-            self.sleep_until(seconds)
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        longest = sum(SLEEPS_S) + ATTEMPTS * 30 + 5
-        for t in self._threads:
-            t.join(timeout=longest)
-        self.elapsed_s = time.monotonic() - self.started_at
-        alive = [t.name for t in self._threads if t.is_alive()]
-        assert not alive, f"CLI threads did not stop: {alive}"
-        assert not self.crashes, f"the CLI client crashed: {self.crashes}"

@@ -48,6 +48,16 @@ class CliFigures:
         )
 
 
+def record_row(figures: CliFigures) -> None:
+    """Add a scenario's row to the table printed at the end of the run (and to $FAULT_TABLE_OUT)."""
+    CLI_TABLE.append(figures)
+    out = os.environ.get("FAULT_TABLE_OUT")
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(asdict(figures)) + "\n")
+    print(f"\n{HEADER}\n{figures.row()}\nanswers seen: {figures.answers}; {figures.notes}")
+
+
 def code_label() -> str:
     other = os.environ.get("SELFTUNE_CODE_DIR")
     return f"before ({os.path.basename(other.rstrip('/'))})" if other else "this build"
@@ -100,12 +110,7 @@ def settle(
         answers=dict(ledger.attempts),
         notes=notes,
     )
-    CLI_TABLE.append(figures)
-    out = os.environ.get("FAULT_TABLE_OUT")
-    if out:
-        with open(out, "a") as f:
-            f.write(json.dumps(asdict(figures)) + "\n")
-    print(f"\n{HEADER}\n{figures.row()}\nanswers seen: {figures.answers}; {notes}")
+    record_row(figures)
 
     assert figures.given_up == 0, f"the CLI gave up on {figures.given_up} pushes (their records are lost): {figures}"
     assert not (acked - processed), f"acknowledged pushes not processed: {sorted(acked - processed)[:20]}"

@@ -30,12 +30,12 @@ import psycopg
 from psycopg import sql
 from redis import Redis
 
+from ops.actions import failed_batches
 from schema.queue_state import QueueState, read_snapshot
 from schema.settings import Settings
 from tests.e2e.rows import ID_COLUMNS
 from tests.e2e.stack import BIN, REPO, Service, Stack, answers_healthz, free_port, log_config_args
 from tests.faults.load import OTHER_STATUS, REFUSED_503, TRANSPORT, Ledger
-from workers.ops import failed_batches
 
 # How long the queue may take to drain after a fault. Abandoned batches wait out the job timeout
 # (5 s) + grace (10 s); a batch whose worker died between taking it and starting it waits in RQ's

@@ -235,10 +235,12 @@ class LoadGenerator:
         if remaining > 0:
             time.sleep(remaining)
 
+    join_timeout_s = REQUEST_TIMEOUT_S + 5  # the longest a thread takes to notice stop()
+
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(timeout=REQUEST_TIMEOUT_S + 5)
+            t.join(timeout=self.join_timeout_s)
         alive = [t.name for t in self._threads if t.is_alive()]
         self.elapsed_s = time.monotonic() - self.started_at
         assert not alive, f"load threads did not stop: {alive}"
