@@ -17,6 +17,7 @@ from redis import Redis
 
 from ops.accounts import create_key, create_workspace
 from schema.settings import Settings
+from tests.conftest import ADMIN_URL
 from tests.e2e.stack import Account, Api, PostgresServer, Stack, running_stack
 
 
@@ -49,11 +50,11 @@ def rq_redis(settings: Settings) -> Iterator[Redis]:
 
 
 @pytest.fixture
-def postgres_server(database_url: str) -> Iterator[PostgresServer]:
+def postgres_server(database_url: str, redis_url: str) -> Iterator[PostgresServer]:
     """Control of the test PostgreSQL; it is running again after the test, whatever happened."""
-    server = PostgresServer()
+    server = PostgresServer(ADMIN_URL, redis_url)
     if not (server.data_dir / "PG_VERSION").exists():
-        pytest.fail(f"no PostgreSQL data directory at {server.data_dir}: set TEST_PG_DATA", pytrace=False)
+        pytest.fail(f"no PostgreSQL data directory at {server.data_dir}", pytrace=False)
     try:
         yield server
     finally:
