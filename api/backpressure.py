@@ -21,7 +21,8 @@ import time
 from typing import Any
 
 from api.background import BackgroundLoop
-from schema.queue_state import SNAPSHOT_SCRIPT, QueueKeys, QueueState, parse_snapshot, snapshot_args, worker_alive_s
+from queueing.queue_state import QueueState, parse_snapshot, snapshot_args, worker_alive_s
+from queueing.rq_compat import SNAPSHOT_SCRIPT, QueueKeys
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)

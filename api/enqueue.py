@@ -4,30 +4,21 @@ The job is an ordinary RQ job (RQ's workers, registries and CLI all work with
 it), built by RQ's own `Queue.create_job`. What we do ourselves is the write:
 a Lua script that, atomically, either finds the push id already accepted (and
 returns the first answer) or stores the job hash, pushes its id on the queue
-and remembers the answer. So a push is never enqueued twice, and never
+and remembers the answer. What RQ stores, and where, is `queueing.rq_compat.job_write`'s. So a push is never enqueued twice, and never
 acknowledged without being in Redis.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
-from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from rq import Callback, Queue, Retry
+from rq import Callback, Retry
 
+from queueing.rq_compat import IngestJob, ingest_queue, job_write
 from schema import stats
-from schema.queue import (
-    FAILURE_CALLBACK,
-    INGEST_JOB,
-    IngestJob,
-    MsgpackSerializer,
-    compress_job_data,
-    dedupe_key,
-    job_description,
-)
+from schema.queue import FAILURE_CALLBACK, INGEST_JOB, dedupe_key, job_description
 from schema.settings import Settings
 
 # KEYS: 1 dedupe key, 2 job hash, 3 queue list, 4 RQ's set of queues,
@@ -71,21 +62,6 @@ class RateLimited(Exception):
         self.retry_after_s = retry_after_s
 
 
-def job_hash(job: IngestJob, compression: str) -> dict[str, Any]:
-    """The job's Redis hash, as RQ's `Job.to_dict` writes it, with its data compressed by lz4 (or not at all).
-
-    RQ compresses job data with zlib at level 6: for a 100 KB batch of realistic
-    text that is 1.4 ms of api CPU (level 1: 0.46 ms, 4x smaller), more than the
-    rest of a push costs. lz4 takes 0.06 ms for 3.2x (bench/README.md), and
-    `MsgpackSerializer.loads` undoes it in the worker (RQ's own loader tries
-    zlib, and hands anything else on as it is).
-    """
-    mapping = job.to_dict_without_data()
-    data = job.data  # the serialized (func, instance, args, kwargs)
-    mapping["data"] = compress_job_data(data) if compression == "lz4" else data
-    return mapping
-
-
 class Enqueuer:
     """Builds RQ jobs for pushes and writes them with the enqueue-once script."""
 
@@ -93,12 +69,7 @@ class Enqueuer:
         self._settings = settings
         self._redis = redis
         # Never used for I/O: RQ's Job wants a connection object to be built.
-        self._queue = Queue(
-            settings.queue_name,
-            connection=Redis.from_url(settings.redis_url),
-            serializer=MsgpackSerializer,
-            job_class=IngestJob,
-        )
+        self._queue = ingest_queue(settings.queue_name, Redis.from_url(settings.redis_url))
         self._retry = (
             Retry(max=settings.job_retries, interval=settings.retry_pauses_s) if settings.job_retries else None
         )
@@ -151,23 +122,27 @@ class Enqueuer:
             on_failure=self._on_failure,
             meta={"workspace_id": workspace_id, "push_id": push_id},
         )
-        job.enqueued_at = datetime.now(UTC).replace(tzinfo=None)
-        fields: list[bytes | str | int | float] = []
-        for field, value in job_hash(job, self._settings.job_data_compression).items():
-            fields.extend((field, value))
+        write = job_write(self._queue, job, self._settings.job_data_compression)
         keys = [
             dedupe_key(workspace_id, push_id),
-            job.key,
-            self._queue.key,
-            Queue.redis_queues_keys,
+            write.job_key,
+            write.queue_key,
+            write.queues_key,
             stats.rate_key("accepted_records"),
             f"selftune:ratelimit:{key_id}",
         ]
         s = self._settings
-        args = [answer, s.push_dedupe_ttl_s, job.id, self._queue.key, records, stats.RATE_TTL_S]
+        args: list[bytes | str | int | float] = [
+            answer,
+            s.push_dedupe_ttl_s,
+            write.job_id,
+            write.queue_key,
+            records,
+            stats.RATE_TTL_S,
+        ]
         args += [s.rate_limit_pushes_per_s if limit_rate else 0, s.rate_limit_burst]
         del payload, job  # the hash holds the batch now: one copy in memory while Redis answers
-        outcome, value = await self._script(keys=keys, args=[*args, *fields])
+        outcome, value = await self._script(keys=keys, args=[*args, *write.fields])
         if outcome == b"dup":
             return value  # type: ignore[no-any-return]
         if outcome == b"slow":

@@ -24,8 +24,8 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from queueing.queue_state import QueueState
 from schema import stats
-from schema.queue_state import QueueState
 from schema.version import VERSION
 from spool.store import SpoolStats
 

@@ -6,7 +6,7 @@ the token, never the token itself) and redirects to the same page without it,
 so a browser can open the page and the token leaves the address bar. Tokens are
 compared in constant time.
 
-The figures are the ones `selftune-ingest status` prints (schema/queue_state.py),
+The figures are the ones `selftune-ingest status` prints (queueing/queue_state.py),
 with the spool of this api's host, the last pushes from Postgres and the last
 hour's samples (api/ops_history.py). The page is one HTML document with its
 script inline: no build step, nothing fetched from elsewhere.

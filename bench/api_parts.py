@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.gen import PushStream, make_templates
+from queueing.rq_compat import compress_job_data
 from schema import envelope
 from schema.jsonbytes import first_invalid_utf8, has_nul_escape
-from schema.queue import compress_job_data
 
 
 def parts() -> dict[str, Callable[[bytes], Any]]:

@@ -51,7 +51,7 @@ def _is_process(frame: str) -> bool:
 # Where a sample's time goes, by the first rule (in order) whose frame is on its stack.
 BREAKDOWNS: dict[str, list[tuple[str, str]]] = {
     "api": [
-        ("job hash: compress the job data (api.enqueue.job_hash)", "job_hash (api/enqueue.py)"),
+        ("job hash: compress the job data (queueing.rq_compat.job_hash)", "job_hash (queueing/rq_compat.py)"),
         ("RQ Job.to_dict (zlib-compresses the payload)", "Job.to_dict (rq/job.py)"),
         ("RQ Queue.create_job", "Queue.create_job (rq/queue.py)"),
         (

@@ -20,9 +20,10 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
+from queueing.queue_state import QueueState, read_snapshot
+from queueing.rq_compat import MsgpackSerializer
 from schema.envelope import DEFAULT_LIMITS, RecordLimits, check_record
-from schema.queue import MsgpackSerializer, dedupe_key, failure_key
-from schema.queue_state import QueueState, read_snapshot
+from schema.queue import dedupe_key, failure_key
 from schema.settings import Settings
 from spool.store import SpoolStats, read_stats
 from workers.writer import write_records
@@ -56,7 +57,7 @@ class Status:
     def as_dict(self) -> dict[str, Any]:
         q = self.queue
         return {
-            **q.as_dict(),  # schema/queue_state.py owns the queue's figures and their names
+            **q.as_dict(),  # queueing/queue_state.py owns the queue's figures and their names
             "quarantined": self.quarantined,
             "spooled_batches": self.spool.batches if self.spool else 0,
             "spool_bytes": self.spool.bytes if self.spool else 0,

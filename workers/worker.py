@@ -31,18 +31,17 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
-from rq.job import Job, JobStatus
-from rq.registry import clean_registries
-from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
-from rq.scripts import release_lock
+from rq.job import Job
+from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY, clean_worker_registry
 
+from queueing import rq_compat
+from queueing.rq_compat import IngestJob, MsgpackSerializer
 from schema import logs, redis_check
 from schema.heap import freeze_startup_heap
-from schema.queue import INGEST_JOB, IngestJob, MsgpackSerializer
+from schema.queue import INGEST_JOB
 from schema.settings import Settings
 from schema.version import VERSION
 from workers import db
@@ -74,25 +73,6 @@ INTERMEDIATE_GRACE_S = 10
 INTERMEDIATE_SEEN_TTL_S = 60
 
 
-# Moves job ids from the queue (KEYS[1]) to its intermediate queue (KEYS[2]), as
-# RQ's own dequeue does with one: a worker that dies before it registers them
-# leaves them there, and RQ's maintenance puts them back. It takes at most
-# ARGV[1], and leaves one waiting job for each other worker of the queue
-# (KEYS[3]): a few jobs are spread over idle workers instead of queueing behind
-# one of them, and only a backlog is taken in bulk.
-_TAKE_MORE = """
-local others = math.max(0, redis.call('SCARD', KEYS[3]) - 1)
-local n = math.min(tonumber(ARGV[1]), redis.call('LLEN', KEYS[1]) - others)
-local ids = {}
-for i = 1, n do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not id then break end
-  ids[i] = id
-end
-return ids
-"""
-
-
 class IngestWorker(SimpleWorker):
     """A SimpleWorker that takes several queued batches at once when they are waiting.
 
@@ -110,10 +90,13 @@ class IngestWorker(SimpleWorker):
     A thread renews the claims on running jobs (see HEARTBEAT_TTL_S), so the jobs
     of a worker that died are retried by the next maintenance after the claims
     lapse, and those of a live one are never taken for abandoned.
+
+    RQ's bookkeeping, driven from here, is `queueing.rq_compat`'s; the RQ methods
+    this class overrides are listed in `rq_compat.WORKER_OVERRIDES` (and checked
+    against RQ by its test).
     """
 
     jobs_per_take = 1
-    _take_script: Any = None
     _heartbeat_thread: threading.Thread | None = None
     _heartbeat_stop: threading.Event | None = None
     _running: tuple[float | None, int] = (None, 0)  # when the job or take now running started, and its timeout
@@ -151,21 +134,10 @@ class IngestWorker(SimpleWorker):
         timeout of the job or take now running (+ ABANDONED_GRACE_S), nothing is renewed: a
         job stuck where RQ's alarm cannot stop it lapses, and is retried as abandoned.
         """
-        for _ in range(5):
-            try:
-                running = list(self.executions.values())
-                break
-            except RuntimeError:  # changed size while copied
-                continue
-        else:
-            return 0
+        running = rq_compat.running_executions(self)
         if not running or not self._within_timeout():
             return 0
-        with self.connection.pipeline() as pipe:
-            for execution in running:
-                execution.heartbeat(execution.job.started_job_registry, HEARTBEAT_TTL_S, pipe)
-            self.heartbeat(HEARTBEAT_TTL_S, pipeline=pipe)
-            pipe.execute()
+        rq_compat.renew_claims(self, running, HEARTBEAT_TTL_S)
         return len(running)
 
     def _within_timeout(self) -> bool:
@@ -194,41 +166,7 @@ class IngestWorker(SimpleWorker):
         The lock is RQ's own key, so plain RQ workers on the queue still take turns with
         these. It also rescues jobs stuck in the intermediate list after INTERMEDIATE_GRACE_S.
         """
-        for queue in self.queues:
-            if not self.connection.set(queue.registry_cleaning_key, 1, nx=True, ex=MAINTENANCE_LOCK_S):
-                continue
-            try:
-                self.log.debug("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
-                clean_registries(queue, self._exc_handlers)  # private: RQ's failure handlers, as RQ passes them
-                clean_worker_registry(queue)
-                self._rescue_intermediate(queue)
-            finally:
-                queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
-        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ's annotation says None only
-
-    def _rescue_intermediate(self, queue: Queue) -> None:
-        """RQ's `IntermediateQueue.cleanup`, with INTERMEDIATE_GRACE_S instead of a minute (see there)."""
-        intermediate = queue.intermediate_queue
-        job_ids = intermediate.get_job_ids()
-        if not job_ids:
-            return
-        started = set(queue.started_job_registry.get_job_ids(cleanup=False))
-        for job_id in job_ids:
-            if job_id in started:
-                continue
-            job = queue.fetch_job(job_id)
-            if job is None:
-                intermediate.remove(job_id)
-                continue
-            seen_key = intermediate.get_first_seen_key(job_id)
-            if self.connection.set(seen_key, now().timestamp(), nx=True, ex=INTERMEDIATE_SEEN_TTL_S):
-                continue  # first sighting
-            first_seen = intermediate.get_first_seen(job_id)
-            if first_seen is not None and (now() - first_seen).total_seconds() > INTERMEDIATE_GRACE_S:
-                log.warning("job %s was taken from the queue by a worker that never started it: retrying it", job_id)
-                self.handle_job_failure(job, queue, exc_string="Job was stuck in intermediate queue.")
-                intermediate.remove(job_id)
-                self.connection.delete(seen_key)
+        rq_compat.clean_registries(self, MAINTENANCE_LOCK_S, INTERMEDIATE_GRACE_S, INTERMEDIATE_SEEN_TTL_S)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -257,22 +195,7 @@ class IngestWorker(SimpleWorker):
 
     def _take_more(self, queue: Queue) -> list[Job]:
         """Up to jobs_per_take - 1 more jobs from the queue, moved as RQ's dequeue moves one."""
-        if self._take_script is None:
-            self._take_script = self.connection.register_script(_TAKE_MORE)
-        keys = [queue.key, queue.intermediate_queue_key, WORKERS_BY_QUEUE_KEY % queue.name]
-        ids = self._take_script(keys=keys, args=[self.jobs_per_take - 1])
-        if not ids:
-            return []
-        found = []
-        for job_id, job in zip(
-            ids, self.job_class.fetch_many([i.decode() for i in ids], self.connection, self.serializer), strict=True
-        ):
-            if job is None:  # deleted while queued: RQ's dequeue skips these too
-                self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
-                continue
-            job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
-            found.append(job)
-        return found
+        return rq_compat.take_more(self, queue, self.jobs_per_take - 1)
 
     def _perform_together(self, jobs: list[Job], queue: Queue) -> None:
         executions = self._start_all(jobs, queue)
@@ -304,28 +227,12 @@ class IngestWorker(SimpleWorker):
             # Registered as started when the take began, and renewed by the heartbeat thread
             # since: renew it now too, so that it starts with a whole HEARTBEAT_TTL_S ahead
             # (RQ's own prepare_job_execution does not renew the started registry).
-            with self.connection.pipeline() as pipe:
-                execution.heartbeat(job.started_job_registry, self.get_heartbeat_ttl(job), pipe)
-                pipe.execute()
+            rq_compat.renew_claim(self.connection, job, execution, self.get_heartbeat_ttl(job))
             self.perform_job(job, queue, execution)
 
     def _start_all(self, jobs: list[Job], queue: Queue) -> list[Execution]:
         """Register the jobs as started, as RQ's prepare_execution and prepare_job_execution do, in one pipeline."""
-        executions = []
-        ttls = [self.get_heartbeat_ttl(job) for job in jobs]
-        with self.connection.pipeline() as pipe:
-            for job, ttl in zip(jobs, ttls, strict=True):
-                execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-                self.executions[execution.id] = execution
-                job.heartbeat(now(), ttl, pipeline=pipe)
-                job.prepare_for_execution(self.name, pipeline=pipe)
-                pipe.persist(job.key)
-                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-                executions.append(execution)
-            self.heartbeat(max(ttls), pipeline=pipe)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            pipe.execute()
-        return executions
+        return rq_compat.start_jobs(self, jobs, queue)
 
     def _finish_all(self, written: list[tuple[Job, Execution, dict[str, Any], float]]) -> None:
         """Mark written jobs finished, as RQ's handle_job_success does, and count them, in one transaction."""
@@ -333,22 +240,7 @@ class IngestWorker(SimpleWorker):
             return
         with self.connection.pipeline() as pipe:
             for job, execution, summary, seconds in written:
-                job._result = summary
-                job._status = JobStatus.FINISHED
-                result_ttl = job.get_result_ttl(self.default_result_ttl)
-                self.increment_successful_job_count(pipeline=pipe)
-                self.increment_total_working_time(job.ended_at - job.started_at, pipe)  # type: ignore[operator]
-                if result_ttl != 0:
-                    job._handle_success(
-                        result_ttl,
-                        pipeline=pipe,
-                        worker_name=self.name,
-                        execution_id=execution.id,
-                        execution_started_at=execution.created_at,
-                        execution_ended_at=job.ended_at,
-                    )
-                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                rq_compat.finish_job(self, pipe, job, execution, summary)
                 count_batch(pipe, summary, seconds)
             pipe.execute()
 
@@ -356,7 +248,7 @@ class IngestWorker(SimpleWorker):
 def make_worker(settings: Settings, connection: Redis | None = None, name: str | None = None) -> IngestWorker:
     """A worker on the ingest queue, speaking the api's job serializer."""
     redis = connection or Redis.from_url(settings.redis_url)
-    queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer, job_class=IngestJob)
+    queue = rq_compat.ingest_queue(settings.queue_name, redis)
     worker = IngestWorker(
         [queue],
         connection=redis,
@@ -467,9 +359,7 @@ def release_scheduler(settings: Settings, name: str) -> None:
     """Release the lock of a scheduler that died (if it still holds it) and forget it, as its own stop would."""
     redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     try:
-        # Private to RQ (rq.scripts): the compare-and-delete its scheduler releases its lock with.
-        release_lock(redis, RQScheduler.get_locking_key(settings.queue_name), name)
-        redis.delete(SCHEDULER_KEY_TEMPLATE % name)  # its metadata hash, as its register_death deletes it
+        rq_compat.release_scheduler_lock(redis, settings.queue_name, name)
     except (RedisError, OSError) as exc:
         log.warning("could not release the lock of scheduler %s (it expires within a minute): %s", name, exc)
     finally:

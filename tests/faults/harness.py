@@ -31,7 +31,7 @@ from psycopg import sql
 from redis import Redis
 
 from ops.actions import failed_batches
-from schema.queue_state import QueueState, read_snapshot
+from queueing.queue_state import QueueState, read_snapshot
 from schema.settings import Settings
 from tests.e2e.rows import ID_COLUMNS
 from tests.e2e.stack import BIN, REPO, Service, Stack, answers_healthz, free_port, log_config_args

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
-from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+from rq.scheduler import RQScheduler
 
+from queueing.rq_compat import scheduler_key, workers_key
 from schema.settings import Settings
 
 
@@ -54,7 +54,7 @@ def session_strays(sid: int) -> list[Proc]:
 def rq_worker_pids(redis: Redis, settings: Settings) -> dict[int, str]:
     """pid -> state of each RQ worker registered for the queue whose hash still exists."""
     found = {}
-    for key in redis.smembers(WORKERS_BY_QUEUE_KEY % settings.queue_name):
+    for key in redis.smembers(workers_key(settings.queue_name)):
         pid, state = redis.hmget(key, "pid", "state")
         if pid is not None:
             found[int(pid)] = state.decode() if isinstance(state, bytes) else str(state or "")
@@ -66,7 +66,7 @@ def scheduler_pid(redis: Redis, settings: Settings) -> int | None:
     name = redis.get(RQScheduler.get_locking_key(settings.queue_name))
     if name is None:
         return None
-    pid = redis.hget(SCHEDULER_KEY_TEMPLATE % (name.decode() if isinstance(name, bytes) else name), "pid")
+    pid = redis.hget(scheduler_key(name.decode() if isinstance(name, bytes) else name), "pid")
     return int(pid) if pid else None
 
 

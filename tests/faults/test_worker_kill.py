@@ -30,8 +30,8 @@ from redis import Redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from queueing.rq_compat import IngestJob, MsgpackSerializer
 from schema import samples
-from schema.queue import IngestJob, MsgpackSerializer
 from schema.settings import Settings
 from tests.e2e.rows import all_processed, expected_ids, ids_in, push_row
 from tests.e2e.stack import BIN, Api, Service, Stack

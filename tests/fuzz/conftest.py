@@ -30,8 +30,9 @@ from api.app import create_app
 from api.auth import ApiKey
 from api.openapi import ErrorBody
 from api.push import PushAnswer
+from queueing.rq_compat import MsgpackSerializer
 from schema.envelope import MAX_ERRORS_LISTED
-from schema.queue import MsgpackSerializer, QueuedBatch, decode_batch
+from schema.queue import QueuedBatch, decode_batch
 from schema.records import RECORD_TYPES
 from schema.settings import MIB, Settings
 

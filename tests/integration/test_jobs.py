@@ -18,8 +18,9 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from ops import accounts
+from queueing.rq_compat import MsgpackSerializer
 from schema import samples
-from schema.queue import INGEST_JOB, MsgpackSerializer
+from schema.queue import INGEST_JOB
 from schema.settings import Settings
 from tests.support import count, legacy_payload, push_json, run_burst_worker, with_lock_timeout
 

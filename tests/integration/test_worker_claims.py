@@ -15,8 +15,9 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from starlette.testclient import TestClient
 
+from queueing import rq_compat
+from queueing.rq_compat import IngestJob, MsgpackSerializer
 from schema import samples
-from schema.queue import IngestJob, MsgpackSerializer
 from schema.settings import Settings
 from tests.support import push_json
 from workers import worker as worker_module
@@ -71,7 +72,7 @@ def test_maintenance_holds_its_lock_briefly_and_releases_it_even_when_cleaning_f
         seen.append(int(q.connection.ttl(q.registry_cleaning_key)))
         raise ConnectionError("Redis went away mid-cleaning")
 
-    monkeypatch.setattr(worker_module, "clean_registries", failing_clean)
+    monkeypatch.setattr(rq_compat, "rq_clean_registries", failing_clean)  # RQ's, as rq_compat calls it
     with pytest.raises(ConnectionError):
         worker.clean_registries()
     assert 0 < seen[0] <= MAINTENANCE_LOCK_S  # RQ's own: 899 s, left behind by a worker killed meanwhile

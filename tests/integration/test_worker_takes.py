@@ -17,8 +17,8 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from starlette.testclient import TestClient
 
 from api.app import create_app
+from queueing.rq_compat import IngestJob, MsgpackSerializer
 from schema import samples, stats
-from schema.queue import IngestJob, MsgpackSerializer
 from schema.settings import Settings
 from tests.support import count, push_json, run_burst_worker, with_lock_timeout
 from workers import jobs

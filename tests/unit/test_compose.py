@@ -376,7 +376,7 @@ def _exported_series_names() -> set[str]:
     from prometheus_client.metrics import MetricWrapperBase
 
     from api import metrics
-    from schema.queue_state import QueueState
+    from queueing.queue_state import QueueState
     from spool.store import SpoolStats
 
     own = [f for obj in vars(metrics).values() if isinstance(obj, MetricWrapperBase) for f in obj.collect()]
@@ -585,7 +585,11 @@ def test_alert_rules_are_complete_and_cover_the_runbook() -> None:
         ("queue lag above 300 s", 300, ("selftune_ingest_queue_lag_seconds", "300")),
         ("failed batches", 600, ("selftune_ingest_failed_batches", "> 0")),
         ("no busy or idle workers", 120, ("selftune_ingest_workers", "== 0")),
-        ("pushes refused because neither Redis nor the spool could hold them", 60, ("selftune_ingest_refused_pushes_total",)),
+        (
+            "pushes refused because neither Redis nor the spool could hold them",
+            60,
+            ("selftune_ingest_refused_pushes_total",),
+        ),
         ("batches waiting in a spool", 300, ("selftune_ingest_spool_batches", "> 0")),
         ("a deep queue (an alert, never a refusal)", 600, ("selftune_ingest_queue_batches",)),
     ]

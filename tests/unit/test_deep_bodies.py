@@ -10,7 +10,8 @@ import pytest
 from rq import Queue
 from starlette.testclient import TestClient
 
-from schema.queue import MsgpackSerializer, decode_batch
+from queueing.rq_compat import MsgpackSerializer
+from schema.queue import decode_batch
 from schema.samples import prompt, session
 from schema.settings import Settings
 from tests.unit.test_push_api import KEY, assert_error, make_client, post

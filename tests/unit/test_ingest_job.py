@@ -5,7 +5,8 @@ from __future__ import annotations
 import fakeredis
 from rq import Queue
 
-from schema.queue import INGEST_JOB, IngestJob, MsgpackSerializer
+from queueing.rq_compat import IngestJob, MsgpackSerializer
+from schema.queue import INGEST_JOB
 
 
 def _queue() -> Queue:

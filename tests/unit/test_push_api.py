@@ -21,8 +21,9 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.auth import ApiKey
+from queueing.rq_compat import MsgpackSerializer
 from schema import envelope
-from schema.queue import INGEST_JOB, MsgpackSerializer, decode_batch
+from schema.queue import INGEST_JOB, decode_batch
 from schema.samples import one_of_each, prompt, session
 from schema.settings import Settings
 

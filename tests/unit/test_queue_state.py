@@ -1,4 +1,4 @@
-"""The queue snapshot (schema/queue_state.py) on fakeredis: workers by state, lag of stalled batches, rates."""
+"""The queue snapshot (queueing/queue_state.py) on fakeredis: workers by state, lag of stalled batches, rates."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import fakeredis
 import pytest
 
+from queueing.queue_state import QueueKeys, read_snapshot
 from schema import stats
-from schema.queue_state import QueueKeys, read_snapshot
 
 QUEUE = "ingest"
 NOW = 1_800_000_003.0  # 3 s into a 5 s rate bucket

@@ -16,7 +16,8 @@ import pytest
 from rq import Queue
 from starlette.testclient import TestClient
 
-from schema.queue import INGEST_STREAMED_JOB, MsgpackSerializer, body_key, decode_batch
+from queueing.rq_compat import MsgpackSerializer
+from schema.queue import INGEST_STREAMED_JOB, body_key, decode_batch
 from schema.samples import prompt, session
 from schema.settings import MIB, Settings
 from tests.unit.test_push_api import WORKSPACE, assert_error, make_client, post

@@ -8,7 +8,8 @@ import fakeredis
 import pytest
 from rq import Queue
 
-from schema.queue import INGEST_JOB, IngestJob, MsgpackSerializer
+from queueing.rq_compat import IngestJob, MsgpackSerializer
+from schema.queue import INGEST_JOB
 from schema.settings import Settings
 from workers.worker import make_worker
 

@@ -5,55 +5,18 @@ status`: one Lua script, run by a sync or an async client alike, returns queue
 depth, the enqueue time of the oldest batch not moving (queued, or started by a
 worker that died), registry sizes, worker states (with RQ's suspension flag and
 each worker's last heartbeat, so a dead worker is not counted) and the last
-minute's rates. The keys are RQ's own, asked of RQ.
+minute's rates. The script and RQ's keys it reads are `queueing.rq_compat`'s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from rq import Queue
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
-from rq.suspension import WORKERS_SUSPENDED as SUSPENDED_KEY
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
+from queueing.rq_compat import SNAPSHOT_SCRIPT, SUSPENDED_KEY, QueueKeys, rq_timestamp
 from schema import stats
-
-# KEYS: queue, failed, scheduled, started, workers set, RQ's suspension flag, then the rate buckets.
-# ARGV: now (unix seconds).
-SNAPSHOT_SCRIPT = """
-local depth = redis.call('LLEN', KEYS[1])
-local oldest = false
-local head = redis.call('LINDEX', KEYS[1], 0)
-if head then oldest = redis.call('HGET', 'rq:job:' .. head, 'enqueued_at') end
-local failed = redis.call('ZCARD', KEYS[2])
-local scheduled = redis.call('ZCARD', KEYS[3])
-local started = redis.call('ZCARD', KEYS[4])
--- Started entries ("job:execution") are scored by when their claim lapses: past it, nobody renews
--- them (their worker died) and the batch is not moving. The oldest such batch's enqueue time.
-local stalled = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 100)
-local stalled_oldest = false
-for _, entry in ipairs(stalled) do
-  local job_id = string.match(entry, '^(.*):[^:]*$') or entry
-  local at = redis.call('HGET', 'rq:job:' .. job_id, 'enqueued_at')
-  if at and (not stalled_oldest or at < stalled_oldest) then stalled_oldest = at end
-end
-local workers = {}
-for _, wkey in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-  local w = redis.call('HMGET', wkey, 'state', 'last_heartbeat')
-  if w[1] then
-    workers[#workers + 1] = w[1]
-    workers[#workers + 1] = w[2] or ''
-  end
-end
-local suspended = redis.call('EXISTS', KEYS[6])
-local rates = {}
-for i = 7, #KEYS do rates[#rates + 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
-return {depth, oldest, failed, scheduled, started, #stalled, stalled_oldest, workers, suspended, rates}
-"""
 
 RATE_KINDS = ("accepted_records", "written_records", "written_batches")
 
@@ -102,39 +65,10 @@ class QueueState:
         }
 
 
-@dataclass(frozen=True)
-class QueueKeys:
-    """RQ's keys for one queue."""
-
-    queue: str
-    failed: str
-    scheduled: str
-    started: str
-    workers: str
-
-    @classmethod
-    def for_queue(cls, name: str) -> QueueKeys:
-        conn = Redis()  # never used for I/O: RQ derives key names from it
-        return cls(
-            queue=Queue(name, connection=conn).key,
-            failed=FailedJobRegistry(name, connection=conn).key,
-            scheduled=ScheduledJobRegistry(name, connection=conn).key,  # type: ignore[no-untyped-call]
-            started=StartedJobRegistry(name, connection=conn).key,
-            workers=WORKERS_BY_QUEUE_KEY % name,
-        )
-
-
 def snapshot_args(keys: QueueKeys, now: float) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for SNAPSHOT_SCRIPT."""
     rate_keys = [k for kind in RATE_KINDS for k in stats.window_keys(kind, now)]
     return [keys.queue, keys.failed, keys.scheduled, keys.started, keys.workers, SUSPENDED_KEY, *rate_keys], [now]
-
-
-def _unix(stamp: Any) -> float:
-    """RQ's timestamps ("2026-01-02T03:04:05.678901Z", UTC) as unix seconds."""
-    text = stamp.decode() if isinstance(stamp, bytes) else str(stamp)
-    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 def _workers(flat: list[Any], suspended: bool, now: float, alive_s: float) -> tuple[int, int, int]:
@@ -148,7 +82,7 @@ def _workers(flat: list[Any], suspended: bool, now: float, alive_s: float) -> tu
         state = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
         if state == "suspended" or (suspended and state != "busy"):
             held += 1
-        elif flat[i + 1] and now - _unix(flat[i + 1]) <= alive_s:
+        elif flat[i + 1] and now - rq_timestamp(flat[i + 1]) <= alive_s:
             if state == "busy":
                 busy += 1
             else:
@@ -158,7 +92,7 @@ def _workers(flat: list[Any], suspended: bool, now: float, alive_s: float) -> tu
 
 def parse_snapshot(raw: list[Any], now: float, alive_s: float = WORKER_ALIVE_S) -> QueueState:
     depth, oldest, failed, scheduled, started, stalled, stalled_oldest, workers, suspended, rates = raw
-    lag = max([0.0, *(now - _unix(at) for at in (oldest, stalled_oldest) if at)])
+    lag = max([0.0, *(now - rq_timestamp(at) for at in (oldest, stalled_oldest) if at)])
     busy, idle, held = _workers(workers, bool(suspended), now, alive_s)
     per_kind = len(rates) // len(RATE_KINDS)
     counts = {kind: [int(r) for r in rates[i * per_kind : (i + 1) * per_kind]] for i, kind in enumerate(RATE_KINDS)}
