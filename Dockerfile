@@ -16,20 +16,19 @@ RUN groupadd --system --gid 10001 selftune \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so a code change does not reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, exactly as locked (versions and hashes: a rebuild installs the same files),
+# so a code change does not reinstall them. `make lock` writes requirements.lock from pyproject.toml.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
-# Then the project itself (console script selftune-ingest, SQL migrations as package data).
+# Then the project itself, without dependencies (console script selftune-ingest, SQL migrations
+# as package data); pip check fails the build if pyproject.toml and the lock disagree.
+COPY pyproject.toml ./
 COPY api ./api
 COPY schema ./schema
 COPY spool ./spool
 COPY workers ./workers
 COPY ops ./ops
-COPY queueing ./queueing
 RUN pip install --no-deps . \
     && pip check \
     && rm -rf build ./*.egg-info

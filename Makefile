@@ -10,14 +10,26 @@ export TEST_REDIS_URL ?= redis://127.0.0.1:56379/1
 # honcho would otherwise hand the web process port 5000.
 PORT ?= 8000
 
-.PHONY: venv services run test test-slow test-faults test-unit lint typecheck bench bench-quick bench-profile clean stop
+.PHONY: venv lock services run test test-slow test-faults test-unit lint typecheck bench bench-quick bench-profile clean stop
 
+# The venv installs exactly the locked versions (with their hashes), then the project itself;
+# it is rebuilt when pyproject.toml or the lock changes. `make lock` rewrites both locks.
 venv: $(BIN)/.installed
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml requirements-dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
+
+## make lock: requirements.lock (runtime) and requirements-dev.lock (runtime + dev) from pyproject.toml,
+## hashes included; the dev lock keeps the runtime lock's versions. LOCK_ARGS=--upgrade takes the newest
+## versions pyproject.toml allows; LOCK_ARGS="--upgrade-package NAME" just one.
+LOCK_FLAGS := -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+lock: venv
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) -o requirements.lock pyproject.toml
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --extra dev -c requirements.lock \
+		-o requirements-dev.lock pyproject.toml
 
 ## make run: Redis + PostgreSQL on 127.0.0.1, migrations, a dev key, then web and worker on :8000.
 run: venv
