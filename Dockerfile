@@ -29,6 +29,7 @@ COPY schema ./schema
 COPY spool ./spool
 COPY workers ./workers
 COPY ops ./ops
+COPY queueing ./queueing
 RUN pip install --no-deps . \
     && pip check \
     && rm -rf build ./*.egg-info
