@@ -9,6 +9,8 @@ export TEST_ADMIN_DATABASE_URL ?= postgresql://postgres@127.0.0.1:55432/postgres
 export TEST_REDIS_URL ?= redis://127.0.0.1:56379/1
 # honcho would otherwise hand the web process port 5000.
 PORT ?= 8000
+# make run listens on loopback only (the Procfile's web process, HOST unset, on every interface).
+RUN_HOST ?= 127.0.0.1
 
 .PHONY: venv lock services run test test-slow test-faults test-unit lint typecheck bench bench-quick bench-profile clean stop
 
@@ -36,7 +38,7 @@ run: venv
 	scripts/services.sh up dev
 	$(BIN)/selftune-ingest migrate
 	@scripts/dev-key.sh
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT)
+	HOST=$(RUN_HOST) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT) web worker
 
 ## make test: the whole suite against real servers started for the tests (ports 55432, 56379);
 ## long variants of the fuzz and fault tiers are marked slow and run by make test-slow.
