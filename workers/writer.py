@@ -146,10 +146,14 @@ def finish_push(
     rejected: dict[str, int],
     write_ms: float,
 ) -> None:
-    """Mark the push processed with its counts, in the batch's transaction."""
+    """Mark the push processed with its counts, in the batch's transaction.
+
+    processed_at is the clock at this statement, just before the commit (now() is the
+    transaction's start: started_at's instant, however long the write took).
+    """
     conn.execute(
         "UPDATE pushes SET status = 'processed', accepted = %s, rejected = %s, write_ms = %s,"
-        " processed_at = now(), error = NULL WHERE workspace_id = %s AND push_id = %s",
+        " processed_at = clock_timestamp(), error = NULL WHERE workspace_id = %s AND push_id = %s",
         (Jsonb(accepted), Jsonb(rejected), write_ms, workspace_id, push_id),
     )
 

@@ -88,6 +88,13 @@ def test_a_processed_push_retried_is_a_no_op(db: psycopg.Connection) -> None:
     assert row(db, "SELECT attempts FROM pushes") == (2,)
 
 
+def test_a_written_push_was_processed_after_it_started(db: psycopg.Connection) -> None:
+    """processed_at is the clock at the finish, not the transaction's start (started_at's now())."""
+    write(db, samples.one_of_each(3), push_id="timed")
+    started, processed, write_ms = row(db, "SELECT started_at, processed_at, write_ms FROM pushes")
+    assert write_ms > 0 and processed > started
+
+
 def test_duplicates_inside_one_batch_are_merged(db: psycopg.Connection) -> None:
     summary = write(
         db,
