@@ -97,7 +97,7 @@ class PollAnswer(msgspec.Struct, omit_defaults=True):
 
 
 class VerifyAnswer(msgspec.Struct):
-    """GET .../alpha/verify: the calling key, and the pushes its workspace's workers have handled."""
+    """GET .../alpha/verify: the calling key, and the pushes of that key the workers have handled."""
 
     enrolled: bool
     workspace_id: str
@@ -260,17 +260,19 @@ async def device_page(request: Request) -> Response:
 
 # -- GET .../alpha/verify -------------------------------------------------------------------------------------
 
+# Per key, not per workspace: `selftune status` shows this machine's link. Both subqueries read
+# the index pushes_key_received (migration 0004); pushes from before it carry no key.
 _VERIFY = (
-    "SELECT k.key_prefix, k.created_at, (SELECT count(*) FROM pushes p WHERE p.workspace_id = k.workspace_id),"
+    "SELECT k.key_prefix, k.created_at, (SELECT count(*) FROM pushes p WHERE p.key_id = k.key_id),"
     " last.received_at, last.status FROM api_keys k LEFT JOIN LATERAL ("
-    "   SELECT received_at, status FROM pushes p WHERE p.workspace_id = k.workspace_id"
+    "   SELECT received_at, status FROM pushes p WHERE p.key_id = k.key_id"
     "   ORDER BY received_at DESC LIMIT 1) last ON true"
     " WHERE k.key_id = %s AND k.revoked_at IS NULL"
 )
 
 
 async def verify(request: Request) -> Response:
-    """The calling key's link: its prefix and age, and its workspace's pushes."""
+    """The calling key's link: its prefix and age, and the pushes it sent."""
     key = await authenticate(request, request.app.state.keys)
     async with db_connection(request) as conn:
         row = await (await conn.execute(_VERIFY, (key.key_id,))).fetchone()
@@ -313,6 +315,6 @@ for _prefix in ("/api/v1", "/v2"):
     describe(
         f"{_prefix}/alpha/verify",
         "get",
-        summary="The calling key's link: prefix, age, and its workspace's pushes",
+        summary="The calling key's link: prefix, age, and the pushes it sent",
         responses={200: VerifyAnswer, **errors(401, 503)},
     )

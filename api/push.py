@@ -127,7 +127,9 @@ async def _push(request: Request) -> Response:
         errors=validated.errors,
         rejected=validated.rejected_counts,
     )
-    batch = queued_batch(validated, workspace_id=key.workspace_id, push_id=push_id, received_at=received_at)
+    batch = queued_batch(
+        validated, workspace_id=key.workspace_id, push_id=push_id, received_at=received_at, key_id=key.key_id
+    )
     answer_bytes = msgspec.json.encode(answer)
     payload = encode_batch(batch)
     # The body, and the records that point into it, are not needed past here: let go of them

@@ -234,6 +234,7 @@ async def _answer(
             pushed_at=envelope.pushed_at or received_at,
             cli_version=envelope.cli_version or envelope.client_version,
             body_bytes=check.scanner.size,
+            key_id=key.key_id,
         )
         records = sum(check.accepted.values())
         try:

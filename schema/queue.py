@@ -49,6 +49,9 @@ class QueuedBatch(_BatchHead, kw_only=True):
     # A streamed push (INGEST_STREAMED_JOB): the Redis key holding its body, and the body's size.
     body_key: str | None = None
     body_bytes: int = 0
+    # The API key that pushed it (its push row says so, for /alpha/verify); None in batches
+    # queued before keys were recorded, which still decode.
+    key_id: str | None = None
 
     def raw_records(self) -> dict[str, list[Any]]:
         """The accepted records by type (types with any), each its JSON (bytes or msgspec.Raw), whichever form the batch has."""
@@ -57,7 +60,9 @@ class QueuedBatch(_BatchHead, kw_only=True):
         return {name: raws for name, raws in split_records(self.body).items() if raws}
 
 
-def queued_batch(validated: ValidatedPush, *, workspace_id: str, push_id: str, received_at: datetime) -> QueuedBatch:
+def queued_batch(
+    validated: ValidatedPush, *, workspace_id: str, push_id: str, received_at: datetime, key_id: str | None = None
+) -> QueuedBatch:
     """What the api queues for a validated push."""
     envelope = validated.envelope
     form: dict[str, Any] = (
@@ -74,6 +79,7 @@ def queued_batch(validated: ValidatedPush, *, workspace_id: str, push_id: str, r
         received_at=received_at,
         pushed_at=envelope.pushed_at or received_at,
         cli_version=envelope.cli_version or envelope.client_version,
+        key_id=key_id,
         **form,
     )
 

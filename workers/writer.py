@@ -127,11 +127,12 @@ def claim_push(conn: psycopg.Connection, batch: Any) -> str:
     attempt on the same push waits here for the first one's transaction.
     """
     row = conn.execute(
-        "INSERT INTO pushes (workspace_id, push_id, status, received_at, pushed_at, cli_version, started_at)"
-        " VALUES (%s, %s, 'processing', %s, %s, %s, now())"
-        " ON CONFLICT (workspace_id, push_id) DO UPDATE SET attempts = pushes.attempts + 1, started_at = now()"
+        "INSERT INTO pushes (workspace_id, push_id, status, received_at, pushed_at, cli_version, key_id, started_at)"
+        " VALUES (%s, %s, 'processing', %s, %s, %s, %s, now())"
+        " ON CONFLICT (workspace_id, push_id) DO UPDATE SET attempts = pushes.attempts + 1, started_at = now(),"
+        " key_id = coalesce(pushes.key_id, excluded.key_id)"
         " RETURNING status, (xmax = 0) AS inserted",
-        (batch.workspace_id, batch.push_id, batch.received_at, batch.pushed_at, batch.cli_version),
+        (batch.workspace_id, batch.push_id, batch.received_at, batch.pushed_at, batch.cli_version, batch.key_id),
     ).fetchone()
     assert row is not None
     status, inserted = row
@@ -161,9 +162,10 @@ def finish_push(
 def fail_push(conn: psycopg.Connection, batch: Any, error: str) -> None:
     """Record, in a transaction of its own, that a push gave up after its last retry."""
     conn.execute(
-        "INSERT INTO pushes (workspace_id, push_id, status, received_at, pushed_at, cli_version, error)"
-        " VALUES (%s, %s, 'failed', %s, %s, %s, %s)"
-        " ON CONFLICT (workspace_id, push_id) DO UPDATE SET status = 'failed', error = excluded.error"
+        "INSERT INTO pushes (workspace_id, push_id, status, received_at, pushed_at, cli_version, key_id, error)"
+        " VALUES (%s, %s, 'failed', %s, %s, %s, %s, %s)"
+        " ON CONFLICT (workspace_id, push_id) DO UPDATE SET status = 'failed', error = excluded.error,"
+        " key_id = coalesce(pushes.key_id, excluded.key_id)"
         " WHERE pushes.status <> 'processed'",
-        (batch.workspace_id, batch.push_id, batch.received_at, batch.pushed_at, batch.cli_version, error),
+        (batch.workspace_id, batch.push_id, batch.received_at, batch.pushed_at, batch.cli_version, batch.key_id, error),
     )

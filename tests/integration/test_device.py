@@ -215,16 +215,17 @@ def test_user_codes_are_unambiguous() -> None:
 # -- alpha/verify ------------------------------------------------------------------------------------------------------
 
 
-def test_verify_describes_the_calling_key_and_its_workspaces_pushes(
+def test_verify_describes_the_calling_key_and_its_own_pushes(
     client: TestClient, db: psycopg.Connection, acme: str
 ) -> None:
-    _, key = accounts.create_key(db, "acme")
+    key_id, key = accounts.create_key(db, "acme")
+    laptop_id, _ = accounts.create_key(db, "acme")  # another machine of the same workspace
     accounts.create_workspace(db, "globex")
-    accounts.create_key(db, "globex")
+    globex_key_id, _ = accounts.create_key(db, "globex")
     headers = {"Authorization": f"Bearer {key}"}
 
     fresh = client.get("/api/v1/alpha/verify", headers=headers).json()
-    [info] = accounts.list_keys(db, "acme")
+    [info] = [k for k in accounts.list_keys(db, "acme") if k.key_id == key_id]
     assert datetime.fromisoformat(fresh.pop("key_created_at")) == info.created_at
     assert fresh == {
         "enrolled": True,
@@ -237,14 +238,16 @@ def test_verify_describes_the_calling_key_and_its_workspaces_pushes(
 
     globex = accounts.find_workspace(db, "globex")
     pushes = [
-        (acme, "p1", "processed", "2026-11-28T10:00:00Z"),
-        (acme, "p2", "failed", "2026-11-28T11:00:00Z"),
-        (globex, "p3", "processed", "2026-11-28T12:00:00Z"),  # not acme's
+        (acme, key_id, "p1", "processed", "2026-11-28T10:00:00Z"),
+        (acme, key_id, "p2", "failed", "2026-11-28T11:00:00Z"),
+        (acme, laptop_id, "p3", "processed", "2026-11-28T11:30:00Z"),  # the workspace's, not this key's
+        (acme, None, "p4", "processed", "2026-11-28T11:40:00Z"),  # from before pushes recorded their key
+        (globex, globex_key_id, "p5", "processed", "2026-11-28T12:00:00Z"),  # not acme's
     ]
-    for workspace_id, push_id, status, received_at in pushes:
+    for workspace_id, pushed_by, push_id, status, received_at in pushes:
         db.execute(
-            "INSERT INTO pushes (workspace_id, push_id, status, received_at) VALUES (%s, %s, %s, %s)",
-            (workspace_id, push_id, status, received_at),
+            "INSERT INTO pushes (workspace_id, key_id, push_id, status, received_at) VALUES (%s, %s, %s, %s, %s)",
+            (workspace_id, pushed_by, push_id, status, received_at),
         )
     for path in ("/api/v1/alpha/verify", "/v2/alpha/verify"):
         after = client.get(path, headers=headers).json()
@@ -253,6 +256,32 @@ def test_verify_describes_the_calling_key_and_its_workspaces_pushes(
             "2026-11-28T11:00:00Z",
             "failed",
         )
+
+
+def test_verify_counts_what_each_key_pushed_through_the_queue(
+    client: TestClient, db: psycopg.Connection, acme: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two machines of one workspace: each sees its own pushes, as the api queued and a worker wrote them."""
+    desk = {"Authorization": f"Bearer {accounts.create_key(db, 'acme')[1]}"}
+    laptop = {"Authorization": f"Bearer {accounts.create_key(db, 'acme')[1]}"}
+    for push_id, headers in (("desk-1", desk), ("desk-2", desk), ("laptop-1", laptop)):
+        body = {"push_id": push_id, "data": {"sessions": [samples.session(len(push_id))]}}
+        assert client.post("/v2/push", content=json.dumps(body), headers=headers).status_code == 202
+    monkeypatch.setattr(workers.jobs, "_settings", settings)
+    worker_db.close()
+    make_worker(settings, connection=Redis.from_url(settings.redis_url)).work(burst=True)
+    worker_db.close()
+
+    seen = {
+        name: client.get("/api/v1/alpha/verify", headers=headers).json()
+        for name, headers in (("desk", desk), ("laptop", laptop))
+    }
+    assert (seen["desk"]["total_pushes"], seen["laptop"]["total_pushes"]) == (2, 1)
+    assert seen["desk"]["last_push_status"] == seen["laptop"]["last_push_status"] == "processed"
+    [desk_last] = db.execute("SELECT max(received_at) FROM pushes WHERE push_id LIKE 'desk-%%'").fetchone()
+    assert datetime.fromisoformat(seen["desk"]["last_push_at"]) == desk_last
+    # Every push row written from a queued batch names the key that sent it.
+    assert db.execute("SELECT count(*) FROM pushes WHERE key_id IS NULL").fetchone() == (0,)
 
 
 def test_verify_needs_a_live_key(client: TestClient, db: psycopg.Connection, acme: str, settings: Settings) -> None:

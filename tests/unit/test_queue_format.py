@@ -47,3 +47,13 @@ def test_a_batch_queued_as_json_by_an_earlier_build_still_reads_back() -> None:
     assert (batch.workspace_id, batch.push_id, batch.cli_version, batch.body) == ("ws_old", "p-old", "0.2.31", None)
     assert {k: [msgspec.json.decode(r) for r in v] for k, v in batch.raw_records().items()} == records
     assert [(r.record_type, r.index, r.raw) for r in batch.rejected] == [("prompts", 9, b"{}")]
+
+
+def test_a_batch_names_the_key_that_pushed_it_and_one_queued_before_keys_were_recorded_still_reads() -> None:
+    body = json.dumps({"data": {"sessions": [samples.session(1)]}}).encode()
+    keyed = queued_batch(validate_push(body), workspace_id="w", push_id="p", received_at=NOW, key_id="key_1")
+    assert decode_batch(encode_batch(keyed)).key_id == "key_1"
+    # An earlier api's batch (msgpack without the field, or JSON): no key, and no error.
+    earlier = {k: v for k, v in msgspec.structs.asdict(keyed).items() if k != "key_id"}
+    assert decode_batch(msgspec.msgpack.encode(earlier)).key_id is None
+    assert decode_batch(legacy_payload({"sessions": [samples.session(1)]}, "p", "w")).key_id is None
