@@ -21,6 +21,7 @@ RQ that moved or changed one.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,21 +72,36 @@ def compress_job_data(data: bytes) -> bytes:
 
 
 class MsgpackSerializer:
-    """RQ job serializer: msgpack via msgspec, so bytes arguments travel unchanged.
+    """RQ job serializer: a job's data as msgpack (via msgspec, so bytes arguments travel unchanged), its meta and results as JSON.
 
     Its dotted path, `queueing.rq_compat.MsgpackSerializer`, is what RQ's command
-    line takes as `--serializer`.
+    line takes as `--serializer`. A dict (what RQ serializes for a job's `meta` and
+    its results) is written as JSON when the standard library's `json` can write
+    it (it refuses bytes and datetimes, which then go as msgpack), so tools that
+    load jobs with RQ's own `JSONSerializer` (`rq-dashboard --json`) read them: with
+    its default, pickle, a job's page is a 500. Reading takes either form: jobs
+    written before stay readable. A job's data never is a dict (RQ stores the
+    tuple (func, instance, args, kwargs)), so it stays msgpack.
     """
 
     _encoder = msgspec.msgpack.Encoder()
     _decoder = msgspec.msgpack.Decoder()
+    _json_decoder = msgspec.json.Decoder()
 
     @classmethod
     def dumps(cls, obj: Any, /) -> bytes:
+        if isinstance(obj, dict):
+            try:
+                return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+            except (TypeError, ValueError):  # bytes, datetimes, NaN: not JSON as such
+                pass
         return cls._encoder.encode(obj)
 
     @classmethod
     def loads(cls, data: bytes, /) -> Any:
+        # A JSON object. In msgpack, 0x7b ("{") is the whole of the int 123: never followed by more.
+        if data[:1] == b"{" and len(data) > 1:
+            return cls._json_decoder.decode(data)
         if data[:4] == _LZ4_MAGIC:  # job data compressed by the api (msgpack never starts so)
             data = lz4.frame.decompress(data)
         value = cls._decoder.decode(data)

@@ -27,6 +27,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry, clean_registries
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
+from rq.serializers import DefaultSerializer, JSONSerializer
 from rq.suspension import WORKERS_SUSPENDED
 from rq.worker import BaseWorker
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY, clean_worker_registry
@@ -224,3 +225,56 @@ def test_a_dead_schedulers_lock_is_released_as_rqs_scheduler_releases_it() -> No
     rq_compat.release_scheduler_lock(redis, "ingest", "s1")
     assert not redis.exists(lock)
     assert not redis.exists(rq_compat.scheduler_key("s1"))
+
+
+def test_a_jobs_meta_and_results_read_with_rqs_json_serializer_as_rq_dashboard_json_loads_them() -> None:
+    """`rq-dashboard --json` loads jobs with RQ's JSONSerializer: a job's page reads its meta (a 500 with pickle)."""
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeRedis(server=server)
+    settings = Settings.from_env()
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    asyncio.run(
+        _enqueue(settings, server, QueuedBatch(workspace_id="ws_1", push_id="p1", received_at=at, pushed_at=at))
+    )
+    [job_id] = Queue(settings.queue_name, connection=redis).get_job_ids()
+
+    seen = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)  # what the dashboard's job page does
+    assert seen.get_meta() == {"workspace_id": "ws_1", "push_id": "p1"}
+    assert seen.description == job_description("ws_1", "p1")
+    with pytest.raises(ValueError, match="unregistered extension code"):  # why pickle (its default) cannot
+        DefaultSerializer.loads(MsgpackSerializer._encoder.encode({"workspace_id": "ws_1", "push_id": "p1"}))
+
+    # A finished job's result, as the dashboard's page shows it; the failure callback's meta too.
+    worker = make_worker(settings, connection=redis)
+    queue = worker.queues[0]
+    job = IngestJob.fetch(queue.pop_job_id(), connection=redis, serializer=MsgpackSerializer)
+    [execution] = rq_compat.start_jobs(worker, [job], queue)
+    job.started_at = job.ended_at = datetime.now(UTC)
+    job.meta["failed_attempts"] = 1
+    job.save_meta()  # type: ignore[no-untyped-call]
+    with redis.pipeline() as pipe:
+        rq_compat.finish_job(worker, pipe, job, execution, {"push_id": "p1", "accepted": {"sessions": 0}})
+        pipe.execute()
+    seen = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    assert seen.return_value() == {"push_id": "p1", "accepted": {"sessions": 0}}
+    assert seen.get_meta()["failed_attempts"] == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"workspace_id": "ws_1", "n": 1, "nested": {"x": [1, 2.5, None, True]}},  # JSON
+        {"raw": b"\x00\xff"},  # bytes: msgpack, read back as bytes
+        {"at": datetime(2026, 1, 2, tzinfo=UTC)},  # a datetime: msgpack
+        (INGEST_JOB, None, (b"payload",), {}),  # a job's data: msgpack
+        123,  # msgpack's one-byte "{"
+        "text",
+        None,
+    ],
+)
+def test_the_serializer_reads_back_what_it_writes_whichever_form(value: Any) -> None:
+    assert MsgpackSerializer.loads(MsgpackSerializer.dumps(value)) == value
+
+
+def test_the_serializer_still_reads_msgpack_meta_written_before_meta_was_json() -> None:
+    assert MsgpackSerializer.loads(MsgpackSerializer._encoder.encode({"push_id": "p1"})) == {"push_id": "p1"}
