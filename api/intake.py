@@ -76,9 +76,7 @@ class Intake:
         Raises the Redis error if Redis cannot be asked and the spool does not hold it.
         """
         if self.spool is not None:
-            prior = await self.spool.first_answer(workspace_id, push_id)
-            if prior is None:  # a streamed push (past MAX_BODY_BYTES) waiting in the spool
-                prior = await self.spool.streamed_first_answer(workspace_id, push_id)
+            prior = await self.spool.first_answer(workspace_id, push_id)  # a batch, or a streamed push
             if prior is not None:
                 return prior
         return await self._enqueuer.first_answer(workspace_id, push_id)

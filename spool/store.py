@@ -170,6 +170,10 @@ class Spool:
                 raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
             try:
                 yield self._conn
+            except sqlite3.Error as exc:  # the disk refused (full, read-only, corrupt): the batch is not written
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -188,31 +192,31 @@ class Spool:
         Raises SpoolFull past SPOOL_MAX_BYTES and SpoolError when the disk refuses.
         """
         size = len(payload) + len(answer)
-        try:
-            with self._write() as conn:
-                prior = conn.execute(
-                    "SELECT answer FROM spooled WHERE workspace_id = ? AND push_id = ?", (workspace_id, push_id)
-                ).fetchone()
-                if prior is not None:
-                    return bytes(prior[0])
-                (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
-                if held + size > self.max_bytes:
-                    raise SpoolFull(f"the spool holds {held} bytes of its {self.max_bytes} (SPOOL_MAX_BYTES)")
-                conn.execute(
-                    "INSERT INTO spooled (workspace_id, push_id, key_id, payload, answer, records, bytes, spooled_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (workspace_id, push_id, key_id, payload, answer, records, size, time.time()),
-                )
-                conn.execute("UPDATE spool_size SET batches = batches + 1, bytes = bytes + ?", (size,))
-        except sqlite3.Error as exc:
-            raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
+        with self._write() as conn:
+            prior = conn.execute(
+                "SELECT answer FROM spooled WHERE workspace_id = ? AND push_id = ?", (workspace_id, push_id)
+            ).fetchone()
+            if prior is not None:
+                return bytes(prior[0])
+            (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
+            if held + size > self.max_bytes:
+                raise SpoolFull(f"the spool holds {held} bytes of its {self.max_bytes} (SPOOL_MAX_BYTES)")
+            conn.execute(
+                "INSERT INTO spooled (workspace_id, push_id, key_id, payload, answer, records, bytes, spooled_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (workspace_id, push_id, key_id, payload, answer, records, size, time.time()),
+            )
+            conn.execute("UPDATE spool_size SET batches = batches + 1, bytes = bytes + ?", (size,))
         return None
 
     def first_answer(self, workspace_id: str, push_id: str) -> bytes | None:
-        """The answer a spooled push id was accepted with, or None."""
+        """The answer a push id still in the spool (a batch, or a complete streamed push) was accepted with, or None."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT answer FROM spooled WHERE workspace_id = ? AND push_id = ?", (workspace_id, push_id)
+                "SELECT answer FROM spooled WHERE workspace_id = ?1 AND push_id = ?2"
+                " UNION ALL SELECT answer FROM streamed WHERE workspace_id = ?1 AND push_id = ?2 AND answer IS NOT NULL"
+                " LIMIT 1",
+                (workspace_id, push_id),
             ).fetchone()
         return None if row is None else bytes(row[0])
 
@@ -276,7 +280,7 @@ class Spool:
         try:
             with self._write() as conn:
                 (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
-        except (SpoolError, sqlite3.Error) as exc:
+        except SpoolError as exc:
             return f"spool: {exc}"
         if held >= self.max_bytes:
             return f"spool: full ({held} bytes, SPOOL_MAX_BYTES={self.max_bytes})"
@@ -286,36 +290,30 @@ class Spool:
 
     def begin_streamed(self, workspace_id: str, key_id: str) -> int:
         """Start the upload of a push too big for memory; return its id. SpoolFull if the spool is full already."""
-        try:
-            with self._write() as conn:
-                (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
-                if held >= self.max_bytes:
-                    raise SpoolFull(f"the spool holds {held} bytes of its {self.max_bytes} (SPOOL_MAX_BYTES)")
-                cur = conn.execute(
-                    "INSERT INTO streamed (workspace_id, key_id, started_at) VALUES (?, ?, ?)",
-                    (workspace_id, key_id, time.time()),
-                )
-                assert cur.lastrowid is not None
-                return cur.lastrowid
-        except sqlite3.Error as exc:
-            raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
+        with self._write() as conn:
+            (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
+            if held >= self.max_bytes:
+                raise SpoolFull(f"the spool holds {held} bytes of its {self.max_bytes} (SPOOL_MAX_BYTES)")
+            cur = conn.execute(
+                "INSERT INTO streamed (workspace_id, key_id, started_at) VALUES (?, ?, ?)",
+                (workspace_id, key_id, time.time()),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
 
     def put_streamed_chunk(self, streamed_id: int, seq: int, data: bytes) -> None:
         """Append one chunk of an upload (committed, so fsynced: memory holds one chunk, never the body)."""
-        try:
-            with self._write() as conn:
-                (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
-                if held + len(data) > self.max_bytes:
-                    raise SpoolFull(f"the spool holds {held} bytes of its {self.max_bytes} (SPOOL_MAX_BYTES)")
-                conn.execute(
-                    "INSERT INTO streamed_chunks (streamed_id, seq, data) VALUES (?, ?, ?)", (streamed_id, seq, data)
-                )
-                conn.execute(
-                    "UPDATE streamed SET bytes = bytes + ?, chunks = chunks + 1 WHERE id = ?", (len(data), streamed_id)
-                )
-                conn.execute("UPDATE spool_size SET bytes = bytes + ?", (len(data),))
-        except sqlite3.Error as exc:
-            raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
+        with self._write() as conn:
+            (held,) = conn.execute("SELECT bytes FROM spool_size").fetchone()
+            if held + len(data) > self.max_bytes:
+                raise SpoolFull(f"the spool holds {held} bytes of its {self.max_bytes} (SPOOL_MAX_BYTES)")
+            conn.execute(
+                "INSERT INTO streamed_chunks (streamed_id, seq, data) VALUES (?, ?, ?)", (streamed_id, seq, data)
+            )
+            conn.execute(
+                "UPDATE streamed SET bytes = bytes + ?, chunks = chunks + 1 WHERE id = ?", (len(data), streamed_id)
+            )
+            conn.execute("UPDATE spool_size SET bytes = bytes + ?", (len(data),))
 
     def finish_streamed(
         self, streamed_id: int, push_id: str, payload: bytes, answer: bytes, records: int
@@ -324,34 +322,21 @@ class Spool:
 
         On a prior answer the upload is left for the caller to discard.
         """
-        try:
-            with self._write() as conn:
-                (workspace_id,) = conn.execute(
-                    "SELECT workspace_id FROM streamed WHERE id = ?", (streamed_id,)
-                ).fetchone()
-                prior = conn.execute(
-                    "SELECT answer FROM spooled WHERE workspace_id = ? AND push_id = ?"
-                    " UNION ALL SELECT answer FROM streamed WHERE workspace_id = ? AND push_id = ?",
-                    (workspace_id, push_id, workspace_id, push_id),
-                ).fetchone()
-                if prior is not None:
-                    return bytes(prior[0])
-                conn.execute(
-                    "UPDATE streamed SET push_id = ?, payload = ?, answer = ?, records = ?, spooled_at = ? WHERE id = ?",
-                    (push_id, payload, answer, records, time.time(), streamed_id),
-                )
-                conn.execute("UPDATE spool_size SET batches = batches + 1")
-        except sqlite3.Error as exc:
-            raise SpoolError(f"{type(exc).__name__}: {exc}") from exc
-        return None
-
-    def streamed_first_answer(self, workspace_id: str, push_id: str) -> bytes | None:
-        """The answer a streamed push id still in the spool was accepted with, or None."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT answer FROM streamed WHERE workspace_id = ? AND push_id = ?", (workspace_id, push_id)
+        with self._write() as conn:
+            (workspace_id,) = conn.execute("SELECT workspace_id FROM streamed WHERE id = ?", (streamed_id,)).fetchone()
+            prior = conn.execute(
+                "SELECT answer FROM spooled WHERE workspace_id = ? AND push_id = ?"
+                " UNION ALL SELECT answer FROM streamed WHERE workspace_id = ? AND push_id = ?",
+                (workspace_id, push_id, workspace_id, push_id),
             ).fetchone()
-        return None if row is None else bytes(row[0])
+            if prior is not None:
+                return bytes(prior[0])
+            conn.execute(
+                "UPDATE streamed SET push_id = ?, payload = ?, answer = ?, records = ?, spooled_at = ? WHERE id = ?",
+                (push_id, payload, answer, records, time.time(), streamed_id),
+            )
+            conn.execute("UPDATE spool_size SET batches = batches + 1")
+        return None
 
     def _delete_streamed(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
         rows = conn.execute(f"SELECT id, bytes, spooled_at FROM streamed WHERE {where}", args).fetchall()
@@ -489,11 +474,6 @@ class AsyncSpool:
         prior = await self._run(self.spool.finish_streamed, *args)
         self.maybe_holds = True
         return prior  # type: ignore[no-any-return]
-
-    async def streamed_first_answer(self, workspace_id: str, push_id: str) -> bytes | None:
-        if not self.maybe_holds:
-            return None
-        return await self._run(self.spool.streamed_first_answer, workspace_id, push_id)  # type: ignore[no-any-return]
 
     async def discard_streamed(self, streamed_id: int) -> None:
         await self._run(self.spool.discard_streamed, streamed_id)

@@ -22,13 +22,12 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx2
 
 from tests.e2e.rows import ID_COLUMNS
-from tests.faults.load import Ledger, LoadGenerator, Push, build_push
+from tests.faults.load import LoadGenerator, Push
 
 ATTEMPTS = 5
 SLEEPS_S = (1.0, 2.0, 4.0, 8.0)
@@ -110,36 +109,14 @@ def send_as_the_cli(client: httpx2.Client, url: str, key: str, push: Push) -> tu
 class CliFleet(LoadGenerator):
     """`len(keys)` CLIs, each pushing new payloads one after another until stopped, each by the CLI's policy.
 
-    The load generator's threads, bounds and stop, with the CLI's way of sending: `stop()`
-    lets each CLI finish the payload it is retrying (at most ~15 s plus its timeouts), as a
-    real flush would.
+    The load generator's threads, bounds and stop (its `ledger` is a CliLedger), with the CLI's
+    way of sending: `stop()` lets each CLI finish the payload it is retrying (at most ~15 s plus
+    its timeouts), as a real flush would.
     """
 
     join_timeout_s = sum(SLEEPS_S) + ATTEMPTS * 30 + 5
 
-    def __init__(
-        self,
-        target: Callable[[], str],
-        keys: list[str],
-        workspace_id: str,
-        ledger: CliLedger,
-        tag: str,
-        pause_s: float = 0.05,
-        max_pushes: int = 20_000,
-    ) -> None:
-        super().__init__(target, keys, workspace_id, Ledger(), tag, pause_s, max_pushes)
-        self.cli_ledger = ledger
-
-    def _run(self, key: str, rng: random.Random) -> None:
-        try:
-            with httpx2.Client(timeout=REQUEST_TIMEOUT) as client:
-                while not self._stop.is_set():
-                    seq = next(self._seq)
-                    if seq > self.max_pushes:
-                        return
-                    push = build_push(seq, self.tag, self.workspace_id)
-                    fate, answers = send_as_the_cli(client, self.target(), key, push)
-                    self.cli_ledger.settle(push, fate, answers)
-                    self._stop.wait(self.pause_s)
-        except Exception as exc:  # a bug in the client must fail the test, not vanish with the thread
-            self.crashes.append(f"{threading.current_thread().name}: {exc!r}")
+    def push_one(self, client: httpx2.Client, key: str, push: Push, rng: random.Random) -> float:
+        fate, answers = send_as_the_cli(client, self.target(), key, push)
+        self.ledger.settle(push, fate, answers)
+        return self.pause_s

@@ -172,7 +172,7 @@ class LoadGenerator:
         target: Callable[[], str],
         keys: list[str],
         workspace_id: str,
-        ledger: Ledger,
+        ledger: Any,  # a Ledger, or whatever `push_one` records into
         tag: str,
         pause_s: float = 0.05,
         max_pushes: int = 100_000,
@@ -207,14 +207,18 @@ class LoadGenerator:
                     if seq > self.max_pushes:
                         return
                     push = build_push(seq, self.tag, self.workspace_id)
-                    kind, detail, _, retry_after = send(client, self.target(), key, push)
-                    self.ledger.record(push, kind, detail, resend=False)
-                    pause = self.pause_s * (0.5 + rng.random())
-                    if kind != ACKED:
-                        pause = max(pause, ERROR_PAUSE_S, min(retry_after, MAX_RETRY_AFTER_PAUSE_S))
-                    self._stop.wait(pause)
+                    self._stop.wait(self.push_one(client, key, push, rng))
         except Exception as exc:  # a bug in the generator must fail the test, not vanish with the thread
             self.crashes.append(f"{threading.current_thread().name}: {exc!r}")
+
+    def push_one(self, client: httpx2.Client, key: str, push: Push, rng: random.Random) -> float:
+        """Send one new push and record what the client saw; return the pause before the next."""
+        kind, detail, _, retry_after = send(client, self.target(), key, push)
+        self.ledger.record(push, kind, detail, resend=False)
+        pause = self.pause_s * (0.5 + rng.random())
+        if kind != ACKED:
+            pause = max(pause, ERROR_PAUSE_S, min(retry_after, MAX_RETRY_AFTER_PAUSE_S))
+        return pause
 
     def run_for(self, seconds: float, during: Callable[[], None] | None = None) -> None:
         """Run the load for `seconds` (starting it if need be); `during()` runs meanwhile, in this thread."""
