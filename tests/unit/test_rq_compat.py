@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
 import rq
+from packaging.requirements import Requirement
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
@@ -50,6 +53,14 @@ def test_rq_is_the_tested_major() -> None:
         f"RQ {rq.__version__} is installed; queueing/rq_compat.py is written and tested for RQ"
         f" {rq_compat.TESTED_RQ_MAJOR}.x. Check every reach listed in this file against the new RQ first."
     )
+
+
+def test_pyproject_pins_rq_to_the_tested_major() -> None:
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    [rq_req] = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "rq"]
+    major = rq_compat.TESTED_RQ_MAJOR
+    assert f"{major}.0.0" in rq_req.specifier and f"{major}.99" in rq_req.specifier, rq_req
+    assert f"{major + 1}.0.0" not in rq_req.specifier and f"{major - 1}.99" not in rq_req.specifier, rq_req
 
 
 @pytest.mark.parametrize(
