@@ -30,6 +30,8 @@ COPY spool ./spool
 COPY workers ./workers
 COPY ops ./ops
 COPY queueing ./queueing
+COPY runtime ./runtime
+COPY store ./store
 RUN pip install --no-deps . \
     && pip check \
     && rm -rf build ./*.egg-info

@@ -28,12 +28,13 @@ from api.metrics import metrics
 from api.ops_history import OpsHistory
 from api.push import push
 from api.unhandled import UnhandledErrors
-from schema import logs, redis_check
-from schema.heap import freeze_startup_heap
-from schema.migrate import latest_version
-from schema.settings import Settings
-from schema.version import VERSION
+from queueing import redis_check
+from runtime import logs
+from runtime.heap import freeze_startup_heap
+from runtime.settings import Settings
+from runtime.version import VERSION
 from spool.store import AsyncSpool, Spool
+from store.migrate import latest_version
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def create_app(settings: Settings | None = None, **injected: Any) -> Starlette:
         # UnhandledErrors first (outermost): a bug anywhere inside is one counted, logged 500.
         middleware=[Middleware(UnhandledErrors), Middleware(InflightLimit, limit=settings.max_inflight_requests)],
     )
-    # A real process freezes its startup heap (schema.heap); a test process, which makes many
+    # A real process freezes its startup heap (runtime.heap); a test process, which makes many
     # apps, would only keep their garbage forever.
     app.state.freeze_heap = real_process
     app.state.settings = settings

@@ -7,7 +7,7 @@ key keeps working, and keeps a flood of bad keys off Postgres.
 
 Pushes must not need Postgres (the CLI drops a batch it is refused for ~15 s,
 SPEC 2.5). When Postgres cannot answer, a key is looked up in the key mirror
-in Redis (schema/keys.py: written when a key is issued or revoked, and copied
+in Redis (store/keys.py: written when a key is issued or revoked, and copied
 whole from Postgres every KEY_MIRROR_REFRESH_S), then in this process's own
 last answers, however old (a grace period, as Sentry Relay keeps project
 configs). Only when none of them knows the key, and the mirror cannot vouch that
@@ -32,7 +32,7 @@ from starlette.requests import Request
 
 from api.background import BackgroundLoop
 from api.errors import ApiError, unauthorized, unavailable
-from schema.keys import (
+from store.keys import (
     KEY_MIRROR,
     KEY_MIRROR_LOCK,
     KEY_MIRROR_REFRESHED,

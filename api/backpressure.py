@@ -23,7 +23,7 @@ from typing import Any
 from api.background import BackgroundLoop
 from queueing.queue_state import QueueState, parse_snapshot, snapshot_args, worker_alive_s
 from queueing.rq_compat import SNAPSHOT_SCRIPT, QueueKeys
-from schema.settings import Settings
+from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

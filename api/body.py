@@ -18,10 +18,10 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 
 from api.errors import ApiError
+from runtime.settings import Settings
 from schema.envelope import NUL_MESSAGE, nul_path
 from schema.jsonbytes import has_nul_escape
 from schema.scan import nesting_depth
-from schema.settings import Settings
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer
 MAX_SMALL_BODY_BYTES = 64 * 1024  # consume, device-code and poll bodies are a few dozen bytes

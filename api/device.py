@@ -37,7 +37,7 @@ from api.body import read_json
 from api.db import RETRY_AFTER_S, db_connection, json_response, utc
 from api.errors import ApiError, unauthorized, unavailable
 from api.openapi import Text, describe, errors
-from schema.keys import generate_key, hash_key, key_prefix
+from store.keys import generate_key, hash_key, key_prefix
 
 DEVICE_CODE_TTL_S = 900  # RFC 8628's expires_in
 POLL_INTERVAL_S = 5  # RFC 8628's interval, and its default

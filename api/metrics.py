@@ -7,7 +7,7 @@ Two sources:
   PROMETHEUS_MULTIPROC_DIR is set;
 - the shared state, read from Redis at scrape time: queue depth and lag,
   failed and retrying batches, busy and idle workers, and what the workers
-  wrote (schema/stats.py). These are right however many workers run, wherever.
+  wrote (queueing/stats.py). These are right however many workers run, wherever.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from queueing import stats
 from queueing.queue_state import QueueState
-from schema import stats
-from schema.version import VERSION
+from runtime.version import VERSION
 from spool.store import SpoolStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -32,7 +32,7 @@ from api.auth import DATABASE_ERRORS
 from api.errors import ApiError, unauthorized
 from api.ops_history import Sample, read_history
 from api.ops_page import PAGE
-from schema.version import VERSION
+from runtime.version import VERSION
 
 COOKIE = "selftune_ops"
 COOKIE_MAX_AGE_S = 12 * 3600

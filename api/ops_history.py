@@ -26,7 +26,7 @@ KEEP_S = 3600
 
 
 class Sample(msgspec.Struct, frozen=True):
-    """The queue at one instant; rates are per second over the last 10 s (schema/stats.py RECENT_WINDOW_S)."""
+    """The queue at one instant; rates are per second over the last 10 s (queueing/stats.py RECENT_WINDOW_S)."""
 
     t: float  # unix time
     accepted_per_s: float

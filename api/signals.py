@@ -25,8 +25,8 @@ from api.errors import ApiError
 from api.keyset import TIME_CURSOR, Listing, TimeKey, decode_cursor, newest_first, page_of
 from api.openapi import Param, describe, errors
 from api.params import PAGE, WINDOW, parse_bool, parse_limit, parse_window, path_param, query_params
-from schema.consumption import is_earlier, keep_earliest
 from schema.records import OUT_OF_RANGE_MESSAGE, ImprovementSignal, NonEmptyStr, in_utc_range
+from store.consumption import is_earlier, keep_earliest
 
 SIGNAL_FIELDS = field_names(ImprovementSignal)
 
@@ -122,7 +122,7 @@ class ConsumeAnswer(msgspec.Struct):
     signal: ImprovementSignal
 
 
-# The workers' merge rule (schema/consumption.py) with the request as the incoming
+# The workers' merge rule (store/consumption.py) with the request as the incoming
 # consumption. tests/integration/test_reads.py checks that this statement and the
 # workers' upsert agree on every case.
 _AT = sql.SQL("{}::timestamptz").format(sql.Placeholder("at"))

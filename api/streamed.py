@@ -34,6 +34,7 @@ from api.body import Overflow, _timed_out
 from api.errors import ApiError, unavailable
 from api.intake import REFUSED_RETRY_AFTER_S
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED
+from runtime.settings import Settings
 from schema.envelope import (
     MAX_ERRORS_LISTED,
     EnvelopeError,
@@ -45,7 +46,6 @@ from schema.envelope import (
 )
 from schema.queue import QueuedBatch, encode_batch
 from schema.scan import PushScanner, Record, ScanError
-from schema.settings import Settings
 from spool.store import AsyncSpool, SpoolError, SpoolFull
 
 log = logging.getLogger("selftune.push")

@@ -36,7 +36,7 @@ from typing import Any
 
 import msgspec
 
-from schema.samples import FACTORIES
+from bench.samples import FACTORIES
 
 TOKEN = b"TKNTKNTKNTKN"
 TOKEN_S = TOKEN.decode()

@@ -41,7 +41,7 @@ from redis import Redis
 from bench import procstat
 from bench.stallprobe import longest_stall_ms
 from ops import accounts
-from schema.migrate import migrate
+from store.migrate import migrate
 from workers.tables import TABLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def wait_for(what: str, condition, timeout: float = 30.0, proc: Service | None =
         time.sleep(0.05)
 
 
-SNAPSHOT_DIRS = ("api", "workers", "ops", "schema", "spool", "bench")
+SNAPSHOT_DIRS = ("api", "workers", "ops", "schema", "spool", "queueing", "runtime", "store", "bench")
 
 
 def code_digest(root: Path) -> str:

@@ -11,7 +11,7 @@ import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
 
-from schema.keys import KEY_MIRROR, generate_key, hash_key, key_prefix, mirror_value
+from store.keys import KEY_MIRROR, generate_key, hash_key, key_prefix, mirror_value
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # Commands take a workspace by name or id: a name shaped like an id could stand for another workspace.

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import psycopg
     from redis import Redis
 
-    from schema.settings import Settings
+    from runtime.settings import Settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command could not do what was asked: not found, refused
@@ -94,7 +94,7 @@ class Ops:
     def settings(self) -> Settings:
         """The service's settings, from the environment (a bad value is a usage error)."""
         if self._settings is None:
-            from schema.settings import Settings, SettingsError
+            from runtime.settings import Settings, SettingsError
 
             try:
                 self._settings = Settings.from_env()

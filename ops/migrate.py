@@ -11,7 +11,7 @@ from ops.context import Command, Ops
 @click.pass_obj
 def migrate(ops: Ops) -> None:
     """Apply pending database migrations."""
-    from schema.migrate import migrate as apply
+    from store.migrate import migrate as apply
 
     applied = apply(ops.postgres())
     ops.emit({"applied": applied}, f"applied {', '.join(applied)}" if applied else "database is up to date")

@@ -1,4 +1,5 @@
-"""The ingest queue on RQ: every reach into RQ's internals (`rq_compat`) and the queue's snapshot (`queue_state`).
+"""The ingest queue on Redis and RQ: every reach into RQ's internals (`rq_compat`), the queue's snapshot
+(`queue_state`), the shared counters (`stats`) and the Redis durability check (`redis_check`).
 
 The batch itself (what a job carries, its names and Redis keys of our own) is
 `schema.queue`, which knows nothing of RQ.

@@ -15,8 +15,8 @@ from typing import Any
 
 from redis import Redis
 
+from queueing import stats
 from queueing.rq_compat import SNAPSHOT_SCRIPT, SUSPENDED_KEY, QueueKeys, rq_timestamp
-from schema import stats
 
 RATE_KINDS = ("accepted_records", "written_records", "written_batches")
 

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from redis import Redis
 
-from schema.migrate import migrate
-from schema.settings import Settings
+from runtime.settings import Settings
+from store.migrate import migrate
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 ADMIN_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/postgres")

@@ -8,7 +8,7 @@ import msgspec
 import psycopg
 from psycopg.types.json import set_json_dumps
 
-from schema.settings import Settings
+from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 
-from schema import stats
+from queueing import stats
+from runtime.settings import Settings
 from schema.envelope import RecordLimits, check_record, decode_valid_records
 from schema.jsonbytes import has_nul_escape
 from schema.queue import QueuedBatch, decode_batch, failure_key
 from schema.records import RECORD_TYPES
-from schema.settings import Settings
 from workers import db
 from workers.streamed import write_streamed
 from workers.writer import (
@@ -219,7 +219,7 @@ def _count_attempt(job: Any) -> None:
 
 
 def count_batch(pipe: Any, summary: dict[str, Any], seconds: float) -> None:
-    """Add one written batch to the shared counters (see schema/stats.py)."""
+    """Add one written batch to the shared counters (see queueing/stats.py)."""
     if summary.get("duplicate"):
         pipe.hincrby(stats.BATCHES, "duplicate", 1)
         return

@@ -20,10 +20,10 @@ from typing import Any
 import psycopg
 from redis import Redis
 
+from runtime.settings import Settings
 from schema.envelope import check_alone, oversized_error
 from schema.queue import QueuedBatch
 from schema.scan import PushScanner, Record
-from schema.settings import Settings
 from workers.writer import REFUSED, QuarantineRow, claim_push, finish_push, write_quarantine, write_records
 
 log = logging.getLogger(__name__)

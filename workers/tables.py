@@ -12,7 +12,7 @@ Merge rules:
   `field_versions`, so the result does not depend on arrival order).
 - "signal": as immutable, plus monotonic consumption: consumed = stored OR
   incoming; consumed_at and consumed_by_run come from the earliest consumption
-  (schema/consumption.py, shared with the consume endpoint).
+  (store/consumption.py, shared with the consume endpoint).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from psycopg import sql
 from psycopg.adapt import PyFormat
 from psycopg.types.json import Jsonb
 
-from schema.consumption import is_earlier, keep_earliest
 from schema.records import RECORD_TYPES
+from store.consumption import is_earlier, keep_earliest
 
 _SCALAR_SQL_TYPES = {
     inspect.StrType: "text",
@@ -175,7 +175,7 @@ def _session_update(table: Table, fields: list[str]) -> tuple[list[sql.Composabl
 
 
 def _signal_update(fields: list[str]) -> tuple[list[sql.Composable], sql.Composable]:
-    """Consumption is monotonic; the earliest consumption (and its run) wins (schema/consumption.py)."""
+    """Consumption is monotonic; the earliest consumption (and its run) wins (store/consumption.py)."""
     at, run = sql.SQL("excluded.consumed_at"), sql.SQL("excluded.consumed_by_run")
     consumption = ("consumed", "consumed_at", "consumed_by_run")
     plain = [f for f in fields if f not in consumption]

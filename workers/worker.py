@@ -37,13 +37,13 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from queueing import rq_compat
+from queueing import redis_check, rq_compat
 from queueing.rq_compat import IngestJob, MsgpackSerializer
-from schema import logs, redis_check
-from schema.heap import freeze_startup_heap
+from runtime import logs
+from runtime.heap import freeze_startup_heap
+from runtime.settings import Settings
+from runtime.version import VERSION
 from schema.queue import INGEST_JOB
-from schema.settings import Settings
-from schema.version import VERSION
 from workers import db
 from workers.jobs import count_batch, log_batch, write_payload
 

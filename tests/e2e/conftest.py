@@ -16,7 +16,7 @@ import pytest
 from redis import Redis
 
 from ops.accounts import create_key, create_workspace
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import ADMIN_URL
 from tests.e2e.stack import Account, Api, PostgresServer, Stack, running_stack
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx2
 import psycopg
 
-from schema import samples
+from bench import samples
 from tests.e2e.rows import all_processed, ids_in, push_row
 from tests.e2e.stack import Account, Stack
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx2
 
-from schema import samples
+from bench import samples
 from tests.e2e.stack import Account, Stack
 
 

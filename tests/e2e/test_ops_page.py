@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from redis import Redis
 
-from schema import samples
+from bench import samples
 from tests.conftest import IN_CI
 from tests.e2e.rows import all_processed
 from tests.e2e.stack import Account, Api, Stack

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from schema import samples
+from bench import samples
 from tests.e2e.rows import all_processed, expected_ids, ids_in, push_row
 from tests.e2e.stack import Account, Api, Stack
 from tests.support import snapshot

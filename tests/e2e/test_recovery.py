@@ -16,9 +16,9 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
+from bench import samples
 from queueing.rq_compat import MsgpackSerializer
-from schema import samples
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.e2e.rows import all_processed, expected_ids, ids_in, push_row
 from tests.e2e.stack import Account, Api, PostgresServer, Stack
 

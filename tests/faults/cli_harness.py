@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import psycopg
 from redis import Redis
 
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.e2e.rows import ID_COLUMNS
 from tests.e2e.stack import Stack
 from tests.faults.cli_client import CliLedger

@@ -21,7 +21,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from ops.accounts import create_key, create_workspace
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import missing_server
 from tests.e2e.stack import Stack, running_stack
 from tests.faults.cli_harness import CLI_TABLE, HEADER

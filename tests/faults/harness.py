@@ -32,7 +32,7 @@ from redis import Redis
 
 from ops.actions import failed_batches
 from queueing.queue_state import QueueState, read_snapshot
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.e2e.rows import ID_COLUMNS
 from tests.e2e.stack import BIN, REPO, Service, Stack, answers_healthz, free_port, log_config_args
 from tests.faults.load import OTHER_STATUS, REFUSED_503, TRANSPORT, Ledger

@@ -24,7 +24,7 @@ from typing import Any
 import httpx2
 import msgspec
 
-from schema import samples
+from bench import samples
 from tests.e2e.rows import ID_COLUMNS
 
 REQUEST_TIMEOUT_S = 10.0

@@ -14,7 +14,7 @@ from redis import Redis
 from rq.scheduler import RQScheduler
 
 from queueing.rq_compat import scheduler_key, workers_key
-from schema.settings import Settings
+from runtime.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 from redis import Redis
 
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.e2e.stack import Stack
 from tests.faults.harness import ApiProcess, Scenario, WorkerPool
 from tests.faults.load import Ledger, LoadGenerator, resend_unacked

@@ -24,9 +24,9 @@ import psycopg
 import pytest
 from redis import Redis
 
-from schema.keys import KEY_MIRROR_REFRESHED
-from schema.settings import Settings
+from runtime.settings import Settings
 from spool.store import read_stats
+from store.keys import KEY_MIRROR_REFRESHED
 from tests.e2e.rows import all_processed, ids_in
 from tests.e2e.stack import BIN, Stack
 from tests.e2e.test_big_push import big_push

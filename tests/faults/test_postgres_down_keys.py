@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from redis import Redis
 
+from bench import samples
 from ops import accounts
-from schema import samples
-from schema.keys import KEY_MIRROR_REFRESHED
-from schema.settings import Settings
+from runtime.settings import Settings
+from store.keys import KEY_MIRROR_REFRESHED
 from tests.e2e.stack import Stack
 from tests.faults.harness import ApiProcess, WorkerPool, queue_state
 from tests.faults.servers import Servers

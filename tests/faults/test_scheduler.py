@@ -22,7 +22,7 @@ from rq import Queue, Retry
 from rq.scheduler import RQScheduler
 
 from queueing.rq_compat import IngestJob, MsgpackSerializer
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.e2e.stack import BIN, Service, Stack
 from tests.faults.procs import alive, children, rq_worker_pids, scheduler_pid, session_strays
 

@@ -30,9 +30,9 @@ from redis import Redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from bench import samples
 from queueing.rq_compat import IngestJob, MsgpackSerializer
-from schema import samples
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.e2e.rows import all_processed, expected_ids, ids_in, push_row
 from tests.e2e.stack import BIN, Api, Service, Stack
 from tests.faults.harness import ApiProcess, Scenario, WorkerPool
@@ -104,7 +104,7 @@ def test_workers_sigkilled_repeatedly_under_load(
     assert figures.acked_in_load == figures.sent, ledger.errors
 
 
-# The production defaults that bound recovery (schema/settings.py), which the `stack`
+# The production defaults that bound recovery (runtime/settings.py), which the `stack`
 # fixture shortens for the other scenarios: job timeout, retry pauses, maintenance
 # interval (unset below, so the workers use their default).
 PRODUCTION = {"JOB_TIMEOUT_S": "120", "JOB_RETRIES": "5", "JOB_RETRY_BACKOFF_S": "1,5,30,120,600"}

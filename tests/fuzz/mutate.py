@@ -1,6 +1,6 @@
 """Records made wrong one field at a time, and an oracle for them that is not msgspec.
 
-Paths are the keys and list positions of a valid sample (schema/samples.py),
+Paths are the keys and list positions of a valid sample (bench/samples.py),
 plus every field of the record's Struct the sample leaves out. The oracle is
 the record's JSON Schema from the OpenAPI document, checked with `jsonschema`.
 """
@@ -17,8 +17,8 @@ import msgspec
 import msgspec.inspect
 
 from api import openapi
+from bench.samples import FACTORIES
 from schema.records import RECORD_TYPES
-from schema.samples import FACTORIES
 
 Path = tuple[str | int, ...]
 MISSING = object()  # "delete this key"

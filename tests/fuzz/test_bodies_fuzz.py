@@ -17,8 +17,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from api.push import PushAnswer
+from bench.samples import one_of_each
 from schema.records import INT8_MAX, RECORD_TYPES
-from schema.samples import one_of_each
 from tests.fuzz.conftest import JSON, Stack, encode
 from tests.fuzz.mutate import all_paths, sample, schema_accepts, set_at
 

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 import workers.jobs
 from api.app import create_app
 from ops import accounts
-from schema.settings import Settings
+from runtime.settings import Settings
 from workers import db as worker_db
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 from starlette.testclient import TestClient
 
-from schema import samples
-from schema.settings import Settings
+from bench import samples
+from runtime.settings import Settings
 from tests.support import count, run_burst_worker
 
 

@@ -23,9 +23,9 @@ from starlette.testclient import TestClient
 import workers.jobs
 from api import device
 from api.app import create_app
+from bench import samples
 from ops import accounts, cli
-from schema import samples
-from schema.settings import Settings
+from runtime.settings import Settings
 from workers import db as worker_db
 from workers.worker import make_worker
 

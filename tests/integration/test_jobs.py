@@ -17,11 +17,11 @@ from rq.registry import FailedJobRegistry
 from starlette.testclient import TestClient
 
 from api.app import create_app
+from bench import samples
 from ops import accounts
 from queueing.rq_compat import MsgpackSerializer
-from schema import samples
+from runtime.settings import Settings
 from schema.queue import INGEST_JOB
-from schema.settings import Settings
 from tests.support import count, legacy_payload, push_json, run_burst_worker, with_lock_timeout
 
 push = push_json

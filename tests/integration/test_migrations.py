@@ -8,8 +8,8 @@ import msgspec
 import psycopg
 import pytest
 
-from schema.migrate import current_version, latest_version, migrate, migration_files
 from schema.records import RECORD_TYPES
+from store.migrate import current_version, latest_version, migrate, migration_files
 from workers.tables import TABLES
 
 # SPEC 3: the key of each array, unique per workspace.

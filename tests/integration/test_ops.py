@@ -30,11 +30,11 @@ from rq.registry import StartedJobRegistry
 from starlette.testclient import TestClient
 
 from api.app import create_app
+from bench import samples
 from ops import accounts, actions, cli
 from queueing.rq_compat import IngestJob, MsgpackSerializer
-from schema import samples
+from runtime.settings import Settings
 from schema.queue import INGEST_JOB
-from schema.settings import Settings
 from tests.support import count, push_json, run_burst_worker, with_lock_timeout
 
 

@@ -29,11 +29,11 @@ from api.params import DEFAULT_LIMIT, MAX_LIMIT
 from api.push import PushAnswer
 from api.signals import SignalFilters, signals_query
 from api.skills import GRADING_FIELDS, SKILLS, TREND, grading_query
+from bench import samples
 from ops import accounts
-from schema import samples
-from schema.migrate import migrate
+from runtime.settings import Settings
 from schema.queue import dedupe_key
-from schema.settings import Settings
+from store.migrate import migrate
 from tests.support import batch_of
 from workers import db as worker_db
 from workers.jobs import write_batch

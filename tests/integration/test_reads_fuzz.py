@@ -21,9 +21,9 @@ from starlette.applications import Starlette
 
 from api import openapi
 from api.app import create_app
+from bench import samples
 from ops import accounts
-from schema import samples
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.fuzz.conftest import REQUEST_TIMEOUT_S, SCHEMATHESIS_CHECKS
 from tests.fuzz.test_openapi_fuzz import SERVERLESS_PATHS
 from tests.support import batch_of

@@ -20,10 +20,10 @@ from rq.registry import FailedJobRegistry
 from starlette.testclient import TestClient
 
 from api.app import create_app
+from bench import samples
 from queueing.queue_state import read_snapshot
 from queueing.rq_compat import MsgpackSerializer
-from schema import samples
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.support import count, push_json, run_burst_worker, with_lock_timeout
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,9 +14,9 @@ from redis import Redis
 from starlette.testclient import TestClient
 
 from api.app import create_app
-from schema import samples
+from bench import samples
+from runtime.settings import MIB, Settings
 from schema.queue import body_key
-from schema.settings import MIB, Settings
 from tests.support import count, run_burst_worker
 
 

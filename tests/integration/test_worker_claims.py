@@ -15,10 +15,10 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from starlette.testclient import TestClient
 
+from bench import samples
 from queueing import rq_compat
 from queueing.rq_compat import IngestJob, MsgpackSerializer
-from schema import samples
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.support import push_json
 from workers import worker as worker_module
 from workers.worker import ABANDONED_GRACE_S, HEARTBEAT_TTL_S, MAINTENANCE_LOCK_S, IngestWorker, make_worker

@@ -17,9 +17,10 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from starlette.testclient import TestClient
 
 from api.app import create_app
+from bench import samples
+from queueing import stats
 from queueing.rq_compat import IngestJob, MsgpackSerializer
-from schema import samples, stats
-from schema.settings import Settings
+from runtime.settings import Settings
 from tests.support import count, push_json, run_burst_worker, with_lock_timeout
 from workers import jobs
 from workers.worker import HEARTBEAT_TTL_S, IngestWorker, make_worker
@@ -180,7 +181,7 @@ def test_a_job_of_another_kind_in_a_backlog_runs_on_its_own_and_the_batches_arou
     _queue_and_push(client, api_key, 3, prefix="before")
     redis = Redis.from_url(settings.redis_url)
     queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer, job_class=IngestJob)
-    other = queue.enqueue("schema.samples.one_of_each", 3)
+    other = queue.enqueue("bench.samples.one_of_each", 3)
     _queue_and_push(client, api_key, 3, prefix="after")
 
     run_burst_worker(replace(settings, worker_jobs_per_take=8))

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schema import samples
+from bench import samples
 from tests.support import batch_of, count, snapshot, write_queued
 from workers import jobs
 

@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 from api import background
 from api.app import create_app
 from api.backpressure import QueueWatch
-from schema.settings import Settings
+from runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # A bound that only matters when the code under test hangs; a passing test takes milliseconds.

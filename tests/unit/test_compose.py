@@ -120,7 +120,7 @@ def _api_argv(services: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _env_names_read_by_settings() -> set[str]:
-    source = (ROOT / "schema" / "settings.py").read_text()
+    source = (ROOT / "runtime" / "settings.py").read_text()
     return set(re.findall(r'"([A-Z][A-Z0-9_]*)"', source))
 
 
@@ -263,7 +263,7 @@ def test_app_env_vars_are_read_by_settings(services: dict[str, dict[str, Any]], 
     given = set(_environment(services[name]))
     assert given, f"{name} gets no environment"
     unknown = given - known
-    assert not unknown, f"{name} sets {sorted(unknown)}, which schema/settings.py never reads"
+    assert not unknown, f"{name} sets {sorted(unknown)}, which runtime/settings.py never reads"
 
 
 # --- the "monitoring" profile: Prometheus, Grafana and the files under deploy/ ---

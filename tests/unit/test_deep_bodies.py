@@ -10,10 +10,10 @@ import pytest
 from rq import Queue
 from starlette.testclient import TestClient
 
+from bench.samples import prompt, session
 from queueing.rq_compat import MsgpackSerializer
+from runtime.settings import Settings
 from schema.queue import decode_batch
-from schema.samples import prompt, session
-from schema.settings import Settings
 from tests.unit.test_push_api import KEY, assert_error, make_client, post
 
 

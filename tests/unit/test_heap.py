@@ -1,4 +1,4 @@
-"""The startup heap is kept out of the cyclic GC's full collections (schema.heap)."""
+"""The startup heap is kept out of the cyclic GC's full collections (runtime.heap)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from api.app import create_app
-from schema.heap import freeze_startup_heap
-from schema.settings import Settings
+from runtime.heap import freeze_startup_heap
+from runtime.settings import Settings
 from tests.unit.test_push_api import MemoryKeys
 
 

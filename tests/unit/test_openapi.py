@@ -18,10 +18,10 @@ from starlette.testclient import TestClient
 from api import openapi
 from api.app import create_app
 from api.auth import ApiKey
+from bench.samples import FACTORIES
+from runtime.settings import Settings
 from schema.envelope import PushEnvelope, RecordArrays
 from schema.records import RECORD_DECODERS, RECORD_TYPES
-from schema.samples import FACTORIES
-from schema.settings import Settings
 
 KEY = "st_live_" + "a" * 43
 PUSH_PATHS = ("/v2/push", "/api/v1/push")

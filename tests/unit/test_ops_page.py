@@ -15,7 +15,7 @@ from api.app import create_app
 from api.backpressure import QueueWatch
 from api.ops import COOKIE
 from api.ops_history import HISTORY_KEY, KEEP_S, OpsHistory, read_history
-from schema.settings import Settings
+from runtime.settings import Settings
 
 TOKEN = "ops-" + "t" * 28
 

@@ -21,11 +21,11 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.auth import ApiKey
+from bench.samples import one_of_each, prompt, session
 from queueing.rq_compat import MsgpackSerializer
+from runtime.settings import Settings
 from schema import envelope
 from schema.queue import INGEST_JOB, decode_batch
-from schema.samples import one_of_each, prompt, session
-from schema.settings import Settings
 
 KEY = "st_live_" + "a" * 43
 OTHER_KEY = "st_live_" + "b" * 43
@@ -548,7 +548,7 @@ def test_unknown_path_and_method_get_json_errors(client: TestClient) -> None:
 def test_every_push_is_logged_as_json_with_its_outcome_and_never_the_key(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from schema.logs import JsonFormatter
+    from runtime.logs import JsonFormatter
 
     with caplog.at_level("INFO", logger="selftune.push"):
         post(client, {"push_id": "logged", "data": {"sessions": [session(1)]}})

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from schema import samples
+from bench import samples
 from schema.envelope import validate_push
 from schema.queue import decode_batch, encode_batch, queued_batch
 from tests.support import legacy_payload

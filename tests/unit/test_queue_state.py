@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import fakeredis
 import pytest
 
+from queueing import stats
 from queueing.queue_state import QueueKeys, read_snapshot
-from schema import stats
 
 QUEUE = "ingest"
 NOW = 1_800_000_003.0  # 3 s into a 5 s rate bucket

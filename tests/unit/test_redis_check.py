@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from schema.redis_check import RedisNotDurable, check, problems_from_config
+from queueing.redis_check import RedisNotDurable, check, problems_from_config
 
 DURABLE = {"maxmemory-policy": "noeviction", "appendonly": "yes", "save": ""}
 

@@ -9,9 +9,9 @@ import time
 import msgspec
 import pytest
 
+from bench.samples import one_of_each, prompt, session
 from schema import envelope, scan
 from schema.records import RECORD_TYPES
-from schema.samples import one_of_each, prompt, session
 from schema.scan import PushScanner, Record, ScanError, nesting_depth, scan_chunks
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from bench.samples import FACTORIES, one_of_each
 from schema.envelope import EnvelopeError, ValidatedPush, validate_push
 from schema.records import INT8_MAX, RECORD_TYPES
-from schema.samples import FACTORIES, one_of_each
 
 TYPES = list(RECORD_TYPES)
 CANONICAL_TYPES = ["sessions", "prompts", "skill_invocations", "execution_facts", "normalization_runs"]

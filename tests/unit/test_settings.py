@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schema.settings import Settings
+from runtime.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -28,8 +28,8 @@ def test_the_settings_logged_at_startup_never_hold_a_password(
 @pytest.mark.parametrize("value", ["xml", "JSON", "plain"])
 def test_an_unknown_log_format_is_a_settings_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     """LOG_FORMAT=xml used to mean plain text, silently."""
-    from schema import logs
-    from schema.settings import SettingsError
+    from runtime import logs
+    from runtime.settings import SettingsError
 
     monkeypatch.setenv("LOG_FORMAT", value)
     with pytest.raises(SettingsError, match="LOG_FORMAT must be one of json, text"):

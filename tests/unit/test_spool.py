@@ -14,8 +14,8 @@ import pytest
 
 from api.auth import KeyStore
 from api.errors import ApiError
-from schema.keys import KEY_MIRROR, KEY_MIRROR_REFRESHED, hash_key, mirror_value
 from spool.store import Spool, SpoolFull, read_stats
+from store.keys import KEY_MIRROR, KEY_MIRROR_REFRESHED, hash_key, mirror_value
 
 KEY = "st_live_" + "k" * 43
 

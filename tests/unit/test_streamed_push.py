@@ -16,10 +16,10 @@ import pytest
 from rq import Queue
 from starlette.testclient import TestClient
 
+from bench.samples import prompt, session
 from queueing.rq_compat import MsgpackSerializer
+from runtime.settings import MIB, Settings
 from schema.queue import INGEST_STREAMED_JOB, body_key, decode_batch
-from schema.samples import prompt, session
-from schema.settings import MIB, Settings
 from tests.unit.test_push_api import WORKSPACE, assert_error, make_client, post
 
 BODY_LIMIT = 64 * 1024

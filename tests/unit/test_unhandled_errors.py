@@ -16,8 +16,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from api.app import create_app
-from schema.logs import JsonFormatter
-from schema.settings import Settings
+from runtime.logs import JsonFormatter
+from runtime.settings import Settings
 
 
 async def broken(_request: Request) -> Response:

@@ -9,8 +9,8 @@ import pytest
 from rq import Queue
 
 from queueing.rq_compat import IngestJob, MsgpackSerializer
+from runtime.settings import Settings
 from schema.queue import INGEST_JOB
-from schema.settings import Settings
 from workers.worker import make_worker
 
 

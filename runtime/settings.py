@@ -78,7 +78,7 @@ SECRET_FIELDS = ("ops_token",)
 
 
 def log_format() -> str:
-    """LOG_FORMAT, checked: read on its own too, by the log setup that runs before the settings (schema/logs.py)."""
+    """LOG_FORMAT, checked: read on its own too, by the log setup that runs before the settings (runtime/logs.py)."""
     return _choice("LOG_FORMAT", "json", LOG_FORMATS)
 
 

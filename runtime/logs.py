@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from schema.settings import log_format, log_level
+from runtime.settings import log_format, log_level
 
 # color_message: uvicorn's copy of the message with terminal colours.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import psycopg
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+import schema
+
+# The .sql files are the contract's (package data of `schema`); this module only applies them.
+MIGRATIONS_DIR = Path(schema.__file__).parent / "migrations"
 _LOCK_ID = 0x5E1F7E  # advisory lock key: one migrator at a time
 
 
