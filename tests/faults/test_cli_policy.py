@@ -108,7 +108,9 @@ def _postgres_outage(rig: Rig, name: str, outage_s: float, **api_env: str) -> No
     # The keys were made before the api started and are first used during the outage: no
     # api process has them cached (as for a CLI that syncs every 30 minutes).
     rig.servers.stop_postgres()
-    fleet = rig.fleet(lambda: api.url, "pg")
+    # A long outage is paced (a few pushes a second, not hundreds), so the backlog it leaves is
+    # one the two workers write within the settle time.
+    fleet = rig.fleet(lambda: api.url, "pg", pause_s=0.05 if outage_s < 100 else 1.0)
 
     def outage() -> None:
         try:
@@ -117,7 +119,7 @@ def _postgres_outage(rig: Rig, name: str, outage_s: float, **api_env: str) -> No
             rig.servers.start()
 
     fleet.run_for(outage_s + TAIL_S, during=outage)
-    rig.settle(name, notes=f"Postgres stopped {outage_s:g} s")
+    rig.settle(name, notes=f"Postgres stopped {outage_s:g} s", timeout_s=180 + outage_s)
 
 
 @pytest.mark.parametrize(
