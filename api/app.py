@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
@@ -34,7 +33,8 @@ from runtime.heap import freeze_startup_heap
 from runtime.settings import Settings
 from runtime.version import VERSION
 from spool.store import AsyncSpool, Spool
-from store.migrate import latest_version
+from store.migrate import current_version_async, latest_version
+from store.session import set_up_session_async
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,11 @@ async def _postgres_problems(pool: AsyncConnectionPool | None) -> list[str]:
         return ["postgres: not configured (test app without a pool)"]
     try:
         async with pool.connection(timeout=2) as conn:
-            cur = await conn.execute("SELECT max(version) FROM schema_migrations")
-            row = await cur.fetchone()
-    except psycopg.errors.UndefinedTable:
-        return ["postgres: not migrated: run 'selftune-ingest migrate'"]
+            version = await current_version_async(conn)
     except DATABASE_ERRORS as exc:
         return [f"postgres: {type(exc).__name__}: {exc}"]
-    version = row[0] if row else None
+    if version is None:
+        return ["postgres: not migrated: run 'selftune-ingest migrate'"]
     if version != latest_version():
         return [f"postgres: schema at {version}, expected {latest_version()}: run 'selftune-ingest migrate'"]
     return []
@@ -134,20 +132,6 @@ routes = [
 exception_handlers = {ApiError: api_error_handler, 404: not_found, 405: method_not_allowed}
 
 
-async def _check_redis(redis: AsyncRedis, settings: Settings) -> None:
-    """Warn (or refuse to start) if Redis could lose queued batches."""
-    try:
-        config: dict[Any, Any] = {}
-        for key in redis_check.CONFIG_KEYS:
-            config |= await redis.config_get(key)
-    except Exception as exc:
-        if settings.redis_require_durable:
-            raise
-        log.warning("could not read Redis config at startup: %s", exc)
-        return
-    redis_check.check(config, settings.redis_require_durable)
-
-
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """Open Redis, Postgres and the spool (never at import), start the background tasks, close all on shutdown."""
@@ -166,7 +150,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             open=False,
             # connect_timeout: a Postgres host that does not answer at all fails fast.
             kwargs={"autocommit": True, "connect_timeout": 3},
-            configure=_read_in_utc,
+            configure=set_up_session_async,
             # psycopg_pool retries a lost connection with exponential backoff (1, 2, 4 ... s) until
             # reconnect_timeout; after a 70 s outage the next try could be 40 s away. Giving up
             # quickly lets the next request that needs a connection try at once instead.
@@ -186,7 +170,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.drainer = drainer = SpoolDrainer(spool, enqueuer, watch) if spool is not None else None
     history = OpsHistory(redis, watch) if settings.ops_token else None  # the ops page's plots
     log.info("api %s starting with %s", VERSION, settings.redacted(), extra={"version": VERSION})
-    await _check_redis(redis, settings)
+    redis_check.check(await redis_check.read_config_async(redis), settings.redis_require_durable)
     tasks: list[Any] = [t for t in (watch, drainer, mirror, history) if t is not None]
     for task in tasks:
         task.start()
@@ -203,16 +187,6 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await pool.close()
         if "redis" not in injected:
             await redis.aclose()
-
-
-async def _read_in_utc(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Each new pooled connection reads times in UTC whatever the database's TimeZone.
-
-    Then any instant of years 1 to 9999 in UTC (migration 0003) loads into Python. A SET,
-    not `options`, which would override PGOPTIONS and a service file's, and which
-    PgBouncer refuses or ignores (workers/db.py does the same).
-    """
-    await conn.execute("SET timezone TO 'UTC'")
 
 
 def create_app(settings: Settings | None = None, **injected: Any) -> Starlette:

@@ -37,7 +37,7 @@ from api.body import read_json
 from api.db import RETRY_AFTER_S, db_connection, json_response, utc
 from api.errors import ApiError, unauthorized, unavailable
 from api.openapi import Text, describe, errors
-from store.keys import generate_key, hash_key, key_prefix
+from store.keys import INSERT_KEY, issue_key
 
 DEVICE_CODE_TTL_S = 900  # RFC 8628's expires_in
 POLL_INTERVAL_S = 5  # RFC 8628's interval, and its default
@@ -187,18 +187,14 @@ _LOCK_CODE = (
 
 async def _issue_key(conn: psycopg.AsyncConnection[Any], code_hash: str, workspace_id: str) -> PollAnswer:
     """Create the key of an approved code and mark the code spent, in the poll's transaction."""
-    key = generate_key(live=True)
-    key_id = "key_" + secrets.token_hex(8)
-    await conn.execute(
-        "INSERT INTO api_keys (key_id, workspace_id, key_hash, key_prefix) VALUES (%s, %s, %s, %s)",
-        (key_id, workspace_id, hash_key(key), key_prefix(key)),
-    )
+    issued = issue_key(workspace_id, live=True)
+    await conn.execute(INSERT_KEY, issued.params)
     await conn.execute(
         "UPDATE device_codes SET status = 'issued', issued_at = now(), last_polled_at = now(), key_id = %s"
         " WHERE device_code_hash = %s",
-        (key_id, code_hash),
+        (issued.key_id, code_hash),
     )
-    return PollAnswer("approved", api_key=key, cloud_user_id=key_id, org_id=workspace_id)
+    return PollAnswer("approved", api_key=issued.key, cloud_user_id=issued.key_id, org_id=workspace_id)
 
 
 async def poll_device_code(request: Request) -> Response:

@@ -23,8 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from api.push import PushAnswer
-from schema.envelope import MAX_PUSH_ID_LENGTH, PushEnvelope, RecordArrays
-from schema.records import RECORD_TYPES
+from schema.envelope import MAX_PUSH_ID_LENGTH, PushEnvelope, RecordArrays, TypedRecordArrays
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "2.0"  # the push contract's version (/v2), not the package's
@@ -106,16 +105,6 @@ def _typed_envelope(name: str, field_names: tuple[str, ...], doc: str, arrays: t
     )
 
 
-def _optional_list(item: Any) -> Any:
-    """`list[item] | None`, for an item type known only at run time."""
-    return list[item] | None
-
-
-TypedRecordArrays: Any = msgspec.defstruct(
-    "RecordArrays",
-    [(f.name, _optional_list(RECORD_TYPES[f.name]), None) for f in msgspec.structs.fields(RecordArrays)],
-    namespace={"__doc__": "The nine record arrays, each optional. A record that fails its schema is rejected alone."},
-)
 DOCUMENTED_FIELDS = ("workspace_id", "cli_version", "pushed_at", "push_id", "data")
 CLI_FIELDS = ("schema_version", "client_version", "push_id", "normalizer_version", "canonical")
 DocumentedEnvelope = _typed_envelope(

@@ -11,7 +11,7 @@ import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
 
-from store.keys import KEY_MIRROR, generate_key, hash_key, key_prefix, mirror_value
+from store.keys import INSERT_KEY, KEY_MIRROR, issue_key, mirror_value
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # Commands take a workspace by name or id: a name shaped like an id could stand for another workspace.
@@ -77,13 +77,9 @@ def list_workspaces(conn: psycopg.Connection) -> list[tuple[str, str, datetime]]
 def create_key(conn: psycopg.Connection, workspace: str, live: bool = True) -> tuple[str, str]:
     """Create a key for a workspace (by name or id); return (key_id, the key, shown only now)."""
     workspace_id = find_workspace(conn, workspace)
-    key = generate_key(live)
-    key_id = "key_" + secrets.token_hex(8)
-    conn.execute(
-        "INSERT INTO api_keys (key_id, workspace_id, key_hash, key_prefix) VALUES (%s, %s, %s, %s)",
-        (key_id, workspace_id, hash_key(key), key_prefix(key)),
-    )
-    return key_id, key
+    issued = issue_key(workspace_id, live)
+    conn.execute(INSERT_KEY, issued.params)
+    return issued.key_id, issued.key
 
 
 def list_keys(conn: psycopg.Connection, workspace: str | None = None) -> list[KeyInfo]:

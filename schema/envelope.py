@@ -65,14 +65,24 @@ _ENVELOPE_FIELDS = [
 # The envelope's strings: the push row stores push_id and the version, so a NUL in
 # any of them would make the worker fail the whole batch after the api's 202.
 _ENVELOPE_STRINGS = tuple(name for name, _, _ in _ENVELOPE_FIELDS if name != "pushed_at")
-_TypedArrays = msgspec.defstruct(
-    "TypedRecordArrays",
-    [(name, list[struct] | None, None) for name, struct in RECORD_TYPES.items()],  # type: ignore[valid-type]
+
+
+def _optional_list(item: Any) -> Any:
+    """`list[item] | None`, for an item type known only at run time."""
+    return list[item] | None
+
+
+# RecordArrays with each record typed: the one derivation, used by this decoder and
+# by the OpenAPI document (api/openapi.py), where it is the `RecordArrays` schema.
+TypedRecordArrays: Any = msgspec.defstruct(
+    "RecordArrays",
+    [(f.name, _optional_list(RECORD_TYPES[f.name]), None) for f in msgspec.structs.fields(RecordArrays)],
+    namespace={"__doc__": "The nine record arrays, each optional. A record that fails its schema is rejected alone."},
 )
 _TYPED_DECODER = msgspec.json.Decoder(
     msgspec.defstruct(
         "TypedPushEnvelope",
-        [*_ENVELOPE_FIELDS, ("data", _TypedArrays | None, None), ("canonical", _TypedArrays | None, None)],
+        [*_ENVELOPE_FIELDS, ("data", TypedRecordArrays | None, None), ("canonical", TypedRecordArrays | None, None)],
     )
 )
 

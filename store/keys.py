@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from dataclasses import dataclass
 
 KEY_PATTERN = re.compile(r"st_(live|test)_[A-Za-z0-9_-]{32,200}")
 SHOWN_PREFIX_LENGTH = 12  # "st_live_" plus 4 characters: enough to tell keys apart in a list
@@ -33,6 +34,27 @@ def is_well_formed(key: str) -> bool:
 def key_prefix(key: str) -> str:
     """The part of a key that may be shown again (in lists, in /alpha/verify)."""
     return key[:SHOWN_PREFIX_LENGTH]
+
+
+INSERT_KEY = "INSERT INTO api_keys (key_id, workspace_id, key_hash, key_prefix) VALUES (%s, %s, %s, %s)"
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A new key, its id, and the api_keys row that stores it (`INSERT_KEY` with `params`)."""
+
+    key: str  # shown once, never stored
+    key_id: str
+    workspace_id: str
+
+    @property
+    def params(self) -> tuple[str, str, str, str]:
+        return (self.key_id, self.workspace_id, hash_key(self.key), key_prefix(self.key))
+
+
+def issue_key(workspace_id: str, live: bool = True) -> IssuedKey:
+    """The one place a key is made: the api's device flow and the ops CLI execute its row."""
+    return IssuedKey(generate_key(live), "key_" + secrets.token_hex(8), workspace_id)
 
 
 # The key mirror (SPEC 6, issue 13): every key's hash in one Redis hash, so the api can

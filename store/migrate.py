@@ -8,6 +8,7 @@ from two processes at once, is safe.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -52,11 +53,24 @@ def migrate(conn: psycopg.Connection) -> list[str]:
     return applied
 
 
+# The one migration-version query, for the CLI (`current_version`) and the api's readiness (`current_version_async`).
+CURRENT_VERSION_QUERY = "SELECT max(version) FROM schema_migrations"
+
+
 def current_version(conn: psycopg.Connection) -> str | None:
     """The newest applied migration, or None when the database was never migrated."""
     try:
-        row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        row = conn.execute(CURRENT_VERSION_QUERY).fetchone()
     except psycopg.errors.UndefinedTable:
         conn.rollback()
+        return None
+    return row[0] if row else None
+
+
+async def current_version_async(conn: psycopg.AsyncConnection[Any]) -> str | None:
+    """`current_version` on an async connection (the api's pool: autocommit, so nothing to roll back)."""
+    try:
+        row = await (await conn.execute(CURRENT_VERSION_QUERY)).fetchone()
+    except psycopg.errors.UndefinedTable:
         return None
     return row[0] if row else None

@@ -9,6 +9,7 @@ import psycopg
 from psycopg.types.json import set_json_dumps
 
 from runtime.settings import Settings
+from store.session import set_up_session
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,7 @@ _conn: psycopg.Connection | None = None
 def connect(database_url: str) -> psycopg.Connection:
     """A new connection with the session settings every writer relies on."""
     conn = psycopg.connect(database_url, autocommit=True, connect_timeout=5)
-    # Set here rather than in `options`, which would replace any options the URL carries.
-    conn.execute("SET timezone TO 'UTC'")
+    set_up_session(conn)
     return conn
 
 

@@ -261,19 +261,6 @@ def make_worker(settings: Settings, connection: Redis | None = None, name: str |
     return worker
 
 
-def check_redis(redis: Redis, settings: Settings) -> None:
-    """Warn (or refuse to start) if Redis could lose queued batches."""
-    try:
-        config: dict[Any, Any] = {}
-        for key in redis_check.CONFIG_KEYS:
-            config |= redis.config_get(key)
-    except Exception as exc:
-        log.warning("could not read Redis config: %s", exc)
-        redis_check.check(None, settings.redis_require_durable)
-        return
-    redis_check.check(config, settings.redis_require_durable)
-
-
 # A worker must read whatever the api accepted. The api's JSON decoder stops at
 # Python's recursion limit (1,000 levels, less the api's own stack), and a
 # worker's stack is not the api's: 10,000 leaves room to spare. msgspec's C
@@ -317,7 +304,7 @@ def _work(burst: bool, parent: int) -> None:
     logs.configure()
     raise_recursion_limit()
     settings = Settings.from_env()
-    check_redis(Redis.from_url(settings.redis_url), settings)
+    redis_check.check(redis_check.read_config(Redis.from_url(settings.redis_url)), settings.redis_require_durable)
     worker = make_worker(settings)
     log.info("worker %s starting (selftune-ingest %s)", worker.name, VERSION, extra={"version": VERSION})
     freeze_startup_heap()
