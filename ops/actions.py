@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 from redis import Redis
-from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
@@ -284,7 +283,3 @@ def show_push(
     if workspace and workspace not in found and redis.exists(dedupe_key(workspace, push_id)):
         found[workspace] = {"push_id": push_id, "workspace_id": workspace, "status": "queued"}
     return list(found.values())
-
-
-def queue_for(redis: Redis, settings: Settings) -> Queue:
-    return Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)

@@ -252,18 +252,6 @@ class ImprovementSignal(msgspec.Struct, kw_only=True):
     consumed_by_run: str | None = None
 
 
-Record = (
-    Session
-    | Prompt
-    | SkillInvocation
-    | ExecutionFact
-    | NormalizationRun
-    | EvolutionEvidence
-    | OrchestrateRun
-    | GradingResult
-    | ImprovementSignal
-)
-
 # The arrays of a push, in the order the workers write them, with their Struct.
 RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
     "sessions": Session,

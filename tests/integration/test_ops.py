@@ -180,7 +180,7 @@ def test_replaying_a_batch_that_had_in_fact_committed_writes_nothing_twice(
     run_burst_worker(cli_env)
     before = (count(db, "sessions"), count(db, "prompts"))
     [attempts_before] = db.execute("SELECT attempts FROM pushes WHERE push_id = 'a1'").fetchone()  # type: ignore[misc]
-    actions.queue_for(redis, cli_env).enqueue(INGEST_JOB, payload)
+    Queue(cli_env.queue_name, connection=redis, serializer=MsgpackSerializer).enqueue(INGEST_JOB, payload)
     run_burst_worker(cli_env)
     assert (count(db, "sessions"), count(db, "prompts")) == before
     assert db.execute("SELECT attempts, status FROM pushes WHERE push_id = 'a1'").fetchone() == (
