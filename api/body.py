@@ -71,36 +71,8 @@ async def _read_body(request: Request, gzip: bool, max_bytes: int, max_compresse
     wire_setting = "MAX_COMPRESSED_BODY_BYTES" if gzip else "MAX_BODY_BYTES"
     if declared and declared.isdigit() and int(declared) > wire_limit:
         raise _too_large("request body", wire_limit, wire_setting)
-
-    inflater = zlib.decompressobj(_GZIP_WBITS) if gzip else None
-    chunks: list[bytes] = []
-    wire = size = 0
-    try:
-        async for chunk in request.stream():
-            wire += len(chunk)
-            if wire > wire_limit:
-                raise _too_large("request body", wire_limit, wire_setting)
-            if inflater is None:
-                chunks.append(chunk)
-                continue
-            try:
-                # Inflate at most one byte past the limit: enough to know it is over.
-                out = inflater.decompress(chunk, max_bytes - size + 1)
-                size += len(out)
-                if size > max_bytes or inflater.unconsumed_tail:
-                    raise _too_large("decompressed body", max_bytes, "MAX_BODY_BYTES")
-                chunks.append(out)
-            except zlib.error as exc:
-                raise ApiError(400, "bad_gzip", f"body is not valid gzip: {exc}") from None
-    except ClientDisconnect:
-        raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
-
-    if inflater is not None and not inflater.eof:
-        raise ApiError(400, "bad_gzip", "body is not valid gzip: the stream is truncated")
-    if inflater is not None and inflater.unused_data:
-        # A second gzip member or trailing bytes: refuse rather than ignore part of the body.
-        raise ApiError(400, "bad_gzip", "body is not valid gzip: bytes follow the end of the gzip stream")
-    return b"".join(chunks)
+    inflated = _inflated(request, gzip, wire_limit, wire_setting, max_bytes, "MAX_BODY_BYTES")
+    return b"".join([chunk async for chunk in inflated])
 
 
 # -- pushes past MAX_BODY_BYTES: read in chunks, never whole ---------------------------------------
