@@ -207,24 +207,29 @@ async def gather(state: Any) -> OpsState:
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
-async def ops_state(request: Request) -> Response:
-    """The page's figures as JSON (same token)."""
+def _refusal(request: Request) -> Response | None:
+    """The login redirect for a `?token=` visit, or None once the operator token checks out (else ApiError)."""
     token = _token(request)
     login = _login(request, token)
+    if login is None:
+        _check(request, token)
+    return login
+
+
+async def ops_state(request: Request) -> Response:
+    """The page's figures as JSON (same token)."""
+    login = _refusal(request)
     if login is not None:
         return login
-    _check(request, token)
     body = msgspec.json.encode(await gather(request.app.state))
     return Response(body, media_type="application/json", headers=_NO_STORE)
 
 
 async def ops_page(request: Request) -> Response:
     """The page: the figures of the moment in the document, refreshed from /ops/state.json every REFRESH_S."""
-    token = _token(request)
-    login = _login(request, token)
+    login = _refusal(request)
     if login is not None:
         return login
-    _check(request, token)
     initial = msgspec.json.encode(await gather(request.app.state)).decode().replace("</", "<\\/")
     nonce = secrets.token_urlsafe(16)
     html = PAGE.replace("{{nonce}}", nonce).replace("{{version}}", VERSION).replace("{{initial}}", initial)

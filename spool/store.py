@@ -102,30 +102,29 @@ class SpoolError(Exception):
 
 
 @dataclass(frozen=True)
-class Spooled:
-    """One spooled batch, as the drainer reads it back."""
+class _Leased:
+    """What the drainer needs of any spooled push to enqueue it."""
 
     id: int
     workspace_id: str
     push_id: str
     key_id: str
-    payload: bytes
+    payload: bytes  # the job argument
     answer: bytes
     records: int
+
+
+@dataclass(frozen=True)
+class Spooled(_Leased):
+    """One spooled batch, as the drainer reads it back."""
+
     spooled_at: float
 
 
 @dataclass(frozen=True)
-class StreamedSpooled:
+class StreamedSpooled(_Leased):
     """One complete streamed push, as the drainer reads it back (its chunks are read one at a time)."""
 
-    id: int
-    workspace_id: str
-    push_id: str
-    key_id: str
-    payload: bytes
-    answer: bytes
-    records: int
     bytes: int
     chunks: int
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import httpx2
 
-from tests.e2e.rows import ID_COLUMNS
+from tests.faults import load
 from tests.faults.load import LoadGenerator, Push
 
 ATTEMPTS = 5
@@ -68,12 +68,7 @@ class CliLedger:
         return set(self.fate) - self.acknowledged
 
     def expected_ids(self, push_ids: set[str]) -> dict[str, list[str]]:
-        """The record ids of these pushes by table, sorted (ids are unique per push: counts are exact)."""
-        out: dict[str, list[str]] = {table: [] for table in ID_COLUMNS}
-        for pid in push_ids:
-            for table, ids in self.pushes[pid].records.items():
-                out[table].extend(ids)
-        return {table: sorted(ids) for table, ids in out.items()}
+        return load.expected_ids(self.pushes, push_ids)
 
 
 def send_as_the_cli(client: httpx2.Client, url: str, key: str, push: Push) -> tuple[str, list[str]]:

@@ -99,6 +99,15 @@ def build_push(seq: int, tag: str, workspace_id: str) -> Push:
     return Push(push_id, path, gzip.compress(raw) if gzipped else raw, gzipped, ids)
 
 
+def expected_ids(pushes: dict[str, Push], push_ids: set[str]) -> dict[str, list[str]]:
+    """The record ids of these pushes by table, sorted (ids are unique per push: counts are exact)."""
+    out: dict[str, list[str]] = {table: [] for table in ID_COLUMNS}
+    for pid in push_ids:
+        for table, ids in pushes[pid].records.items():
+            out[table].extend(ids)
+    return {table: sorted(ids) for table, ids in out.items()}
+
+
 @dataclass
 class Ledger:
     """What the client saw, per push id (thread-safe)."""
@@ -133,11 +142,7 @@ class Ledger:
         return [p for pid, p in self.pushes.items() if self.outcome[pid] != ACKED]
 
     def expected_ids(self, push_ids: set[str]) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {table: [] for table in ID_COLUMNS}
-        for pid in push_ids:
-            for table, ids in self.pushes[pid].records.items():
-                out[table].extend(ids)
-        return {table: sorted(ids) for table, ids in out.items()}
+        return expected_ids(self.pushes, push_ids)
 
     def records_of(self, push_ids: set[str]) -> int:
         return sum(self.pushes[pid].record_count for pid in push_ids)
