@@ -20,7 +20,7 @@ from api import device, openapi, ops, push_status, signals, skills
 from api.auth import DATABASE_ERRORS, KeyMirror, KeyStore
 from api.backpressure import QueueWatch
 from api.enqueue import Enqueuer
-from api.errors import ApiError, api_error_handler, error_response
+from api.errors import DATABASE_NOT_READY, EXCEPTION_HANDLERS, NOT_READY, respond
 from api.inflight import InflightLimit
 from api.intake import Intake, SpoolDrainer
 from api.metrics import metrics
@@ -93,7 +93,7 @@ async def readyz(request: Request) -> Response:
     where, problems = await _push_problems(state)
     database = await _postgres_problems(state.pool)
     if where is None:
-        return error_response(503, "not_ready", "; ".join(problems), errors=problems)
+        return respond(NOT_READY("; ".join(problems)), errors=problems)
     return JSONResponse({"ok": True, "pushes_go_to": where, "degraded": problems, "database": database or "ok"})
 
 
@@ -101,17 +101,8 @@ async def readyz_database(request: Request) -> Response:
     """Postgres reachable and migrated (read endpoints, enrollment, key changes); 503 with the reason otherwise."""
     problems = await _postgres_problems(request.app.state.pool)
     if problems:
-        return error_response(503, "database_not_ready", "; ".join(problems), errors=problems)
+        return respond(DATABASE_NOT_READY("; ".join(problems)), errors=problems)
     return JSONResponse({"ok": True})
-
-
-async def not_found(_request: Request, _exc: Exception) -> Response:
-    return error_response(404, "not_found", "no such endpoint")
-
-
-async def method_not_allowed(_request: Request, exc: Exception) -> Response:
-    allow = getattr(exc, "headers", None) or {}
-    return error_response(405, "method_not_allowed", "method not allowed on this endpoint", dict(allow))
 
 
 routes = [
@@ -128,8 +119,6 @@ routes = [
     *openapi.routes,
     *ops.routes,
 ]
-
-exception_handlers = {ApiError: api_error_handler, 404: not_found, 405: method_not_allowed}
 
 
 @contextlib.asynccontextmanager
@@ -201,7 +190,7 @@ def create_app(settings: Settings | None = None, **injected: Any) -> Starlette:
         logs.configure(settings.log_level)
     app = Starlette(
         routes=routes,
-        exception_handlers=exception_handlers,
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
         # UnhandledErrors first (outermost): a bug anywhere inside is one counted, logged 500.
         middleware=[Middleware(UnhandledErrors), Middleware(InflightLimit, limit=settings.max_inflight_requests)],

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from api.background import BackgroundLoop
-from api.errors import ApiError, unauthorized, unavailable
+from api.errors import UNAUTHORIZED, UNAVAILABLE, WORKSPACE_MISMATCH
 from store.keys import (
     KEY_MIRROR,
     KEY_MIRROR_LOCK,
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 MAX_CACHED_KEYS = 100_000
 LOOKUP_TIMEOUT_S = 1.0  # waiting for a pooled connection: past it, Postgres is taken as down
 POSTGRES_RETRY_S = 2.0  # after a failure, lookups go straight to the mirror for this long
-KEY_RETRY_AFTER_S = 5
 RETRY_FAILED_REFRESH_S = 5.0  # a key mirror copy that failed is tried again this soon
 # What the key lookup takes for "Postgres cannot answer"; any other exception is a bug and bubbles up.
 DATABASE_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed, OSError)
@@ -71,7 +70,7 @@ class KeyStore:
         self.served_without_postgres = 0  # lookups answered by the mirror or the stale cache
 
     async def lookup(self, key: str) -> ApiKey | None:
-        """The live key's identity, or None if unknown or revoked; ApiError 503 only if nothing can tell."""
+        """The live key's identity, or None if unknown or revoked; a 503 (UNAVAILABLE) only if nothing can tell."""
         digest = hash_key(key)
         now = time.monotonic()
         cached = self._cache.get(digest)
@@ -121,7 +120,7 @@ class KeyStore:
             self.served_without_postgres += 1
             return cached[1]
         reason = f"the key mirror is unreachable ({type(mirror_error).__name__})" if mirror_error else "no key mirror"
-        raise unavailable(f"cannot check the API key right now: Postgres is down and {reason}", KEY_RETRY_AFTER_S)
+        raise UNAVAILABLE(f"cannot check the API key right now: Postgres is down and {reason}")
 
     def _remember(self, digest: str, found: ApiKey | None, now: float) -> None:
         if len(self._cache) >= MAX_CACHED_KEYS:
@@ -194,10 +193,10 @@ def bearer_key(request: Request) -> str:
     """The key from `Authorization: Bearer <key>`, or 401."""
     header = request.headers.get("authorization")
     if not header:
-        raise unauthorized("missing Authorization header: send 'Authorization: Bearer st_live_...'")
+        raise UNAUTHORIZED("missing Authorization header: send 'Authorization: Bearer st_live_...'")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise unauthorized("Authorization header must read 'Bearer <api key>'")
+        raise UNAUTHORIZED("Authorization header must read 'Bearer <api key>'")
     return key.strip()
 
 
@@ -205,12 +204,14 @@ async def authenticate(request: Request, keys: KeyStore) -> ApiKey:
     """The calling key's identity, or 401 (the message never echoes the key)."""
     key = bearer_key(request)
     if not is_well_formed(key):
-        raise unauthorized("API key is malformed: keys read st_live_ or st_test_ followed by 32+ characters")
+        raise UNAUTHORIZED("API key is malformed: keys read st_live_ or st_test_ followed by 32+ characters")
     found = await keys.lookup(key)
     if found is None:
-        raise unauthorized("API key is unknown or revoked")
+        raise UNAUTHORIZED("API key is unknown or revoked")
     return found
 
 
-def forbidden_workspace() -> ApiError:
-    return ApiError(403, "workspace_mismatch", "workspace_id in the body is not the API key's workspace")
+def require_workspace(key: ApiKey, workspace_id: str | None) -> None:
+    """A push that names a workspace must name the key's own (403)."""
+    if workspace_id is not None and workspace_id != key.workspace_id:
+        raise WORKSPACE_MISMATCH("workspace_id in the body is not the API key's workspace")

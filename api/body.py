@@ -17,7 +17,17 @@ from typing import Any
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 
-from api.errors import ApiError
+from api.errors import (
+    BAD_GZIP,
+    CLIENT_DISCONNECTED,
+    INVALID_BODY,
+    INVALID_JSON,
+    PAYLOAD_TOO_LARGE,
+    REQUEST_TIMEOUT,
+    UNSUPPORTED_ENCODING,
+    UNSUPPORTED_MEDIA_TYPE,
+    ApiError,
+)
 from runtime.settings import Settings
 from schema.envelope import NUL_MESSAGE, nul_path
 from schema.jsonbytes import has_nul_escape
@@ -29,9 +39,7 @@ MAX_SMALL_BODY_DEPTH = 32  # their JSON is one flat object; the decoder would re
 
 
 def _too_large(what: str, limit: int, setting: str) -> ApiError:
-    return ApiError(
-        413,
-        "payload_too_large",
+    return PAYLOAD_TOO_LARGE(
         f"{what} is over the limit of {limit} bytes ({setting}); split the push into smaller batches",
     )
 
@@ -41,10 +49,10 @@ def check_content_headers(request: Request) -> bool:
     content_type = request.headers.get("content-type", "application/json")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", f"Content-Type must be application/json, got {media_type!r}")
+        raise UNSUPPORTED_MEDIA_TYPE(f"Content-Type must be application/json, got {media_type!r}")
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
-        raise ApiError(415, "unsupported_encoding", f"Content-Encoding must be gzip or identity, got {encoding!r}")
+        raise UNSUPPORTED_ENCODING(f"Content-Encoding must be gzip or identity, got {encoding!r}")
     return encoding == "gzip"
 
 
@@ -60,9 +68,7 @@ async def read_body(
         async with asyncio.timeout(timeout_s):
             return await _read_body(request, gzip, max_bytes, max_compressed_bytes)
     except TimeoutError:
-        raise ApiError(
-            408, "request_timeout", f"the body took longer than {timeout_s:g} s to arrive (BODY_READ_TIMEOUT_S)"
-        ) from None
+        raise timed_out(timeout_s) from None
 
 
 async def _read_body(request: Request, gzip: bool, max_bytes: int, max_compressed_bytes: int) -> bytes:
@@ -113,7 +119,7 @@ async def _inflated(
                 try:
                     out = inflater.decompress(data, INFLATE_STEP)
                 except zlib.error as exc:
-                    raise ApiError(400, "bad_gzip", f"body is not valid gzip: {exc}") from None
+                    raise BAD_GZIP(f"body is not valid gzip: {exc}") from None
                 size += len(out)
                 if size > size_limit:
                     raise _too_large("decompressed body", size_limit, size_setting)
@@ -121,17 +127,16 @@ async def _inflated(
                     yield out
                 data = inflater.unconsumed_tail
     except ClientDisconnect:
-        raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
+        raise CLIENT_DISCONNECTED("the client closed the connection mid-body") from None
     if inflater is not None and not inflater.eof:
-        raise ApiError(400, "bad_gzip", "body is not valid gzip: the stream is truncated")
+        raise BAD_GZIP("body is not valid gzip: the stream is truncated")
     if inflater is not None and inflater.unused_data:
-        raise ApiError(400, "bad_gzip", "body is not valid gzip: bytes follow the end of the gzip stream")
+        raise BAD_GZIP("body is not valid gzip: bytes follow the end of the gzip stream")
 
 
-def _timed_out(timeout_s: float) -> ApiError:
-    return ApiError(
-        408, "request_timeout", f"the body took longer than {timeout_s:g} s to arrive (BODY_READ_TIMEOUT_S)"
-    )
+def timed_out(timeout_s: float) -> ApiError:
+    """The 408 for a body slower than BODY_READ_TIMEOUT_S."""
+    return REQUEST_TIMEOUT(f"the body took longer than {timeout_s:g} s to arrive (BODY_READ_TIMEOUT_S)")
 
 
 async def read_push_body(request: Request, gzip: bool, settings: Settings, can_stream: bool) -> bytes | Overflow:
@@ -171,7 +176,7 @@ async def read_push_body(request: Request, gzip: bool, settings: Settings, can_s
                 if size > settings.max_body_bytes:
                     return Overflow(head, chunks, deadline)
     except TimeoutError:
-        raise _timed_out(timeout_s) from None
+        raise timed_out(timeout_s) from None
     return b"".join(head)
 
 
@@ -181,19 +186,17 @@ async def read_json(request: Request, decoder: msgspec.json.Decoder[Any]) -> Any
     # Checked before decoding: msgspec raises RecursionError (a 500) near 1,000 levels.
     depth = nesting_depth(body)
     if depth > MAX_SMALL_BODY_DEPTH:
-        raise ApiError(
-            400,
-            "invalid_json",
+        raise INVALID_JSON(
             f"body is nested {depth} levels deep, deeper than MAX_SMALL_BODY_DEPTH={MAX_SMALL_BODY_DEPTH}",
         )
     try:
         decoded = decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise ApiError(422, "invalid_body", f"body: {exc}") from None
+        raise INVALID_BODY(f"body: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        raise INVALID_JSON(f"body is not valid JSON: {exc}") from None
     if has_nul_escape(body):  # JSON carries U+0000 only as an escape
         bad = nul_path(msgspec.to_builtins(decoded), "body")
         if bad:
-            raise ApiError(422, "invalid_body", f"{bad}: {NUL_MESSAGE}")
+            raise INVALID_BODY(f"{bad}: {NUL_MESSAGE}")
     return decoded

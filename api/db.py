@@ -14,9 +14,8 @@ from psycopg_pool import PoolTimeout
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.errors import unavailable
+from api.errors import UNAVAILABLE
 
-RETRY_AFTER_S = 5
 POOL_TIMEOUT_S = 5.0
 
 
@@ -25,12 +24,12 @@ async def db_connection(request: Request) -> AsyncIterator[psycopg.AsyncConnecti
     """A pooled connection (autocommit); Postgres unreachable is a 503 with Retry-After."""
     pool = request.app.state.pool
     if pool is None:
-        raise unavailable("the database is not configured", RETRY_AFTER_S)
+        raise UNAVAILABLE("the database is not configured")
     try:
         async with pool.connection(timeout=POOL_TIMEOUT_S) as conn:
             yield conn
     except (psycopg.OperationalError, PoolTimeout) as exc:
-        raise unavailable(f"the database is unavailable ({type(exc).__name__}); retry later", RETRY_AFTER_S) from None
+        raise UNAVAILABLE(f"the database is unavailable ({type(exc).__name__}); retry later") from None
 
 
 def utc(values: Iterable[Any]) -> list[Any]:

@@ -34,8 +34,8 @@ from starlette.routing import BaseRoute, Route
 
 from api.auth import authenticate, mirror_issued_key
 from api.body import read_json
-from api.db import RETRY_AFTER_S, db_connection, json_response, utc
-from api.errors import ApiError, unauthorized, unavailable
+from api.db import db_connection, json_response, utc
+from api.errors import TOO_MANY_DEVICE_CODES, UNAUTHORIZED, UNAVAILABLE
 from api.openapi import Text, describe, errors
 from store.keys import INSERT_KEY, issue_key
 
@@ -141,12 +141,7 @@ async def request_device_code(request: Request) -> Response:
         cur = await conn.execute("SELECT count(*) FROM device_codes WHERE status = 'pending' AND expires_at > now()")
         live = await cur.fetchone()
         if live is not None and live[0] >= MAX_LIVE_CODES:
-            raise ApiError(
-                429,
-                "too_many_device_codes",
-                "too many enrollments are waiting for approval; retry later",
-                {"Retry-After": "60"},
-            )
+            raise TOO_MANY_DEVICE_CODES("too many enrollments are waiting for approval; retry later")
         user_code = None
         for _ in range(USER_CODE_DRAWS):  # a clash with a stored user code is rare (20^8 codes): draw again
             cur = await conn.execute(
@@ -165,7 +160,7 @@ async def request_device_code(request: Request) -> Response:
                 user_code = row[0]
                 break
     if user_code is None:
-        raise unavailable("could not draw a free user code; retry", RETRY_AFTER_S)
+        raise UNAVAILABLE("could not draw a free user code; retry")
     grant = DeviceCodeGrant(
         device_code=device_code,
         user_code=user_code,
@@ -273,7 +268,7 @@ async def verify(request: Request) -> Response:
     async with db_connection(request) as conn:
         row = await (await conn.execute(_VERIFY, (key.key_id,))).fetchone()
     if row is None:  # revoked since the key cache last looked
-        raise unauthorized("API key is unknown or revoked")
+        raise UNAUTHORIZED("API key is unknown or revoked")
     prefix, created_at, total, last_at, last_status = utc(row)
     return json_response(VerifyAnswer(True, key.workspace_id, prefix, created_at, total, last_at, last_status))
 

@@ -57,9 +57,11 @@ return {'ok', depth}
 class RateLimited(Exception):
     """The API key is over its rate limit: the push was not enqueued."""
 
-    def __init__(self, retry_after_s: int) -> None:
+    def __init__(self, retry_after_s: int, rate_per_s: float, burst: int) -> None:
         super().__init__(f"retry in {retry_after_s} s")
         self.retry_after_s = retry_after_s
+        self.rate_per_s = rate_per_s  # the limit, to name it in the 429
+        self.burst = burst
 
 
 class Enqueuer:
@@ -146,5 +148,5 @@ class Enqueuer:
         if outcome == b"dup":
             return value  # type: ignore[no-any-return]
         if outcome == b"slow":
-            raise RateLimited(int(value))
+            raise RateLimited(int(value), s.rate_limit_pushes_per_s, s.rate_limit_burst)
         return None

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import error_response
+from api.errors import OVERLOADED, respond
 from api.metrics import PUSHES
 
-RETRY_AFTER_S = 1
 # Probes and scrapes are answered even when the api is full: that is when they matter.
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 PUSH_PATHS = frozenset({"/v2/push", "/api/v1/push"})
@@ -36,7 +35,7 @@ class InflightLimit:
             if scope["path"] in PUSH_PATHS:
                 PUSHES.labels("overloaded", "503").inc()
             message = f"the api is serving {self.inflight} requests (MAX_INFLIGHT_REQUESTS={self.limit}); retry later"
-            response = error_response(503, "overloaded", message, {"Retry-After": str(RETRY_AFTER_S)})
+            response = respond(OVERLOADED(message))
             await response(scope, receive, send)
             return
         self.inflight += 1

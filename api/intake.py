@@ -25,7 +25,6 @@ from spool.store import DRAIN_IDLE_S, AsyncSpool, SpoolError, SpoolFull, drainer
 
 log = logging.getLogger(__name__)
 
-REFUSED_RETRY_AFTER_S = 5
 _CANNOT_TAKE = (
     redis_errors.ConnectionError,  # TimeoutError is one too
     redis_errors.BusyLoadingError,

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from api import errors as client_errors
 from api.push import PushAnswer
 from schema.envelope import MAX_PUSH_ID_LENGTH, PushEnvelope, RecordArrays, TypedRecordArrays
 
@@ -68,25 +69,6 @@ class Health(msgspec.Struct, omit_defaults=True):
     database: str | list[str] | None = None
 
 
-# What each error status means to a client (SPEC 2.3), and the header that comes with it.
-ERROR_MEANINGS = {
-    400: "The body is not JSON (or not UTF-8), or its gzip is corrupt or truncated. Do not retry.",
-    401: "No key, an unknown key or a revoked key. Re-authenticate.",
-    403: "`workspace_id` in the body is not the key's workspace. Do not retry.",
-    404: "No such resource.",
-    408: "The body took longer than BODY_READ_TIMEOUT_S to arrive. Retry.",
-    413: (
-        "The body is over the hard cap (MAX_PUSH_BYTES decompressed, or its share of it on the wire for gzip),"
-        " or holds more than MAX_RECORDS_PER_PUSH records. Bodies between MAX_BODY_BYTES and the cap are"
-        " accepted (202): streamed to the api's spool, split by a worker; a record over MAX_RECORD_BYTES is"
-        " rejected alone. Split the push."
-    ),
-    415: "Content-Type or Content-Encoding is not supported. Do not retry.",
-    422: "The envelope itself is malformed (e.g. `data` is not an object). Do not retry.",
-    429: "The key's rate limit is exceeded. Retry after `Retry-After` seconds.",
-    503: "The queue is unreachable or full, or keys cannot be checked. Retry after `Retry-After` seconds.",
-}
-ERROR_HEADERS = {401: "WWW-Authenticate", 429: "Retry-After", 503: "Retry-After"}
 _HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
     "WWW-Authenticate": {"description": "Always `Bearer`.", "schema": {"type": "string"}},
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}},
@@ -201,15 +183,15 @@ def _json_types(op: Operation) -> list[Any]:
 
 def _response(status: int, body_type: Any, schemas: Iterator[dict[str, Any]]) -> dict[str, Any]:
     phrase = HTTPStatus(status).phrase
-    meaning = ERROR_MEANINGS.get(status) if body_type is ErrorBody else None
+    meaning = client_errors.meanings(status) if body_type is ErrorBody else None
     if isinstance(body_type, Text):
         content = {body_type.media_type: {"schema": {"type": "string"}}}
     else:
         content = {"application/json": {"schema": next(schemas)}}
     out: dict[str, Any] = {"description": f"{phrase}. {meaning}" if meaning else phrase, "content": content}
-    header = ERROR_HEADERS.get(status) if body_type is ErrorBody else None
-    if header:
-        out["headers"] = {header: {**_HEADER_SCHEMAS[header], "required": True}}
+    headers = client_errors.headers_of(status) if body_type is ErrorBody else ()
+    if headers:
+        out["headers"] = {name: {**_HEADER_SCHEMAS[name], "required": True} for name in headers}
     return out
 
 

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from api import openapi
 from api.auth import DATABASE_ERRORS
-from api.errors import ApiError, unauthorized
+from api.errors import NOT_FOUND, UNAUTHORIZED
 from api.ops_history import Sample, read_history
 from api.ops_page import PAGE
 from runtime.version import VERSION
@@ -100,7 +100,7 @@ def _cookie_value(token: str) -> str:
 def _token(request: Request) -> str:
     token: str = request.app.state.settings.ops_token
     if not token:
-        raise ApiError(404, "not_found", "no such endpoint")
+        raise NOT_FOUND("no such endpoint")
     return token
 
 
@@ -110,7 +110,7 @@ def _check(request: Request, token: str) -> None:
         return
     if _same(request.cookies.get(COOKIE, ""), _cookie_value(token)):
         return
-    raise unauthorized(
+    raise UNAUTHORIZED(
         "the ops page needs the operator token (OPS_TOKEN): send 'Authorization: Bearer <token>',"
         " or open /ops?token=<token> once in a browser"
     )
@@ -122,7 +122,7 @@ def _login(request: Request, token: str) -> Response | None:
     if given is None:
         return None
     if not _same(given, token):
-        raise unauthorized("wrong operator token in ?token= (OPS_TOKEN)")
+        raise UNAUTHORIZED("wrong operator token in ?token= (OPS_TOKEN)")
     response = RedirectResponse(request.url.path, status_code=303, headers={"Referrer-Policy": "no-referrer"})
     response.set_cookie(
         COOKIE,
@@ -208,7 +208,7 @@ _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "
 
 
 def _refusal(request: Request) -> Response | None:
-    """The login redirect for a `?token=` visit, or None once the operator token checks out (else ApiError)."""
+    """The login redirect for a `?token=` visit, or None once the operator token checks out (else a 401)."""
     token = _token(request)
     login = _login(request, token)
     if login is None:

@@ -18,7 +18,7 @@ from msgspec import Meta
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 
-from api.errors import ApiError
+from api.errors import INVALID_PARAMETER, ApiError
 from api.openapi import Param
 from schema.envelope import NUL_MESSAGE
 
@@ -28,7 +28,7 @@ MAX_LIMIT = 500
 
 def invalid(name: str, message: str) -> ApiError:
     """A 422 naming the parameter or field at fault."""
-    return ApiError(422, "invalid_parameter", f"{name}: {message}")
+    return INVALID_PARAMETER(f"{name}: {message}")
 
 
 def query_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:

@@ -11,19 +11,15 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.auth import authenticate, forbidden_workspace
+from api.auth import authenticate, require_workspace
 from api.body import Overflow, check_content_headers, read_push_body
-from api.enqueue import RateLimited
-from api.errors import ApiError, unavailable
-from api.intake import REFUSED_RETRY_AFTER_S, Refused
+from api.errors import INVALID_ENVELOPE, as_api_error
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED, observe_push
 from api.streamed import accept_streamed
-from schema.envelope import MAX_PUSH_ID_LENGTH, EnvelopeError, TooManyRecords, ValidatedPush, validate_push
+from schema.envelope import MAX_PUSH_ID_LENGTH, ValidatedPush, validate_push
 from schema.queue import encode_batch, queued_batch
 
 log = logging.getLogger("selftune.push")
-
-REDIS_RETRY_AFTER_S = 5
 
 
 class PushAnswer(msgspec.Struct, omit_defaults=True):
@@ -50,7 +46,7 @@ def push_id_of(request: Request, body_push_id: str | None) -> str:
     header = request.headers.get("idempotency-key", "").strip()
     if header:
         if len(header) > MAX_PUSH_ID_LENGTH:
-            raise ApiError(422, "invalid_envelope", f"Idempotency-Key: must be 1 to {MAX_PUSH_ID_LENGTH} characters")
+            raise INVALID_ENVELOPE(f"Idempotency-Key: must be 1 to {MAX_PUSH_ID_LENGTH} characters")
         return header
     return str(uuid.uuid4())
 
@@ -61,11 +57,14 @@ async def push(request: Request) -> Response:
     route = request.url.path
     try:
         response = await _push(request)
-    except ApiError as exc:
-        outcome = {503: "unavailable", 429: "rate_limited"}.get(exc.status, "refused")
-        observe_push(route, started, exc.status, outcome)
-        _log_push(request, started, exc.status, outcome, error=exc.code)
-        raise
+    except Exception as exc:
+        error = as_api_error(exc)
+        if error is None:  # a bug: UnhandledErrors makes it a counted, logged 500
+            raise
+        outcome = {503: "unavailable", 429: "rate_limited"}.get(error.status, "refused")
+        observe_push(route, started, error.status, outcome)
+        _log_push(request, started, error.status, outcome, error=error.code)
+        raise error from None
     spooled = getattr(request.state, "push", {}).get("where") == "spool"
     outcome = "duplicate" if response.status_code != 202 else "spooled" if spooled else "accepted"
     observe_push(route, started, response.status_code, outcome)
@@ -101,22 +100,11 @@ async def _push(request: Request) -> Response:
     body = await read_push_body(request, gzip, settings, can_stream=state.spool is not None)
     if isinstance(body, Overflow):
         return await accept_streamed(request, key, body, received_at, PushAnswer, push_id_of)
-    try:
-        validated = validate_push(body, settings.record_limits)
-    except EnvelopeError as exc:
-        raise ApiError(422, "invalid_envelope", str(exc)) from None
-    except TooManyRecords as exc:
-        raise ApiError(
-            413, "too_many_records", f"{exc} (MAX_RECORDS_PER_PUSH); split the push into smaller batches"
-        ) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-
+    validated = validate_push(body, settings.record_limits)  # EnvelopeError, TooManyRecords: api/errors.py
     accepted = validated.accepted_counts
     accepted_records = sum(accepted.values())
     envelope = validated.envelope
-    if envelope.workspace_id is not None and envelope.workspace_id != key.workspace_id:
-        raise forbidden_workspace()
+    require_workspace(key, envelope.workspace_id)
     push_id = _push_id(request, validated)
     request.state.push |= {"push_id": push_id, "accepted": accepted_records, "rejected": len(validated.rejected)}
     answer = PushAnswer(
@@ -135,20 +123,8 @@ async def _push(request: Request) -> Response:
     # The body, and the records that point into it, are not needed past here: let go of them
     # while the enqueue waits on Redis, so an in-flight push holds one copy of itself, not three.
     del body, validated, batch
-    try:
-        outcome = await state.intake.accept(
-            key.key_id, key.workspace_id, push_id, payload, answer_bytes, accepted_records
-        )
-    except RateLimited as exc:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"this API key is over its rate limit ({settings.rate_limit_pushes_per_s:g} pushes/s,"
-            f" burst {settings.rate_limit_burst}, RATE_LIMIT_PUSHES_PER_S); retry after {exc.retry_after_s} s",
-            {"Retry-After": str(exc.retry_after_s)},
-        ) from None
-    except Refused as exc:
-        raise unavailable(f"cannot hold the push: {exc.reason}; retry later", REFUSED_RETRY_AFTER_S) from None
+    # RateLimited (429) and Refused (503) become their client errors in api/errors.py.
+    outcome = await state.intake.accept(key.key_id, key.workspace_id, push_id, payload, answer_bytes, accepted_records)
     request.state.push["where"] = outcome.where
     prior = outcome.prior
     if prior is not None:
@@ -165,8 +141,3 @@ def _duplicate(first_answer: bytes) -> Response:
     first = msgspec.json.decode(first_answer, type=PushAnswer)
     first.duplicate = True
     return Response(msgspec.json.encode(first), status_code=200, media_type="application/json")
-
-
-def queue_unavailable(exc: Exception) -> ApiError:
-    """The 503 for Redis not answering (the queue, and the record of accepted push ids)."""
-    return unavailable(f"the queue is unavailable ({type(exc).__name__}); retry later", REDIS_RETRY_AFTER_S)

@@ -17,10 +17,10 @@ from starlette.routing import BaseRoute, Route
 
 from api.auth import authenticate
 from api.db import db_connection, json_response, utc
-from api.errors import ApiError
+from api.errors import NOT_FOUND, UNAVAILABLE
 from api.openapi import Param, describe, errors
 from api.params import path_param, query_params
-from api.push import PushAnswer, queue_unavailable
+from api.push import PushAnswer
 from schema.queue import failure_key
 
 
@@ -69,9 +69,9 @@ async def push_status(request: Request) -> Response:
     try:
         failed, first = await _failure_and_answer(request, key.workspace_id, push_id)
     except (RedisError, OSError) as exc:
-        raise queue_unavailable(exc) from None
+        raise UNAVAILABLE(f"the queue is unavailable ({type(exc).__name__}); retry later") from None
     if first is None:
-        raise ApiError(404, "not_found", f"no push {push_id!r} in this workspace")
+        raise NOT_FOUND(f"no push {push_id!r} in this workspace")
     answer = msgspec.json.decode(first, type=PushAnswer)
     queued = PushStatus(
         push_id=push_id,

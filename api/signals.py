@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 from api.auth import authenticate
 from api.body import read_json
 from api.db import db_connection, field_names, json_response, select_list, utc
-from api.errors import ApiError
+from api.errors import INVALID_BODY, NOT_FOUND
 from api.keyset import TIME_CURSOR, Listing, TimeKey, decode_cursor, newest_first, page_of
 from api.openapi import Param, describe, errors
 from api.params import PAGE, WINDOW, parse_bool, parse_limit, parse_window, path_param, query_params
@@ -144,7 +144,7 @@ async def consume_signal(request: Request) -> Response:
     wanted: ConsumeRequest = await read_json(request, CONSUME_DECODER)
     at = wanted.consumed_at or datetime.now(UTC)
     if not in_utc_range(at):
-        raise ApiError(422, "invalid_body", f"body.consumed_at: {OUT_OF_RANGE_MESSAGE}")
+        raise INVALID_BODY(f"body.consumed_at: {OUT_OF_RANGE_MESSAGE}")
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     args = {"ws": key.workspace_id, "id": path_param(request, "signal_id"), "at": at, "run": wanted.run_id}
@@ -154,7 +154,7 @@ async def consume_signal(request: Request) -> Response:
         if row is None:  # unknown, or an earlier consumption stands
             row = await (await conn.execute(_SIGNAL_ROW, args)).fetchone()
     if row is None:
-        raise ApiError(404, "not_found", f"no signal {args['id']!r} in this workspace")
+        raise NOT_FOUND(f"no signal {args['id']!r} in this workspace")
     return json_response(ConsumeAnswer(changed, as_signal(row)))
 
 

@@ -29,15 +29,14 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.auth import ApiKey, forbidden_workspace
-from api.body import Overflow, _timed_out
-from api.errors import ApiError, unavailable
-from api.intake import REFUSED_RETRY_AFTER_S
+from api.auth import ApiKey, require_workspace
+from api.body import Overflow, timed_out
+from api.errors import INVALID_JSON
+from api.intake import Refused
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED
 from runtime.settings import Settings
 from schema.envelope import (
     MAX_ERRORS_LISTED,
-    EnvelopeError,
     RecordLimits,
     TooManyRecords,
     check_alone,
@@ -130,7 +129,7 @@ async def accept_streamed(
     try:
         upload = await spool.begin_streamed(key.workspace_id, key.key_id)
     except (SpoolFull, SpoolError) as exc:
-        raise unavailable(f"cannot hold the push: {exc}; retry later", REFUSED_RETRY_AFTER_S) from None
+        raise Refused(str(exc)) from None
     answered = False
     try:
         await _spool_body(spool, upload, body, check, settings.body_read_timeout_s)
@@ -155,16 +154,12 @@ async def _spool_body(spool: AsyncSpool, upload: int, body: Overflow, check: Str
         try:
             await spool.put_streamed_chunk(upload, seq, piece)
         except (SpoolFull, SpoolError) as exc:
-            raise unavailable(f"cannot hold the push: {exc}; retry later", REFUSED_RETRY_AFTER_S) from None
+            raise Refused(str(exc)) from None
         seq += 1
-        try:
+        try:  # TooManyRecords goes up as it is: api/errors.py makes it the 413
             await asyncio.to_thread(check.feed, piece)
         except ScanError as exc:
-            raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-        except TooManyRecords as exc:
-            raise ApiError(
-                413, "too_many_records", f"{exc} (MAX_RECORDS_PER_PUSH); split the push into smaller batches"
-            ) from None
+            raise INVALID_JSON(f"body is not valid JSON: {exc}") from None
 
     for piece in body.head:
         pending += piece
@@ -182,11 +177,11 @@ async def _spool_body(spool: AsyncSpool, upload: int, body: Overflow, check: Str
             if pending:
                 await put(bytes(pending))
     except TimeoutError:
-        raise _timed_out(timeout_s) from None
+        raise timed_out(timeout_s) from None
     try:
         await asyncio.to_thread(check.finish)
     except ScanError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        raise INVALID_JSON(f"body is not valid JSON: {exc}") from None
 
 
 async def _answer(
@@ -199,12 +194,8 @@ async def _answer(
     push_id_of: Callable[[Request, str | None], str],
 ) -> Response:
     state = request.app.state
-    try:
-        envelope = envelope_of_scan(check.scanner)
-    except EnvelopeError as exc:
-        raise ApiError(422, "invalid_envelope", str(exc)) from None
-    if envelope.workspace_id is not None and envelope.workspace_id != key.workspace_id:
-        raise forbidden_workspace()
+    envelope = envelope_of_scan(check.scanner)  # EnvelopeError: the 422 (api/errors.py)
+    require_workspace(key, envelope.workspace_id)
     push_id = push_id_of(request, envelope.push_id)
     request.state.push |= {
         "push_id": push_id,
@@ -240,9 +231,7 @@ async def _answer(
         try:
             prior = await state.spool.finish_streamed(upload, push_id, encode_batch(batch), answer_bytes, records)
         except SpoolError as exc:
-            raise unavailable(
-                f"cannot hold the push: the spool cannot be written ({exc}); retry later", REFUSED_RETRY_AFTER_S
-            ) from None
+            raise Refused(f"the spool cannot be written ({exc})") from None
         if prior is None:
             for record_type, n in check.accepted.items():
                 RECORDS_ACCEPTED.labels(record_type).inc(n)

@@ -14,7 +14,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_response
+from api.errors import INTERNAL_ERROR, respond
 from api.metrics import UNHANDLED_ERRORS
 
 log = logging.getLogger(__name__)
@@ -60,4 +60,4 @@ class UnhandledErrors:
             if response_started:  # too late for an error body: the connection is closed on it
                 return
             message = f"internal error: the server could not answer this request (error_id {error_id})"
-            await error_response(500, "internal_error", message)(scope, receive, send)
+            await respond(INTERNAL_ERROR(message))(scope, receive, send)
