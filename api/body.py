@@ -29,8 +29,8 @@ from api.errors import (
     ApiError,
 )
 from runtime.settings import Settings
-from schema.envelope import NUL_MESSAGE, nul_path
 from schema.jsonbytes import has_nul_escape
+from schema.record_checks import NUL_MESSAGE, nul_path
 from schema.scan import nesting_depth
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer

@@ -21,7 +21,8 @@ from starlette.responses import Response
 
 from api.enqueue import RateLimited
 from api.intake import Refused
-from schema.envelope import EnvelopeError, TooManyRecords
+from schema.envelope import EnvelopeError
+from schema.record_checks import TooManyRecords
 
 
 class ApiError(Exception):

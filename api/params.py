@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from api.errors import INVALID_PARAMETER, ApiError
 from api.openapi import Param
-from schema.envelope import NUL_MESSAGE
+from schema.record_checks import NUL_MESSAGE
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500

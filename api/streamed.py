@@ -35,16 +35,10 @@ from api.errors import INVALID_JSON
 from api.intake import Refused
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED
 from runtime.settings import Settings
-from schema.envelope import (
-    MAX_ERRORS_LISTED,
-    RecordLimits,
-    TooManyRecords,
-    check_alone,
-    envelope_of_scan,
-    oversized_error,
-)
 from schema.queue import QueuedBatch, encode_batch
+from schema.record_checks import RecordLimits, TooManyRecords, check_alone, oversized_error
 from schema.scan import PushScanner, Record, ScanError
+from schema.validation import MAX_ERRORS_LISTED, envelope_of_scan
 from spool.store import AsyncSpool, SpoolError, SpoolFull
 
 log = logging.getLogger("selftune.push")

@@ -18,16 +18,16 @@ from typing import Any
 
 from bench.gen import PushStream, make_templates
 from queueing.rq_compat import compress_job_data
-from schema import envelope
+from schema import envelope, validation
 from schema.jsonbytes import first_invalid_utf8, has_nul_escape
 
 
 def parts() -> dict[str, Callable[[bytes], Any]]:
     return {
-        "validate_push (what the api does now)": envelope.validate_push,
+        "validate_push (what the api does now)": validation.validate_push,
         "  UTF-8 check": first_invalid_utf8,
         "  NUL-escape scan": has_nul_escape,
-        "  typed decode of every record, nesting checks": envelope.decode_valid_records,
+        "  typed decode of every record, nesting checks": validation.decode_valid_records,
         "envelope only (syntax, envelope, records raw)": envelope.split_records,
         "lz4 of the job data (the body)": compress_job_data,
     }

@@ -17,7 +17,8 @@ from typing import Any
 
 import msgspec
 
-from schema.envelope import RejectedRecord, ValidatedPush, split_records
+from schema.envelope import split_records
+from schema.validation import RejectedRecord, ValidatedPush
 
 INGEST_JOB = "workers.jobs.ingest_batch"
 # A push too big to read in memory (past MAX_BODY_BYTES): its body waits in Redis under `body_key`

@@ -24,6 +24,10 @@ brackets. A record's content is then checked by the record decoder, alone.
 Speed: a compiled regex jumps over everything that is not a bracket, strings
 included, so a 17 MB string costs one C-level match, and Python runs only per
 bracket and per envelope token.
+
+Why one module of ~550 lines: the scanner is one state machine (its states,
+the stack, the chunk boundary it must survive anywhere); split, every piece
+would have to share its internals.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ safely (SQLite's own locking). A drainer leases the batches it moves, so two
 processes never drain the same batch at once; a lease left by a killed process
 expires and another drains it. Draining is idempotent anyway: the enqueue
 script skips a push id Redis has already accepted (counted as a duplicate).
+
+Why one module of ~500 lines: the spool's tables, its lease rules and its size
+accounting are one transaction design; `Spool` (blocking) and `AsyncSpool` (the
+api's thread-hop wrapper) must change together.
 """
 
 from __future__ import annotations

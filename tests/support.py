@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import psycopg
 
-from schema.envelope import validate_push
 from schema.queue import QueuedBatch, decode_batch, encode_batch, queued_batch
+from schema.validation import validate_push
 from workers.tables import TABLES
 
 

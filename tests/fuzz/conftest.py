@@ -32,9 +32,9 @@ from api.openapi import ErrorBody
 from api.push import PushAnswer
 from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import MIB, Settings
-from schema.envelope import MAX_ERRORS_LISTED
 from schema.queue import QueuedBatch, decode_batch
 from schema.records import RECORD_TYPES
+from schema.validation import MAX_ERRORS_LISTED
 
 KEY = "st_live_" + "f" * 43
 # What every schemathesis case must pass: never a 5xx, and status, content type, headers and

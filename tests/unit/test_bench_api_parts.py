@@ -6,7 +6,8 @@ import pytest
 
 from bench import api_parts
 from bench.gen import PushStream, make_templates
-from schema.envelope import split_records, validate_push
+from schema.envelope import split_records
+from schema.validation import validate_push
 
 
 @pytest.mark.parametrize("size", [100, 500])

@@ -24,7 +24,7 @@ from api.auth import ApiKey
 from bench.samples import one_of_each, prompt, session
 from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import Settings
-from schema import envelope
+from schema import validation
 from schema.queue import INGEST_JOB, decode_batch
 
 KEY = "st_live_" + "a" * 43
@@ -247,8 +247,8 @@ def test_too_many_records_with_an_unpaired_surrogate_is_refused_before_any_recor
     settings: Settings, server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[str] = []
-    real = envelope.check_record
-    monkeypatch.setattr(envelope, "check_record", lambda t, *a: checked.append(t) or real(t, *a))
+    real = validation.check_record
+    monkeypatch.setattr(validation, "check_record", lambda t, *a: checked.append(t) or real(t, *a))
     body = _with_escape({"x": "LONE", "data": {"sessions": [{}] * 20_000}}, "\\ud800")
     with make_client(replace(settings, max_body_bytes=1 << 20), fakeredis.FakeAsyncRedis(server=server)) as client:
         resp = post(client, body)
@@ -590,9 +590,9 @@ def test_too_many_records_is_refused_before_any_record_is_validated(
     # 200,000 empty (invalid) records are 600 kB, a few kB gzipped: validating each first
     # held the event loop for seconds and took hundreds of MB.
     checked: list[str] = []
-    real = envelope.check_record
+    real = validation.check_record
     monkeypatch.setattr(
-        envelope, "check_record", lambda record_type, *a: checked.append(record_type) or real(record_type, *a)
+        validation, "check_record", lambda record_type, *a: checked.append(record_type) or real(record_type, *a)
     )
     body = gzip.compress(json.dumps({"data": {"sessions": [{}] * 200_000}}).encode())
     with make_client(

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import msgspec
 
 from bench import samples
-from schema.envelope import validate_push
 from schema.queue import decode_batch, encode_batch, queued_batch
+from schema.validation import validate_push
 from tests.support import legacy_payload
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

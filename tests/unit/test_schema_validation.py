@@ -16,8 +16,9 @@ import msgspec
 import pytest
 
 from bench.samples import FACTORIES, one_of_each
-from schema.envelope import EnvelopeError, ValidatedPush, validate_push
+from schema.envelope import EnvelopeError
 from schema.records import INT8_MAX, RECORD_TYPES
+from schema.validation import ValidatedPush, validate_push
 
 TYPES = list(RECORD_TYPES)
 CANONICAL_TYPES = ["sessions", "prompts", "skill_invocations", "execution_facts", "normalization_runs"]
@@ -629,7 +630,9 @@ def test_indexes_run_on_from_data_into_canonical() -> None:
 
 def _record_by_record(body: bytes) -> ValidatedPush:
     """What validation says when every record is decoded on its own (the path for pushes with bad records)."""
-    from schema.envelope import DEFAULT_LIMITS, ENVELOPE_DECODER, _validate_each
+    from schema.envelope import ENVELOPE_DECODER
+    from schema.record_checks import DEFAULT_LIMITS
+    from schema.validation import _validate_each
 
     return _validate_each(ENVELOPE_DECODER.decode(body), DEFAULT_LIMITS, clean=True)
 
