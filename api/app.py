@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import device, openapi, ops, push_status, signals, skills
+from api import device, openapi, ops
 from api.auth import DATABASE_ERRORS, KeyMirror, KeyStore
 from api.backpressure import QueueWatch
 from api.enqueue import Enqueuer
@@ -26,6 +26,7 @@ from api.intake import Intake, SpoolDrainer
 from api.metrics import metrics
 from api.ops_history import OpsHistory
 from api.push import push
+from api.reads import pushes, signals, skills
 from api.unhandled import UnhandledErrors
 from queueing import redis_check
 from runtime import logs
@@ -112,7 +113,7 @@ routes = [
     Route("/readyz", readyz, methods=["GET"]),
     Route("/readyz/database", readyz_database, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
-    *push_status.routes,
+    *pushes.routes,
     *signals.routes,
     *skills.routes,
     *device.routes,

@@ -25,10 +25,10 @@ from starlette.testclient import TestClient
 
 import workers.jobs
 from api.app import create_app
-from api.params import DEFAULT_LIMIT, MAX_LIMIT
 from api.push import PushAnswer
-from api.signals import SignalFilters, signals_query
-from api.skills import GRADING_FIELDS, SKILLS, TREND, grading_query
+from api.reads.params import DEFAULT_LIMIT, MAX_LIMIT
+from api.reads.signals import SignalFilters, signals_query
+from api.reads.skills import GRADING_FIELDS, SKILLS, TREND, grading_query
 from bench import samples
 from ops import accounts
 from runtime.settings import Settings

@@ -18,9 +18,9 @@ from starlette.routing import BaseRoute, Route
 
 from api.auth import authenticate
 from api.db import db_connection, field_names, json_response, utc
-from api.keyset import NAME_CURSOR, TIME_CURSOR, Listing, TimeKey, decode_cursor, newest_first, page_of
 from api.openapi import Param, describe, errors
-from api.params import PAGE, WINDOW, parse_limit, parse_window, path_param, query_params
+from api.reads.keyset import NAME_CURSOR, TIME_CURSOR, Listing, TimeKey, decode_cursor, newest_first, page_of
+from api.reads.params import PAGE, WINDOW, parse_limit, parse_window, path_param, query_params
 from schema.records import GradingResult
 
 PASS_RATE_WINDOW = timedelta(days=30)  # /v2/skills pass rate, and the default span of a grading trend

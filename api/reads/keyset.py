@@ -20,7 +20,7 @@ import msgspec
 from psycopg import sql
 
 from api.db import select_list
-from api.params import invalid
+from api.reads.params import invalid
 
 T = TypeVar("T")
 TimeKey = tuple[datetime, str]  # (time, id) of the last row of a page

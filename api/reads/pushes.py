@@ -19,8 +19,8 @@ from api.auth import authenticate
 from api.db import db_connection, json_response, utc
 from api.errors import NOT_FOUND, UNAVAILABLE
 from api.openapi import Param, describe, errors
-from api.params import path_param, query_params
 from api.push import PushAnswer
+from api.reads.params import path_param, query_params
 from schema.queue import failure_key
 
 

@@ -22,9 +22,9 @@ from api.auth import authenticate
 from api.body import read_json
 from api.db import db_connection, field_names, json_response, select_list, utc
 from api.errors import INVALID_BODY, NOT_FOUND
-from api.keyset import TIME_CURSOR, Listing, TimeKey, decode_cursor, newest_first, page_of
 from api.openapi import Param, describe, errors
-from api.params import PAGE, WINDOW, parse_bool, parse_limit, parse_window, path_param, query_params
+from api.reads.keyset import TIME_CURSOR, Listing, TimeKey, decode_cursor, newest_first, page_of
+from api.reads.params import PAGE, WINDOW, parse_bool, parse_limit, parse_window, path_param, query_params
 from schema.records import OUT_OF_RANGE_MESSAGE, ImprovementSignal, NonEmptyStr, in_utc_range
 from store.consumption import is_earlier, keep_earliest
 
