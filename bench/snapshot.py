@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
+import json
 import shutil
 import subprocess
 import tarfile
@@ -50,11 +51,55 @@ def entry_point(pyproject: str, name: str = CLI_NAME) -> str:
     return str(scripts[name])
 
 
+def _entry(root: Path) -> tuple[str, str]:
+    module, _, function = entry_point((root / "pyproject.toml").read_text()).partition(":")
+    return module, function
+
+
 def cli_argv(root: Path) -> list[str]:
     """argv running the ops CLI of the tree at `root` (its own entry point, not the venv's script)."""
-    module, _, function = entry_point((root / "pyproject.toml").read_text()).partition(":")
+    module, function = _entry(root)
     launcher = f"import sys; from {module} import {function}; sys.argv[0] = {CLI_NAME!r}; sys.exit({function}())"
     return [str(BIN / "python"), "-c", launcher]
+
+
+# Runs the commands (a JSON list of argv lists, on stdin) in one process, one Python start for all;
+# prints the JSON list of their outputs.
+_BATCH = """
+import contextlib, io, json, sys
+from {module} import {function} as main
+outputs = []
+for args in json.load(sys.stdin):
+    sys.argv = [{name!r}, *args]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            code = main()
+        except SystemExit as exc:
+            code = exc.code
+    if code not in (0, None):
+        sys.exit(f"{name} {{' '.join(args)}} exited with {{code}}")
+    outputs.append(out.getvalue())
+print(json.dumps(outputs))
+"""
+
+
+def run_cli(root: Path, env: dict[str, str], commands: list[list[str]]) -> list[str]:
+    """Run ops CLI commands of the tree at `root` in one process (cwd root, `env`); their stdouts, in order."""
+    module, function = _entry(root)
+    launcher = _BATCH.format(module=module, function=function, name=CLI_NAME)
+    proc = subprocess.run(
+        [str(BIN / "python"), "-c", launcher],
+        input=json.dumps(commands),
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the ops CLI of {root} failed:\n{proc.stderr[-2000:]}")
+    return [str(x) for x in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
 def _packages_in(root: Path) -> list[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from psycopg import sql
 from bench import procstat
 from bench.procs import Service, free_port, http_ok, wait_for
 from bench.redis_server import QUEUE_KEY, BenchRedis
-from bench.snapshot import BIN, REPO, cli_argv, code_digest, export_ref, snapshot_code
+from bench.snapshot import BIN, REPO, cli_argv, code_digest, export_ref, run_cli, snapshot_code
 from bench.stallprobe import longest_stall_ms
 from ops import accounts
 from store.migrate import migrate
@@ -120,15 +119,6 @@ class Stack:
             "RATE_LIMIT_PUSHES_PER_S": "0",
         }
 
-    def cli(self, *args: str) -> str:
-        """Run this stack's code's ops CLI (`selftune-ingest ARGS`); its stdout."""
-        proc = subprocess.run(
-            [*cli_argv(self.src), *args], cwd=self.src, env=self.env(), capture_output=True, text=True, timeout=120
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"selftune-ingest {' '.join(args)} ({self.src}) failed:\n{proc.stderr[-2000:]}")
-        return proc.stdout
-
     # -- Postgres -----------------------------------------------------------------------
 
     def setup_database(self, workspaces: int) -> None:
@@ -153,7 +143,7 @@ class Stack:
             migrate(conn)
             conn.close()
         else:
-            self.cli("migrate")
+            run_cli(self.src, self.env(), [["migrate"]])
         self._db = psycopg.connect(self.database_url, autocommit=True)
         self._db.execute("SET timezone TO 'UTC'")
         backend = self._db.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
@@ -165,15 +155,17 @@ class Stack:
         tables = sql.SQL(", ").join(sql.Identifier(t) for t in [*self.data_tables, "api_keys", "workspaces"])
         self._db.execute(sql.SQL("TRUNCATE {} CASCADE").format(tables))
         self.workspaces, self.keys = [], []
-        for i in range(workspaces):
-            if self.host is None:
-                ws = accounts.create_workspace(self._db, f"bench-{i}")
-                _, key = accounts.create_key(self._db, ws)
-            else:  # the CLI prints "id<TAB>name" and "key id<TAB>key"
-                ws = self.cli("workspace", "create", f"bench-{i}").split("\t")[0].strip()
-                key = self.cli("key", "create", ws).split("\t")[1].strip()
-            self.workspaces.append(ws)
-            self.keys.append(key)
+        names = [f"bench-{i}" for i in range(workspaces)]
+        if self.host is None:
+            for name in names:
+                ws = accounts.create_workspace(self._db, name)
+                self.workspaces.append(ws)
+                self.keys.append(accounts.create_key(self._db, ws)[1])
+        else:  # the CLI prints "id<TAB>name" and "key id<TAB>key"
+            made = run_cli(self.src, self.env(), [["workspace", "create", name] for name in names])
+            self.workspaces = [line.split("\t")[0].strip() for line in made]
+            keys = run_cli(self.src, self.env(), [["key", "create", ws] for ws in self.workspaces])
+            self.keys = [line.split("\t")[1].strip() for line in keys]
 
     @property
     def db(self) -> psycopg.Connection:

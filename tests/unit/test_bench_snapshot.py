@@ -63,6 +63,15 @@ def test_the_exported_tree_runs_its_own_cli(tmp_path: Path) -> None:
     proc = subprocess.run(argv, cwd=dest, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "worker" in proc.stdout and "migrate" in proc.stdout
+    helps = snapshot.run_cli(dest, env, [["--help"], ["worker", "--help"]])
+    assert len(helps) == 2 and "migrate" in helps[0] and "-n" in helps[1]
+
+
+def test_a_failing_cli_command_names_itself(tmp_path: Path) -> None:
+    dest = _exported(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(dest)}
+    with pytest.raises(RuntimeError, match="no-such-command"):
+        snapshot.run_cli(dest, env, [["--help"], ["no-such-command"]])
 
 
 def test_an_unknown_ref_is_a_clear_error(tmp_path: Path) -> None:
