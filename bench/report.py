@@ -139,8 +139,23 @@ def _fmt(v: float | None, digits: int = 0) -> str:
     return f"{v:,.{digits}f}"
 
 
-# (label, headline keys joined by "|", digits)
-ROWS: list[tuple[str, str, int]] = [
+Row = tuple[str, str, int]  # (label, headline keys joined by "|", digits)
+
+
+def _cpu_split_rows(title: str, prefix: str = "") -> list[Row]:
+    """The e2e sustained phase's CPU per record, process by process, of one code."""
+    return [
+        (f"{title}: api", f"{prefix}cpu_api", 1),
+        ("  workers (all N)", f"{prefix}cpu_workers", 1),
+        ("  redis", f"{prefix}cpu_redis", 1),
+        ("  postgres (cluster)", f"{prefix}cpu_postgres", 1),
+        ("  load generator", f"{prefix}cpu_client", 1),
+        ("  all of them", f"{prefix}cpu_total", 1),
+        ("  workers / postgres", f"{prefix}workers_vs_pg", 2),
+    ]
+
+
+ROWS: list[Row] = [
     ("raw Redis push endpoint: pushes/s", "raw_push_s", 0),
     ("  records/s", "raw_rec_s", 0),
     ("  latency p50 / p99 ms", "raw_p50|raw_p99", 1),
@@ -160,13 +175,7 @@ ROWS: list[tuple[str, str, int]] = [
     ("e2e at half rate: records/s", "e2eh_rec_s", 0),
     ("  lag 202->commit p50 / p99 ms", "lag_p50|lag_p99", 0),
     ("  api latency p50 / p99 ms (workers keeping up)", "e2eh_api_p50|e2eh_api_p99", 1),
-    ("CPU us/record, e2e sustained: api", "cpu_api", 1),
-    ("  workers (all N)", "cpu_workers", 1),
-    ("  redis", "cpu_redis", 1),
-    ("  postgres (cluster)", "cpu_postgres", 1),
-    ("  load generator", "cpu_client", 1),
-    ("  all of them", "cpu_total", 1),
-    ("  workers / postgres", "workers_vs_pg", 2),
+    *_cpu_split_rows("CPU us/record, e2e sustained"),
     ("CPU us/record, api alone", "cpu_api_alone", 1),
     ("CPU us/record, raw endpoint alone", "cpu_raw_alone", 1),
     ("CPU us/record, writer alone: writers", "cpu_writer_alone", 1),
@@ -177,19 +186,13 @@ ROWS: list[tuple[str, str, int]] = [
 ]
 
 # With --baseline-ref: the baseline code's e2e phases, run in the same rounds.
-BASELINE_ROWS: list[tuple[str, str, int]] = [
+BASELINE_ROWS: list[Row] = [
     ("baseline code, e2e sustained: records/s", "base_e2e_rec_s", 0),
     ("  new / baseline", "e2e_vs_base", 2),
     ("  lag 202->commit p50 / p99 ms", "base_e2e_lag_p50|base_e2e_lag_p99", 0),
     ("baseline code, e2e at half rate: records/s", "base_e2eh_rec_s", 0),
     ("  lag 202->commit p50 / p99 ms", "base_lag_p50|base_lag_p99", 0),
-    ("baseline CPU us/record, e2e sustained: api", "base_cpu_api", 1),
-    ("  workers (all N)", "base_cpu_workers", 1),
-    ("  redis", "base_cpu_redis", 1),
-    ("  postgres (cluster)", "base_cpu_postgres", 1),
-    ("  load generator", "base_cpu_client", 1),
-    ("  all of them", "base_cpu_total", 1),
-    ("  workers / postgres", "base_workers_vs_pg", 2),
+    *_cpu_split_rows("baseline CPU us/record, e2e sustained", "base_"),
     ("baseline peak RSS MB, worker (max of N)", "base_worker_rss", 0),
 ]
 
