@@ -35,7 +35,7 @@ def _warn_statuses(label: str, summary: dict[str, Any]) -> None:
 
 
 def _redis_mb(stack: Stack) -> float:
-    return round(stack.r.info("memory")["used_memory"] / 2**20, 1)
+    return round(float(stack.r.info("memory")["used_memory"]) / 2**20, 1)
 
 
 def raw_phase(stack: Stack, cfg: Config, templates: list[Template], phase: int, tag: str, log: Log) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def api_phases(
     half = {
         "rate": round(rate, 1),
         **s,
-        "cpu": _cpu(b, a, s["records_ok"]),
+        "cpu": _cpu(b, a, s["records_ok"]),  # type: ignore[arg-type]
         "redis_stalls_ms": d["redis_stalls_ms"],
         "redis_slow_commands": d["redis_slow_commands"],
         "machine_stall_ms": d["machine_stall_ms"],

@@ -42,4 +42,4 @@ def finish(handle: Recording | None, title: str, kind: str) -> dict[str, Any] | 
     if not raw.exists():
         print(f"  ! py-spy wrote nothing for {title}: {err.decode(errors='replace')[-300:]}", file=sys.stderr)
         return None
-    return flame.render(raw, title, kind)  # type: ignore[return-value]
+    return flame.render(raw, title, kind)

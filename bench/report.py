@@ -124,7 +124,7 @@ def medians(values: list[dict[str, float | None]]) -> dict[str, dict[str, float 
     for k in values[0]:
         xs = [v[k] for v in values if v.get(k) is not None]
         out[k] = {
-            "median": round(statistics.median(xs), 3) if xs else None,  # type: ignore[type-var]
+            "median": round(statistics.median(xs), 3) if xs else None,  # type: ignore[type-var, arg-type]
             "min": min(xs) if xs else None,  # type: ignore[type-var]
             "max": max(xs) if xs else None,  # type: ignore[type-var]
         }
