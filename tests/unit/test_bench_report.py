@@ -1,4 +1,8 @@
-"""The bench's report re-tables a recorded result (bench/results/latest.json) as it printed it, plus what was added."""
+"""The bench's report re-tables a recorded result as it printed it, plus what was added since.
+
+The result is bench/results/run-1d7bc8f.json (bench H in bench/README.md), kept as it was recorded
+(latest.json is rewritten by every `make bench`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import pytest
 from bench import report
 from bench.phase import Config
 
-RECORDED = Path(__file__).resolve().parents[2] / "bench" / "results" / "latest.json"
+RECORDED = Path(__file__).resolve().parents[2] / "bench" / "results" / "run-1d7bc8f.json"
 
 
 @pytest.fixture(scope="module")
