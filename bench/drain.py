@@ -24,7 +24,7 @@ import uvloop
 
 from bench import load, procstat
 from bench.gen import WORKSPACES, PushStream, make_templates
-from bench.run import push_counts, wait_processed
+from bench.landed import push_counts, wait_processed
 from bench.stack import DEFAULT_ADMIN_URL, Stack
 
 

@@ -24,7 +24,8 @@ from typing import Any
 
 from bench import load, procstat
 from bench.gen import WORKSPACES, PushStream, make_templates
-from bench.run import PUSHES_PER_CONNECTION, RESULTS, Config, api_serving_pids, load_phase, machine
+from bench.phase import PUSHES_PER_CONNECTION, RESULTS, Config, api_serving_pids, load_phase
+from bench.report import machine
 from bench.stack import DEFAULT_ADMIN_URL, Stack
 
 
