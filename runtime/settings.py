@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 
-from schema.envelope import RecordLimits
+from schema.record_checks import RecordLimits
 
 MIB = 1024 * 1024
 

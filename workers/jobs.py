@@ -14,10 +14,11 @@ from rq.exceptions import AbandonedJobError
 
 from queueing import stats
 from runtime.settings import Settings
-from schema.envelope import RecordLimits, check_record, decode_valid_records
 from schema.jsonbytes import has_nul_escape
 from schema.queue import QueuedBatch, decode_batch, failure_key
+from schema.record_checks import RecordLimits, check_record
 from schema.records import RECORD_TYPES
+from schema.validation import decode_valid_records
 from workers import db
 from workers.streamed import write_streamed
 from workers.writer import (

@@ -21,8 +21,8 @@ import psycopg
 from redis import Redis
 
 from runtime.settings import Settings
-from schema.envelope import check_alone, oversized_error
 from schema.queue import QueuedBatch
+from schema.record_checks import check_alone, oversized_error
 from schema.scan import PushScanner, Record
 from workers.writer import REFUSED, QuarantineRow, claim_push, finish_push, write_quarantine, write_records
 
