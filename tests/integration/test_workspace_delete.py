@@ -62,7 +62,7 @@ def mirrored(redis: Redis) -> dict[str, str]:
 
 
 @pytest.fixture
-def two_workspaces(db: psycopg.Connection, cli_env: Settings) -> dict[str, Any]:
+def two_workspaces(db: psycopg.Connection, cli_env: Settings, use_worker_settings: Any) -> dict[str, Any]:
     """alpha (to delete) and beta, each with written data, a queued batch and first answers; alpha more."""
     keys, ids = {}, {}
     for name in ("alpha", "beta"):
