@@ -10,7 +10,8 @@ The order is what keeps a deleted workspace deleted:
    scheduled, deferred and failed registries) are deleted, and so are this host's spooled
    batches (SPOOL_PATH: the command reaches only the spool of the host it runs on). A batch a
    worker is running cannot be taken back: the command waits until no worker runs one of the
-   workspace's batches (`settle_s` at most), dropping again what those leave behind (a retry).
+   workspace's batches (`settle_s` at most), dropping again what those leave behind (a retry);
+   a batch whose worker died (its claim lapsed) is dropped rather than left for RQ to retry.
 3. **Delete the rows**, table by table, in batches of `batch_rows` (each its own transaction, so no
    lock is held for long and the writes of other workspaces go on), then a last pass over Redis
    and the tables for a straggler, then its Redis keys (first answers, failures, streamed bodies),
@@ -34,7 +35,7 @@ from psycopg import sql
 from redis import Redis
 from rq import Queue
 
-from queueing.rq_compat import MsgpackSerializer, drop_jobs, ingest_queue, job_metas, waiting_places
+from queueing.rq_compat import MsgpackSerializer, drop_jobs, drop_stalled, ingest_queue, job_metas, waiting_places
 from runtime.settings import Settings
 from schema.queue import body_key, dedupe_key, failure_key
 from spool.store import Spool, count_workspace
@@ -54,6 +55,7 @@ class Erasure:
     rows: dict[str, int] = field(default_factory=dict)  # table -> rows
     queued_batches: int = 0  # batches waiting in Redis (queue, retries, failed)
     running_batches: int = 0  # batches a worker was running (waited for)
+    still_running: int = 0  # ... and still was after `settle_s`: their rows may land after the delete
     spooled_batches: int | None = None  # in this host's spool (None: no spool file here)
     redis_keys: int = 0  # first answers, failure reasons, streamed bodies
     mirror_entries: int = 0
@@ -65,6 +67,7 @@ class Erasure:
             "rows": self.rows,
             "queued_batches": self.queued_batches,
             "running_batches": self.running_batches,
+            "still_running": self.still_running,
             "spooled_batches": self.spooled_batches,
             "redis_keys": self.redis_keys,
             "mirror_entries": self.mirror_entries,
@@ -229,12 +232,19 @@ def settle(
         queued, spooled = drop_waiting(redis, settings, workspace_id)
         found.queued_batches += queued
         found.spooled_batches = (found.spooled_batches or 0) + spooled
-        running = [j for q in _queues(redis, settings) for j in running_batches(redis, q, workspace_id)]
+        running = []
+        for queue in _queues(redis, settings):
+            ids = running_batches(redis, queue, workspace_id)
+            # A batch whose worker died would be retried by RQ's maintenance: dropped instead.
+            stalled = set(drop_stalled(redis, queue, ids, time.time()))
+            found.queued_batches += len(stalled)
+            running += [j for j in ids if j not in stalled]
         seen_running.update(running)
         if not running or time.monotonic() >= deadline:
             break
         sleep(SETTLE_POLL_S)
     found.running_batches += len(seen_running)
+    found.still_running = len(running)
 
 
 def erase(

@@ -86,7 +86,8 @@ def delete(
         return
     if not yes:
         click.echo(_erasure_text(found, "will delete"), err=True)
-        if not click.confirm(f"Delete workspace {name} ({workspace_id}) and all its data? This cannot be undone"):
+        question = f"Delete workspace {name} ({workspace_id}) and all its data? This cannot be undone"
+        if not click.confirm(question, err=True):  # on stderr: under --json stdout stays one document
             raise CommandError("nothing deleted (not confirmed; --yes skips the question)", "not_confirmed")
     grace_s = ops.settings.key_cache_ttl_s + 1 if grace is None else grace
     settle_s = float(ops.settings.job_timeout_s) if settle is None else settle
@@ -102,6 +103,11 @@ def delete(
         batch_rows=batch_rows,
         progress=None if ops.json else lambda table, n: click.echo(f"{table}: {n} rows deleted", err=True),
     )
+    if done.still_running:
+        ops.warn(
+            f"{done.still_running} of its batches were still being written after {settle_s:g} s (--settle):"
+            f" run `selftune-ingest workspace delete {workspace_id} --yes` again once they are done"
+        )
     ops.emit({**done.as_dict(), "dry_run": False}, lambda: _erasure_text(done, "deleted"))
 
 

@@ -514,3 +514,24 @@ def drop_jobs(redis: Redis, queue: Queue, job_ids: list[str]) -> None:
                     pipe.zrem(key, job_id)
             pipe.delete(Job.key_for(job_id), Result.get_key(job_id))  # type: ignore[no-untyped-call] # its hash, and a failure's traceback
         pipe.execute()
+
+
+def drop_stalled(redis: Redis, queue: Queue, job_ids: list[str], at: float) -> list[str]:
+    """Drop those of `job_ids` that are started but whose claim lapsed before `at` (their worker died).
+
+    RQ's maintenance would retry such a job; with its hash deleted it skips it (a job it cannot
+    fetch), so the batch is never written. Its entries ("<job id>:<execution id>") leave the
+    started registry. Returns the ids dropped.
+    """
+    wanted = set(job_ids)
+    registry = queue.started_job_registry
+    lapsed = [e.decode() for e in redis.zrangebyscore(registry.key, "-inf", f"({at}")]  # type: ignore[union-attr]
+    entries = [e for e in lapsed if registry.parse_job_id(e) in wanted]
+    dropped = sorted({registry.parse_job_id(e) for e in entries})
+    if entries:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(registry.key, *entries)
+            for job_id in dropped:
+                pipe.delete(Job.key_for(job_id), Result.get_key(job_id))  # type: ignore[no-untyped-call]
+            pipe.execute()
+    return dropped

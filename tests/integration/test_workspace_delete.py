@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -199,3 +200,41 @@ def test_the_spool_drops_a_workspaces_batches_and_streamed_pushes_and_frees_thei
         assert (stats.batches, stats.bytes) == (1, 102)  # only ws_b's batch is held, and counted
     finally:
         spool.close()
+
+
+def test_a_batch_left_by_a_dead_worker_is_dropped_not_retried_later(
+    db: psycopg.Connection, cli_env: Settings, capsys: pytest.CaptureFixture[str], use_worker_settings: Any
+) -> None:
+    """A worker killed inside one of its batches: RQ's maintenance would retry it after the delete; it must not."""
+    alpha = accounts.create_workspace(db, "alpha")
+    key = accounts.create_key(db, "alpha")[1]
+    redis = Redis.from_url(cli_env.redis_url)
+    with TestClient(create_app(cli_env)) as c:
+        assert push_json(c, key, samples.one_of_each(1), "orphan").status_code == 202
+    blocker = psycopg.connect(cli_env.database_url)  # holds the worker inside the batch, as above
+    blocker.execute(
+        "INSERT INTO pushes (workspace_id, push_id, status, received_at) VALUES (%s, 'orphan', 'processing', %s)",
+        (alpha, datetime.now(UTC)),
+    )
+    env = {**os.environ, "DATABASE_URL": cli_env.database_url, "REDIS_URL": cli_env.redis_url}
+    worker = subprocess.Popen([sys.executable, "-m", "ops", "worker", "--burst"], env=env, start_new_session=True)
+    queue = ingest_queue(cli_env.queue_name, redis)
+    try:
+        deadline = time.monotonic() + 30
+        while not erasure.running_batches(redis, queue, alpha):
+            assert time.monotonic() < deadline, "the worker never took the batch"
+            time.sleep(0.05)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        blocker.close()
+    # Its claim lapses (as it would once its TTL ran out, nobody renewing it).
+    registry = queue.started_job_registry
+    redis.zadd(registry.key, dict.fromkeys(redis.zrange(registry.key, 0, -1), time.time() - 1))
+
+    done = delete_cli(capsys, "alpha", "--yes", "--grace", "0", "--settle", "5")
+    assert done["queued_batches"] == 1 and done["running_batches"] == 0 and done["still_running"] == 0
+    registry.cleanup()  # RQ's maintenance: a lapsed claim is retried, unless its job is gone
+    assert queue.get_job_ids() == [] and registry.get_job_ids(cleanup=False) == []
+    run_burst_worker(cli_env)
+    assert all(n == 0 for n in rows_of(db, alpha).values())
