@@ -7,6 +7,7 @@ the other workspace holds data too, and a batch still queued, which must be unto
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,40 +131,61 @@ def test_delete_removes_every_trace_of_one_workspace_and_leaves_the_other(
     assert rows_of(db, beta)["pushes"] == beta_before["pushes"] + 2
 
 
+@dataclass
+class HeldWorker:
+    """A worker process inside one of a workspace's batches, held there by an uncommitted push row."""
+
+    workspace_id: str
+    queue: Any
+    worker: subprocess.Popen[bytes]
+    blocker: psycopg.Connection
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # exited already (the test let it finish)
+            os.killpg(self.worker.pid, signal.SIGKILL)  # its own session: the supervisor and its worker
+        self.worker.wait(timeout=30)
+        self.blocker.close()
+
+
+def hold_a_worker(db: psycopg.Connection, settings: Settings, push_id: str) -> HeldWorker:
+    """Workspace alpha pushes `push_id`; a worker takes it and waits on the push row this test holds uncommitted."""
+    alpha = accounts.create_workspace(db, "alpha")
+    key = accounts.create_key(db, "alpha")[1]
+    with TestClient(create_app(settings)) as c:
+        assert push_json(c, key, samples.one_of_each(1), push_id).status_code == 202
+    blocker = psycopg.connect(settings.database_url)  # the worker's claim of the push waits for this row
+    blocker.execute(
+        "INSERT INTO pushes (workspace_id, push_id, status, received_at) VALUES (%s, %s, 'processing', %s)",
+        (alpha, push_id, datetime.now(UTC)),
+    )
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    worker = subprocess.Popen([sys.executable, "-m", "ops", "worker", "--burst"], env=env, start_new_session=True)
+    held = HeldWorker(alpha, ingest_queue(settings.queue_name, Redis.from_url(settings.redis_url)), worker, blocker)
+    deadline = time.monotonic() + 30
+    while not erasure.running_batches(held.queue.connection, held.queue, alpha):
+        if time.monotonic() > deadline:
+            held.close()
+            raise AssertionError("the worker never took the batch")
+        time.sleep(0.05)
+    return held
+
+
 def test_delete_waits_for_a_batch_a_worker_is_writing_then_deletes_its_rows(
     db: psycopg.Connection, cli_env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A worker holding one of its batches when the delete starts: its rows are deleted once it has written them."""
-    alpha = accounts.create_workspace(db, "alpha")
-    key = accounts.create_key(db, "alpha")[1]
-    redis = Redis.from_url(cli_env.redis_url)
-    with TestClient(create_app(cli_env)) as c:
-        assert push_json(c, key, samples.one_of_each(1), "late").status_code == 202
-    # Hold the worker inside the batch: an uncommitted push row with the same key makes its claim wait.
-    blocker = psycopg.connect(cli_env.database_url)
-    blocker.execute(
-        "INSERT INTO pushes (workspace_id, push_id, status, received_at) VALUES (%s, 'late', 'processing', %s)",
-        (alpha, datetime.now(UTC)),
-    )
-    env = {**os.environ, "DATABASE_URL": cli_env.database_url, "REDIS_URL": cli_env.redis_url}
-    worker = subprocess.Popen([sys.executable, "-m", "ops", "worker", "--burst"], env=env)
+    held = hold_a_worker(db, cli_env, "late")
     try:
-        queue = ingest_queue(cli_env.queue_name, redis)
-        deadline = time.monotonic() + 30
-        while not erasure.running_batches(redis, queue, alpha):
-            assert time.monotonic() < deadline, "the worker never took the batch"
-            time.sleep(0.05)
-        release = threading.Timer(1.5, blocker.rollback)  # the worker then writes the batch
+        release = threading.Timer(1.5, held.blocker.rollback)  # the worker then writes the batch
         release.start()
         done = delete_cli(capsys, "alpha", "--yes", "--grace", "0", "--settle", "60")
         release.join()
-        assert worker.wait(timeout=60) == 0
+        assert held.worker.wait(timeout=60) == 0
     finally:
-        worker.kill()
-        blocker.close()
+        held.close()
     assert done["running_batches"] == 1 and done["rows"]["prompts"] == 1  # written while the delete waited
-    assert all(n == 0 for n in rows_of(db, alpha).values())
-    assert job_metas(redis, queue.get_job_ids()) == {}
+    assert all(n == 0 for n in rows_of(db, held.workspace_id).values())
+    assert job_metas(held.queue.connection, held.queue.get_job_ids()) == {}
 
 
 def test_deleting_an_unknown_name_fails_and_changes_nothing(
@@ -206,29 +229,10 @@ def test_a_batch_left_by_a_dead_worker_is_dropped_not_retried_later(
     db: psycopg.Connection, cli_env: Settings, capsys: pytest.CaptureFixture[str], use_worker_settings: Any
 ) -> None:
     """A worker killed inside one of its batches: RQ's maintenance would retry it after the delete; it must not."""
-    alpha = accounts.create_workspace(db, "alpha")
-    key = accounts.create_key(db, "alpha")[1]
-    redis = Redis.from_url(cli_env.redis_url)
-    with TestClient(create_app(cli_env)) as c:
-        assert push_json(c, key, samples.one_of_each(1), "orphan").status_code == 202
-    blocker = psycopg.connect(cli_env.database_url)  # holds the worker inside the batch, as above
-    blocker.execute(
-        "INSERT INTO pushes (workspace_id, push_id, status, received_at) VALUES (%s, 'orphan', 'processing', %s)",
-        (alpha, datetime.now(UTC)),
-    )
-    env = {**os.environ, "DATABASE_URL": cli_env.database_url, "REDIS_URL": cli_env.redis_url}
-    worker = subprocess.Popen([sys.executable, "-m", "ops", "worker", "--burst"], env=env, start_new_session=True)
-    queue = ingest_queue(cli_env.queue_name, redis)
-    try:
-        deadline = time.monotonic() + 30
-        while not erasure.running_batches(redis, queue, alpha):
-            assert time.monotonic() < deadline, "the worker never took the batch"
-            time.sleep(0.05)
-    finally:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=30)
-        blocker.close()
+    held = hold_a_worker(db, cli_env, "orphan")
+    held.close()  # SIGKILLed inside the batch
     # Its claim lapses (as it would once its TTL ran out, nobody renewing it).
+    redis, queue = held.queue.connection, held.queue
     registry = queue.started_job_registry
     redis.zadd(registry.key, dict.fromkeys(redis.zrange(registry.key, 0, -1), time.time() - 1))
 
@@ -237,4 +241,4 @@ def test_a_batch_left_by_a_dead_worker_is_dropped_not_retried_later(
     registry.cleanup()  # RQ's maintenance: a lapsed claim is retried, unless its job is gone
     assert queue.get_job_ids() == [] and registry.get_job_ids(cleanup=False) == []
     run_burst_worker(cli_env)
-    assert all(n == 0 for n in rows_of(db, alpha).values())
+    assert all(n == 0 for n in rows_of(db, held.workspace_id).values())
