@@ -202,14 +202,17 @@ def refuse_pushes(conn: psycopg.Connection, redis: Redis, workspace_id: str) -> 
     return codes
 
 
-def drop_waiting(redis: Redis, settings: Settings, workspace_id: str) -> tuple[int, int]:
-    """Drop the workspace's batches waiting in Redis and in this host's spool; (queued, spooled) dropped."""
+def drop_waiting(redis: Redis, settings: Settings, workspace_id: str) -> tuple[int, int | None]:
+    """Drop the workspace's batches waiting in Redis and in this host's spool; (queued, spooled) dropped.
+
+    Spooled is None when this host has no spool file.
+    """
     queued = 0
     for queue in _queues(redis, settings):
         ids = waiting_batches(redis, queue, workspace_id)
         drop_jobs(redis, queue, ids)
         queued += len(ids)
-    spooled = 0
+    spooled = None
     if count_workspace(settings.spool_path, workspace_id) is not None:  # never create a spool file here
         spool = Spool(settings.spool_path, settings.spool_max_bytes)
         try:
@@ -231,7 +234,8 @@ def settle(
     while True:
         queued, spooled = drop_waiting(redis, settings, workspace_id)
         found.queued_batches += queued
-        found.spooled_batches = (found.spooled_batches or 0) + spooled
+        if spooled is not None:
+            found.spooled_batches = (found.spooled_batches or 0) + spooled
         running = []
         for queue in _queues(redis, settings):
             ids = running_batches(redis, queue, workspace_id)
