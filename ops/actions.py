@@ -192,6 +192,11 @@ def replay(
 # -- quarantine -----------------------------------------------------------------------------
 
 
+# By workspace and id: under Citus (README, "Distributing by workspace") an update that names the
+# workspace runs on its shard alone.
+_SET_ERROR = "UPDATE quarantine SET error = %s WHERE workspace_id = %s AND quarantine_id = %s"
+
+
 @dataclass(frozen=True)
 class QuarantineReplay:
     written: int
@@ -230,7 +235,7 @@ def replay_quarantine(
         if error is not None:
             invalid += 1
             if not dry_run:
-                conn.execute("UPDATE quarantine SET error = %s WHERE quarantine_id = %s", (error, qid))
+                conn.execute(_SET_ERROR, (error, ws, qid))
             continue
         if dry_run:
             written += 1
@@ -238,10 +243,13 @@ def replay_quarantine(
         with conn.transaction():
             refused = write_records(conn, ws, record_type, [record], [bytes(raw)], [index], careful=True)
             if refused:
-                conn.execute("UPDATE quarantine SET error = %s WHERE quarantine_id = %s", (refused[0].error, qid))
+                conn.execute(_SET_ERROR, (refused[0].error, ws, qid))
                 invalid += 1
             else:
-                conn.execute("UPDATE quarantine SET replayed_at = now() WHERE quarantine_id = %s", (qid,))
+                conn.execute(
+                    "UPDATE quarantine SET replayed_at = now() WHERE workspace_id = %s AND quarantine_id = %s",
+                    (ws, qid),
+                )
                 written += 1
     return QuarantineReplay(written, invalid)
 

@@ -39,6 +39,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.registry import clean_registries as rq_clean_registries
+from rq.results import Result
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
 from rq.suspension import WORKERS_SUSPENDED
@@ -459,3 +460,81 @@ def release_scheduler_lock(redis: Redis, queue_name: str, name: str) -> None:
 def scheduler_key(name: str) -> str:
     """RQ's hash describing scheduler `name`."""
     return SCHEDULER_KEY_TEMPLATE % name
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding a workspace's jobs (`selftune-ingest workspace delete`)
+
+
+def job_metas(redis: Redis, job_ids: list[str], chunk: int = 500) -> dict[str, dict[str, Any]]:
+    """Each job's meta (the api writes its workspace_id and push_id there), read without loading its data.
+
+    A job whose hash is gone, or has no meta, is left out. One HGET per job, pipelined by `chunk`.
+    """
+    metas: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(job_ids), chunk):
+        ids = job_ids[start : start + chunk]
+        with redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(Job.key_for(job_id), "meta")
+            raws = pipe.execute()
+        for job_id, raw in zip(ids, raws, strict=True):
+            if raw:
+                meta = MsgpackSerializer.loads(raw)
+                if isinstance(meta, dict):
+                    metas[job_id] = meta
+    return metas
+
+
+def waiting_places(queue: Queue) -> dict[str, str]:
+    """Where a job of `queue` waits without a worker running it: list or sorted-set key -> its kind.
+
+    The queue itself and its intermediate list (taken by a worker, not started yet) are lists;
+    the scheduled (retries), deferred and failed registries are sorted sets of job ids.
+    """
+    return {
+        queue.key: "list",
+        queue.intermediate_queue_key: "list",
+        queue.scheduled_job_registry.key: "zset",
+        queue.deferred_job_registry.key: "zset",
+        queue.failed_job_registry.key: "zset",
+    }
+
+
+def drop_jobs(redis: Redis, queue: Queue, job_ids: list[str]) -> None:
+    """Take jobs off every waiting place of `queue` and delete their hashes and results (a worker then skips them).
+
+    A worker that fetches a job whose hash is gone skips it (RQ's dequeue and `take_more` both do),
+    so deleting the hash drops a job even if a worker moved its id meanwhile.
+    """
+    places = waiting_places(queue)
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            for key, kind in places.items():
+                if kind == "list":
+                    pipe.lrem(key, 0, job_id)
+                else:
+                    pipe.zrem(key, job_id)
+            pipe.delete(Job.key_for(job_id), Result.get_key(job_id))  # type: ignore[no-untyped-call] # its hash, and a failure's traceback
+        pipe.execute()
+
+
+def drop_stalled(redis: Redis, queue: Queue, job_ids: list[str], at: float) -> list[str]:
+    """Drop those of `job_ids` that are started but whose claim lapsed before `at` (their worker died).
+
+    RQ's maintenance would retry such a job; with its hash deleted it skips it (a job it cannot
+    fetch), so the batch is never written. Its entries ("<job id>:<execution id>") leave the
+    started registry. Returns the ids dropped.
+    """
+    wanted = set(job_ids)
+    registry = queue.started_job_registry
+    lapsed = [e.decode() for e in redis.zrangebyscore(registry.key, "-inf", f"({at}")]  # type: ignore[union-attr]
+    entries = [e for e in lapsed if registry.parse_job_id(e) in wanted]
+    dropped = sorted({registry.parse_job_id(e) for e in entries})
+    if entries:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(registry.key, *entries)
+            for job_id in dropped:
+                pipe.delete(Job.key_for(job_id), Result.get_key(job_id))  # type: ignore[no-untyped-call]
+            pipe.execute()
+    return dropped

@@ -29,13 +29,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000  # another api process holding the write lock (a commit is a few ms)
 LEASE_S = 30.0  # a drainer that died mid-drain releases its batches after this
@@ -265,14 +266,15 @@ class Spool:
             )
 
     def drop_workspace(self, workspace_id: str) -> int:
-        """Delete a workspace's spooled batches (its data is being deleted); return how many."""
+        """Delete a workspace's spooled batches and streamed pushes (its data is being deleted); return how many."""
         with self._write() as conn:
             (count, size) = conn.execute(
                 "SELECT count(*), coalesce(sum(bytes), 0) FROM spooled WHERE workspace_id = ?", (workspace_id,)
             ).fetchone()
             conn.execute("DELETE FROM spooled WHERE workspace_id = ?", (workspace_id,))
             conn.execute("UPDATE spool_size SET batches = batches - ?, bytes = bytes - ?", (count, size))
-        return int(count)
+            streamed = self._delete_streamed(conn, "workspace_id = ?", (workspace_id,))  # uploads too, complete or not
+        return int(count) + streamed
 
     def stats(self) -> SpoolStats:
         with self._lock:
@@ -404,12 +406,31 @@ class Spool:
 
 def read_stats(path: str | Path) -> SpoolStats | None:
     """What a spool file holds, read-only (the ops command line); None if there is no spool there."""
+    return _read_only(path, _stats)
+
+
+def count_workspace(path: str | Path, workspace_id: str) -> int | None:
+    """How many batches and streamed pushes of a workspace a spool file holds, read-only; None if there is no spool there."""
+
+    def count(conn: sqlite3.Connection) -> int:
+        (held,) = conn.execute(
+            "SELECT (SELECT count(*) FROM spooled WHERE workspace_id = ?1)"
+            " + (SELECT count(*) FROM streamed WHERE workspace_id = ?1)",
+            (workspace_id,),
+        ).fetchone()
+        return int(held)
+
+    return _read_only(path, count)
+
+
+def _read_only(path: str | Path, read: Callable[[sqlite3.Connection], T]) -> T | None:
+    """`read(conn)` on the spool file opened read-only; None if there is no spool there or it cannot be read."""
     path = Path(path)
     if not path.exists():
         return None
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
-        return _stats(conn)
+        return read(conn)
     except sqlite3.Error:
         return None
     finally:
