@@ -122,36 +122,45 @@ routes = [
 ]
 
 
+async def _open_pool(url: str) -> AsyncConnectionPool:
+    """A pool of autocommit, UTC connections, opened without waiting for Postgres."""
+    pool = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        # connect_timeout: a Postgres host that does not answer at all fails fast.
+        kwargs={"autocommit": True, "connect_timeout": 3},
+        configure=set_up_session_async,
+        # psycopg_pool retries a lost connection with exponential backoff (1, 2, 4 ... s) until
+        # reconnect_timeout; after a 70 s outage the next try could be 40 s away. Giving up
+        # quickly lets the next request that needs a connection try at once instead.
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
+    )
+    await pool.open(wait=False)
+    return pool
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """Open Redis, Postgres and the spool (never at import), start the background tasks, close all on shutdown."""
     settings: Settings = app.state.settings
     injected = app.state.injected
     redis = injected.get("redis") or AsyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    pool = None
+    pool = read_pool = None
     mirror = None
     if "keys" in injected:
         keys = injected["keys"]
     else:
-        pool = AsyncConnectionPool(
-            settings.database_url,
-            min_size=1,
-            max_size=4,
-            open=False,
-            # connect_timeout: a Postgres host that does not answer at all fails fast.
-            kwargs={"autocommit": True, "connect_timeout": 3},
-            configure=set_up_session_async,
-            # psycopg_pool retries a lost connection with exponential backoff (1, 2, 4 ... s) until
-            # reconnect_timeout; after a 70 s outage the next try could be 40 s away. Giving up
-            # quickly lets the next request that needs a connection try at once instead.
-            reconnect_timeout=RECONNECT_TIMEOUT_S,
-        )
-        await pool.open(wait=False)
+        pool = await _open_pool(settings.database_url)
+        # Writes and key checks stay on the primary; the read endpoints use the replica if there is one.
+        read_pool = await _open_pool(settings.database_read_url) if settings.database_read_url else None
         keys = KeyStore(pool, settings.key_cache_ttl_s, redis)
         mirror = KeyMirror(pool, redis, settings.key_mirror_refresh_s)
     spool = AsyncSpool(Spool(settings.spool_path, settings.spool_max_bytes)) if settings.spool_max_bytes else None
     app.state.redis = redis
     app.state.pool = pool
+    app.state.read_pool = read_pool
     app.state.keys = keys
     app.state.spool = spool
     app.state.enqueuer = enqueuer = Enqueuer(settings, redis)
@@ -173,8 +182,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await task.stop()
         if spool is not None:
             await spool.close()
-        if pool is not None:
-            await pool.close()
+        for opened in (read_pool, pool):
+            if opened is not None:
+                await opened.close()
         if "redis" not in injected:
             await redis.aclose()
 

@@ -84,6 +84,7 @@ class Ops:
         self._settings: Settings | None = None
         self._redis: Redis | None = None
         self._postgres: psycopg.Connection | None = None
+        self._replica: psycopg.Connection | None = None
 
     @property
     def json(self) -> bool:
@@ -141,6 +142,28 @@ class Ops:
         except ServerUnreachable:
             return None
 
+    def reports_postgres_or_none(self) -> psycopg.Connection | None:
+        """For reports (status, quarantine list, failed list): the replica (DATABASE_READ_URL) if set and up.
+
+        Without a replica, or with it unreachable, the primary (or None when that is down too).
+        """
+        if self.settings.database_read_url:
+            if self._replica is not None and (self._replica.closed or self._replica.broken):
+                self._replica.close()
+                self._replica = None
+            if self._replica is None:
+                import psycopg
+
+                from workers import db
+
+                try:
+                    self._replica = db.connect(self.settings.database_read_url)
+                except psycopg.OperationalError as exc:
+                    self.warn(f"the replica is unreachable ({type(exc).__name__}): reading the primary")
+            if self._replica is not None:
+                return self._replica
+        return self.postgres_or_none()
+
     def workspace_id(self, name_or_id: str | None) -> str | None:
         """The id of a workspace given by name or id (None for None); an unknown one is an error naming it.
 
@@ -177,8 +200,9 @@ class Ops:
 
     def close(self) -> None:
         """Close the connections this run opened."""
-        if self._postgres is not None:
-            self._postgres.close()
+        for conn in (self._postgres, self._replica):
+            if conn is not None:
+                conn.close()
         if self._redis is not None:
             self._redis.close()
 

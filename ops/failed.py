@@ -108,7 +108,7 @@ def replay(
             f" {', '.join(missing)} (see `selftune-ingest failed list` and `push show`)",
             "not_found",
         )
-    statuses = actions.push_statuses(ops.postgres_or_none(), batches)
+    statuses = actions.push_statuses(ops.reports_postgres_or_none(), batches)
     rows = []
     for b in batches:
         row = b.as_dict()

@@ -24,7 +24,9 @@ def list_(ops: Ops, workspace: str | None, push: str | None, limit: int) -> None
     """List pending quarantined records, with their reasons."""
     from ops import actions
 
-    found = actions.quarantine_rows(ops.postgres(), ops.workspace_id(workspace), push, limit)
+    found = actions.quarantine_rows(
+        ops.reports_postgres_or_none() or ops.postgres(), ops.workspace_id(workspace), push, limit
+    )
     rows = [
         {
             "id": qid,

@@ -57,7 +57,7 @@ def status(ops: Ops, watch: bool, interval: float) -> None:
 
     try:
         while True:
-            values = actions.status(ops.redis(), ops.postgres_or_none(), ops.settings).as_dict()
+            values = actions.status(ops.redis(), ops.reports_postgres_or_none(), ops.settings).as_dict()
             if watch and not ops.json:
                 header = time.strftime("%H:%M:%S  selftune ingest\n\n")
                 click.echo("\x1b[H\x1b[2J" + header + render(values))

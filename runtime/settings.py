@@ -137,6 +137,8 @@ class Settings:
     # Logs: one JSON object per line ("json") or plain lines ("text"), at this level.
     log_format: str
     log_level: str
+    # A streaming replica for the read endpoints and the ops reports (empty: the primary serves them).
+    database_read_url: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -146,6 +148,7 @@ class Settings:
         return cls(
             database_url=_str("DATABASE_URL", "postgresql://selftune@127.0.0.1:5432/selftune"),
             redis_url=_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            database_read_url=_str("DATABASE_READ_URL", ""),
             port=_int("PORT", 8000, 1),
             queue_name=_str("QUEUE_NAME", "ingest"),
             max_body_bytes=_int("MAX_BODY_BYTES", 16 * MIB, 1024),

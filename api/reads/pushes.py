@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from api.auth import authenticate
-from api.db import db_connection, json_response, utc
+from api.db import db_connection, json_response, read_connection, utc
 from api.errors import NOT_FOUND, UNAVAILABLE
 from api.openapi import Param, describe, errors
 from api.push import PushAnswer
@@ -60,9 +60,14 @@ async def push_status(request: Request) -> Response:
     key = await authenticate(request, request.app.state.keys)
     query_params(request, ())
     push_id = path_param(request, "push_id")
-    async with db_connection(request) as conn:
-        cur = await conn.execute(_PUSH_ROW, (key.workspace_id, push_id))
+    async with read_connection(request) as read:
+        cur = await read.conn.execute(_PUSH_ROW, (key.workspace_id, push_id))
         row = await cur.fetchone()
+    if row is None and read.replica_lag_s is not None:
+        # The replica may not have replayed the worker's write yet: the primary has the last word.
+        async with db_connection(request) as conn:
+            cur = await conn.execute(_PUSH_ROW, (key.workspace_id, push_id))
+            row = await cur.fetchone()
     if row is not None:
         columns = [c.name for c in cur.description or ()]
         return json_response(PushStatus(push_id=push_id, **dict(zip(columns, utc(row), strict=True))))

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from api.auth import authenticate
 from api.body import read_json
-from api.db import db_connection, field_names, json_response, select_list, utc
+from api.db import db_connection, field_names, json_response, read_connection, select_list, utc
 from api.errors import INVALID_BODY, NOT_FOUND
 from api.openapi import Param, describe, errors
 from api.reads.keyset import TIME_CURSOR, Listing, TimeKey, decode_cursor, newest_first, page_of
@@ -41,11 +41,13 @@ SIGNAL_PARAMS = ("consumed", "skill", "signal_type", "since", "until", "limit", 
 SIGNAL_LIST = Listing("improvement_signals", SIGNAL_FIELDS, "timestamp", "signal_id")
 
 
-class SignalPage(msgspec.Struct):
+class SignalPage(msgspec.Struct, omit_defaults=True):
     """GET /v2/signals: newest first (by `timestamp`, then `signal_id`)."""
 
     signals: list[ImprovementSignal]
     next_cursor: str | None
+    # Only when a replica (DATABASE_READ_URL) answered: how many seconds its data may be behind.
+    replica_lag_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,10 @@ async def list_signals(request: Request) -> Response:
     limit = parse_limit(params)
     after = decode_cursor(params, "signals", TIME_CURSOR)
     query, args = signals_query(key.workspace_id, filters, after, limit)
-    async with db_connection(request) as conn:
-        rows = [as_signal(r) for r in await (await conn.execute(query, args)).fetchall()]
-    return json_response(SignalPage(*page_of("signals", rows, limit, lambda s: (s.timestamp, s.signal_id))))
+    async with read_connection(request) as read:
+        rows = [as_signal(r) for r in await (await read.conn.execute(query, args)).fetchall()]
+    signals, cursor = page_of("signals", rows, limit, lambda s: (s.timestamp, s.signal_id))
+    return json_response(SignalPage(signals, cursor, read.replica_lag_s))
 
 
 describe(

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from api.auth import authenticate
-from api.db import db_connection, field_names, json_response, utc
+from api.db import field_names, json_response, read_connection, utc
 from api.openapi import Param, describe, errors
 from api.reads.keyset import NAME_CURSOR, TIME_CURSOR, Listing, TimeKey, decode_cursor, newest_first, page_of
 from api.reads.params import PAGE, WINDOW, parse_limit, parse_window, path_param, query_params
@@ -45,11 +45,13 @@ class SkillSummary(msgspec.Struct):
     unconsumed_signals: int  # signals mentioning the skill that no run has consumed
 
 
-class SkillPage(msgspec.Struct):
+class SkillPage(msgspec.Struct, omit_defaults=True):
     """GET /v2/skills: by name."""
 
     skills: list[SkillSummary]
     next_cursor: str | None
+    # Only when a replica (DATABASE_READ_URL) answered: how many seconds its data may be behind.
+    replica_lag_s: float | None = None
 
 
 def _distinct(table: str, column: str) -> sql.Composed:
@@ -100,9 +102,10 @@ async def list_skills(request: Request) -> Response:
         "limit": limit + 1,
         "since": datetime.now(UTC) - PASS_RATE_WINDOW,
     }
-    async with db_connection(request) as conn:
-        rows = [SkillSummary(*utc(r)) for r in await (await conn.execute(SKILLS, args)).fetchall()]
-    return json_response(SkillPage(*page_of("skills", rows, limit, lambda s: (s.skill_name,))))
+    async with read_connection(request) as read:
+        rows = [SkillSummary(*utc(r)) for r in await (await read.conn.execute(SKILLS, args)).fetchall()]
+    skills, cursor = page_of("skills", rows, limit, lambda s: (s.skill_name,))
+    return json_response(SkillPage(skills, cursor, read.replica_lag_s))
 
 
 describe(
@@ -128,7 +131,7 @@ class TrendDay(msgspec.Struct):
     checks: int
 
 
-class GradingHistory(msgspec.Struct):
+class GradingHistory(msgspec.Struct, omit_defaults=True):
     """GET /v2/skills/{skill_name}/grading.
 
     `results`: the grading results, newest first, paginated. `trend`: one entry per
@@ -146,6 +149,8 @@ class GradingHistory(msgspec.Struct):
     trend: list[TrendDay]
     trend_since: datetime
     trend_until: datetime
+    # Only when a replica (DATABASE_READ_URL) answered: how many seconds its data may be behind.
+    replica_lag_s: float | None = None
 
 
 def as_grading(row: Sequence[Any]) -> GradingResult:
@@ -187,12 +192,13 @@ async def skill_grading(request: Request) -> Response:
     trend_until = until or datetime.now(UTC)
     trend_since = since or _window_before(trend_until)
     query, args = grading_query(key.workspace_id, skill, since, until, after, limit)
-    async with db_connection(request) as conn:
-        rows = [as_grading(r) for r in await (await conn.execute(query, args)).fetchall()]
-        trend_rows = await (await conn.execute(TREND, (key.workspace_id, skill, trend_since, trend_until))).fetchall()
+    async with read_connection(request) as read:
+        rows = [as_grading(r) for r in await (await read.conn.execute(query, args)).fetchall()]
+        trend_args = (key.workspace_id, skill, trend_since, trend_until)
+        trend_rows = await (await read.conn.execute(TREND, trend_args)).fetchall()
     results, cursor = page_of("grading", rows, limit, lambda g: (g.graded_at, g.grading_id))
     trend = [TrendDay(*r) for r in trend_rows]
-    return json_response(GradingHistory(skill, results, cursor, trend, trend_since, trend_until))
+    return json_response(GradingHistory(skill, results, cursor, trend, trend_since, trend_until, read.replica_lag_s))
 
 
 describe(

@@ -9,10 +9,6 @@ through the api's status endpoint with its key, which only the restored database
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -27,35 +23,16 @@ from bench import samples
 from ops import accounts, erasure
 from runtime.settings import Settings
 from store.migrate import current_version, latest_version
-from tests.e2e.stack import free_port
+from tests import pg_clusters
+from tests.pg_clusters import PGBIN, run
 from tests.support import push_json, run_burst_worker
-
-PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
-AS_POSTGRES = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-
-
-def _run(argv: list[str]) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{' '.join(argv)} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
 
 
 @pytest.fixture
 def fresh_cluster() -> Iterator[str]:
     """A new PostgreSQL cluster on 127.0.0.1 (its admin URL), stopped and removed after the test."""
-    if not (PGBIN / "initdb").exists():
-        pytest.fail(f"no PostgreSQL in {PGBIN} (set PGBIN, or run scripts/services.sh up test)", pytrace=False)
-    home = Path(tempfile.mkdtemp(prefix="selftune-restore-"))
-    data, port = home / "data", free_port()
-    if AS_POSTGRES:
-        shutil.chown(home, "postgres")
-    _run([*AS_POSTGRES, str(PGBIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {home} -c fsync=off"
-    _run([*AS_POSTGRES, str(PGBIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(home / "log"), "-o", options, "start"])
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*AS_POSTGRES, str(PGBIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], timeout=60)
-        shutil.rmtree(home, ignore_errors=True)
+    with pg_clusters.fresh_cluster() as cluster:
+        yield cluster.admin_url
 
 
 def all_rows(conn: psycopg.Connection, workspace_id: str) -> dict[str, int]:
@@ -80,11 +57,11 @@ def test_a_pg_dump_restored_into_a_fresh_cluster_reads_a_push_back(
     assert all(n > 0 for table, n in written.items() if table != "device_codes"), written
 
     dump = tmp_path / "selftune.dump"
-    _run([str(PGBIN / "pg_dump"), "--format=custom", "--file", str(dump), settings.database_url])
+    run([str(PGBIN / "pg_dump"), "--format=custom", "--file", str(dump), settings.database_url])
     with psycopg.connect(fresh_cluster, autocommit=True) as admin:
         admin.execute("CREATE DATABASE selftune")
     restored_url = fresh_cluster.rsplit("/", 1)[0] + "/selftune"
-    _run([str(PGBIN / "pg_restore"), "--no-owner", "--exit-on-error", "--dbname", restored_url, str(dump)])
+    run([str(PGBIN / "pg_restore"), "--no-owner", "--exit-on-error", "--dbname", restored_url, str(dump)])
 
     with psycopg.connect(restored_url, autocommit=True) as restored:
         assert current_version(restored) == latest_version()  # `selftune-ingest migrate` would have nothing to do
