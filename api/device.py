@@ -252,11 +252,13 @@ async def device_page(request: Request) -> Response:
 # -- GET .../alpha/verify -------------------------------------------------------------------------------------
 
 # Per key, not per workspace: `selftune status` shows this machine's link. Both subqueries read
-# the index pushes_key_received (migration 0004); pushes from before it carry no key.
+# the index pushes_key_received; pushes from before migration 0004 carry no key. The workspace
+# filter keeps the query on one shard when pushes are distributed by workspace (README, Citus).
 _VERIFY = (
-    "SELECT k.key_prefix, k.created_at, (SELECT count(*) FROM pushes p WHERE p.key_id = k.key_id),"
+    "SELECT k.key_prefix, k.created_at,"
+    " (SELECT count(*) FROM pushes p WHERE p.workspace_id = k.workspace_id AND p.key_id = k.key_id),"
     " last.received_at, last.status FROM api_keys k LEFT JOIN LATERAL ("
-    "   SELECT received_at, status FROM pushes p WHERE p.key_id = k.key_id"
+    "   SELECT received_at, status FROM pushes p WHERE p.workspace_id = k.workspace_id AND p.key_id = k.key_id"
     "   ORDER BY received_at DESC LIMIT 1) last ON true"
     " WHERE k.key_id = %s AND k.revoked_at IS NULL"
 )

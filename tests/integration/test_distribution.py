@@ -201,12 +201,6 @@ def test_every_read_query_filters_by_workspace(
     assert {q: unscoped(q) for q in reads} == {q: [] for q in reads}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="/alpha/verify counts a key's pushes by pushes.key_id alone (api/device.py): under Citus a"
-    " query on every shard; it would need `AND p.workspace_id = k.workspace_id` (and the index"
-    " pushes_key_received to lead with workspace_id)",
-)
 def test_verify_filters_by_workspace(populated: str, settings: Settings, recorded_sql: list[str]) -> None:
     with TestClient(create_app(settings)) as c:
         assert c.get("/v2/alpha/verify", headers={"Authorization": f"Bearer {populated}"}).status_code == 200
