@@ -52,7 +52,7 @@ test-slow: venv
 
 test-faults: venv
 	scripts/services.sh up test
-	$(BIN)/pytest -q tests/faults
+	$(BIN)/pytest -q tests/e2e/faults
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit

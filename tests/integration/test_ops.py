@@ -35,16 +35,12 @@ from ops import accounts, actions, cli
 from queueing.rq_compat import IngestJob, MsgpackSerializer
 from runtime.settings import Settings
 from schema.queue import INGEST_JOB
-from tests.support import count, push_json, run_burst_worker, with_lock_timeout
+from tests.support import count, new_account, push_json, run_burst_worker, with_lock_timeout
 
 
 @pytest.fixture
 def two_workspaces(db: psycopg.Connection) -> dict[str, str]:
-    keys = {}
-    for name in ("alpha", "beta"):
-        accounts.create_workspace(db, name)
-        keys[name] = accounts.create_key(db, name)[1]
-    return keys
+    return {name: new_account(db, name).key for name in ("alpha", "beta")}
 
 
 @pytest.fixture
