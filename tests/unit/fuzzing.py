@@ -23,7 +23,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from starlette.applications import Starlette
 
 from api.openapi import ErrorBody
 from api.push import PushAnswer
@@ -68,7 +67,7 @@ class FuzzTarget:
         self.redis = fakeredis.FakeRedis(server=self.server)
         self.queue = Queue(settings.queue_name, connection=self.redis, serializer=MsgpackSerializer)
         self.client = make_client(settings, fakeredis.FakeAsyncRedis(server=self.server))
-        self.app: Starlette = self.client.app  # type: ignore[assignment]
+        self.app = self.client.app
 
     def flush(self) -> None:
         self.redis.flushall()
