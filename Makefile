@@ -41,7 +41,7 @@ run: venv
 	HOST=$(RUN_HOST) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT) web worker
 
 ## make test: the whole suite against real servers started for the tests (ports 55432, 56379);
-## long variants of the fuzz and fault tiers are marked slow and run by make test-slow.
+## long variants (fuzz, fault scenarios) are marked slow and run by make test-slow; make test-faults runs tests/e2e/faults.
 test: venv
 	scripts/services.sh up test
 	$(BIN)/pytest -q -m "not slow"
@@ -52,7 +52,7 @@ test-slow: venv
 
 test-faults: venv
 	scripts/services.sh up test
-	$(BIN)/pytest -q tests/faults
+	$(BIN)/pytest -q tests/e2e/faults
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit

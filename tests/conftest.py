@@ -6,6 +6,8 @@ TEST_REDIS_URL and TEST_DATABASE_URL). Without them a test is skipped locally,
 and fails loudly under CI=true: CI must never pass by skipping.
 
 Each test gets a clean database (every table truncated) and a flushed Redis db.
+Shared here: `account` (a workspace with a live key) and its `api_key`; each
+tier's conftest adds the tier's own way in (tests/README.md).
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from redis import Redis
 
 from runtime.settings import Settings
 from store.migrate import migrate
+from tests.support import Account, new_account
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 ADMIN_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/selftune_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:56379/1")
 
-_TABLES = (
-    "workspaces, api_keys, pushes, quarantine, sessions, prompts, skill_invocations, execution_facts,"
-    " normalization_runs, evolution_evidence, orchestrate_runs, grading_results, improvement_signals, device_codes"
-)
+# Every table the migrations made, read from the catalogue (so a new table is reset too), but the
+# migrations' own bookkeeping: the database stays migrated.
+_ALL_TABLES = """
+SELECT string_agg(format('%I.%I', schemaname, tablename), ', ')
+FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'schema_migrations'
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -78,8 +83,22 @@ def empty_database_url(database_url: str) -> Iterator[str]:
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     """A connection to the test database, emptied before the test."""
     with psycopg.connect(database_url, autocommit=True, options="-c timezone=UTC") as conn:
-        conn.execute(f"TRUNCATE {_TABLES}")
+        row = conn.execute(_ALL_TABLES).fetchone()
+        assert row is not None and row[0], "the test database has no tables: did the migrations run?"
+        conn.execute(f"TRUNCATE {row[0]}")
         yield conn
+
+
+@pytest.fixture
+def account(db: psycopg.Connection) -> Account:
+    """A workspace named "acme" and a live API key for it."""
+    return new_account(db, "acme")
+
+
+@pytest.fixture
+def api_key(account: Account) -> str:
+    """The live key of `account`, for tests that need only the key."""
+    return account.key
 
 
 @pytest.fixture

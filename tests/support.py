@@ -1,17 +1,37 @@
-"""Helpers shared by the test tiers: build queued batches, read tables back."""
+"""Helpers shared by the test tiers: a workspace with a key, queued batches, tables read back."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psycopg
 
+from ops import accounts
 from schema.queue import QueuedBatch, decode_batch, encode_batch, queued_batch
 from schema.validation import validate_push
 from workers.tables import TABLES
+
+
+@dataclass(frozen=True)
+class Account:
+    """A workspace and a live API key for it."""
+
+    workspace_id: str
+    key: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header that sends this key."""
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def new_account(conn: psycopg.Connection, name: str) -> Account:
+    """Create the workspace `name` and one live key for it, as `selftune-ingest workspace/key create` do."""
+    workspace_id = accounts.create_workspace(conn, name)
+    return Account(workspace_id, accounts.create_key(conn, workspace_id)[1])
 
 
 def batch_of(

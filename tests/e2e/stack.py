@@ -21,12 +21,9 @@ from typing import Any, TypeVar
 
 import httpx2
 import msgspec
-import psycopg
-from redis import Redis
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
-PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
 WAIT_S = 30.0  # the longest any ordinary wait in this tier may take
 STOP_S = 10.0  # how long a process gets to stop on SIGTERM before SIGKILL
 POLL_S = 0.2
@@ -92,52 +89,6 @@ class Api:
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
             timeout=10,
         )
-
-
-@dataclass(frozen=True)
-class Account:
-    """A workspace and a live API key for it."""
-
-    workspace_id: str
-    key: str
-
-
-class PostgresServer:
-    """Stops and starts the test PostgreSQL for real: the one the admin URL reaches, wherever its data lives.
-
-    It must be a cluster that `scripts/services.sh up test` starts (`<DATA_DIR>/postgres`): it
-    is started again with that script, on its own port and data directory.
-    """
-
-    def __init__(self, admin_url: str, redis_url: str) -> None:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
-            row = conn.execute("SHOW data_directory").fetchone()
-        assert row is not None
-        self.data_dir = Path(row[0])
-        self.port = int(psycopg.conninfo.conninfo_to_dict(admin_url).get("port") or 5432)
-        self.redis_port = int(Redis.from_url(redis_url).connection_pool.connection_kwargs.get("port", 6379))
-        self.stopped = False
-
-    def stop(self) -> None:
-        as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.stopped = True
-        _run([*as_owner, str(PGBIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
-
-    def start(self) -> None:
-        """`scripts/services.sh up test` for this cluster: idempotent, and waits until it accepts connections."""
-        env = {
-            **os.environ,
-            "TEST_PG_PORT": str(self.port),
-            "TEST_REDIS_PORT": str(self.redis_port),
-            "DATA_DIR": str(self.data_dir.parent),
-        }
-        _run([str(REPO / "scripts" / "services.sh"), "up", "test"], env)
-        self.stopped = False
-
-
-def _run(argv: list[str], env: dict[str, str] | None = None) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, f"{' '.join(argv)} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
 
 
 def free_port() -> int:

@@ -17,7 +17,8 @@ import psycopg
 
 from bench import samples
 from tests.e2e.rows import all_processed, ids_in, push_row
-from tests.e2e.stack import Account, Stack
+from tests.e2e.stack import Stack
+from tests.support import Account
 
 MIB = 1 << 20
 BIG_PROMPT_CHARS = 17_000_000

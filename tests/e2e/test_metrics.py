@@ -7,7 +7,8 @@ from pathlib import Path
 import httpx2
 
 from bench import samples
-from tests.e2e.stack import Account, Stack
+from tests.e2e.stack import Stack
+from tests.support import Account
 
 
 def metric(text: str, name: str) -> float:

@@ -29,7 +29,8 @@ from redis import Redis
 from bench import samples
 from tests.conftest import IN_CI
 from tests.e2e.rows import all_processed
-from tests.e2e.stack import Account, Api, Stack
+from tests.e2e.stack import Api, Stack
+from tests.support import Account
 
 TOKEN = "ops-e2e-" + uuid.uuid4().hex
 PUSHES = 8

@@ -10,8 +10,8 @@ import psycopg
 
 from bench import samples
 from tests.e2e.rows import all_processed, expected_ids, ids_in, push_row
-from tests.e2e.stack import Account, Api, Stack
-from tests.support import snapshot
+from tests.e2e.stack import Api, Stack
+from tests.support import Account, snapshot
 
 EVERY_TYPE_ONCE = dict.fromkeys(samples.FACTORIES, 1)
 

@@ -20,7 +20,9 @@ from bench import samples
 from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import Settings
 from tests.e2e.rows import all_processed, expected_ids, ids_in, push_row
-from tests.e2e.stack import Account, Api, PostgresServer, Stack
+from tests.e2e.servers import Servers
+from tests.e2e.stack import Api, Stack
+from tests.support import Account
 
 JOB_RETRIES = 3  # as the `stack` fixture configures the api
 # An abandoned job is noticed once its heartbeat lapses (job timeout 5 s + 10 s grace)
@@ -60,7 +62,7 @@ def test_postgres_stopped_job_retried_then_lands(
     db: psycopg.Connection,
     settings: Settings,
     rq_redis: Redis,
-    postgres_server: PostgresServer,
+    servers: Servers,
 ) -> None:
     # The api checks keys in Postgres: a long key cache lets it accept pushes during the outage.
     api = stack.start_api(KEY_CACHE_TTL_S="300")
@@ -73,7 +75,7 @@ def test_postgres_stopped_job_retried_then_lands(
 
     records = samples.one_of_each(1)
     try:
-        postgres_server.stop()
+        servers.stop_postgres()
         response = api.push(account.key, {"push_id": "during-outage", "data": records})
         assert response.status_code == 202, response.text
 
@@ -83,7 +85,7 @@ def test_postgres_stopped_job_retried_then_lands(
 
         stack.wait_until(failed_once, "the job failed with Postgres down and was set to be retried")
     finally:
-        postgres_server.start()
+        servers.start()
 
     # The db fixture's connection died with the server.
     with psycopg.connect(settings.database_url, autocommit=True) as conn:

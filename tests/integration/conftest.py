@@ -1,25 +1,16 @@
-"""Fixtures of the integration tier: a key, the app on real servers, the job's settings."""
+"""Fixtures of the integration tier: the app on real servers, the job's settings (the key: tests/conftest.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import psycopg
 import pytest
 from starlette.testclient import TestClient
 
 import workers.jobs
 from api.app import create_app
-from ops import accounts
 from runtime.settings import Settings
 from workers import db as worker_db
-
-
-@pytest.fixture
-def api_key(db: psycopg.Connection) -> str:
-    """A live key of workspace "acme"."""
-    accounts.create_workspace(db, "acme")
-    return accounts.create_key(db, "acme")[1]
 
 
 @pytest.fixture

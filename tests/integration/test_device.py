@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -30,13 +29,6 @@ from workers import db as worker_db
 from workers.worker import make_worker
 
 USER_CODE = re.compile(r"[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}")
-
-
-@pytest.fixture
-def client(settings: Settings, db: psycopg.Connection) -> Iterator[TestClient]:
-    db.execute("TRUNCATE device_codes")
-    with TestClient(create_app(settings)) as c:
-        yield c
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import base64
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,48 +30,26 @@ from api.reads.params import DEFAULT_LIMIT, MAX_LIMIT
 from api.reads.signals import SignalFilters, signals_query
 from api.reads.skills import GRADING_FIELDS, SKILLS, TREND, grading_query
 from bench import samples
-from ops import accounts
 from runtime.settings import Settings
 from schema.queue import dedupe_key
 from store.migrate import migrate
-from tests.support import batch_of
+from tests.support import Account, batch_of, new_account
 from workers import db as worker_db
 from workers.jobs import write_batch
 from workers.worker import make_worker
 
 
-@dataclass(frozen=True)
-class Tenant:
-    workspace_id: str
-    key: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
-def tenant(db: psycopg.Connection, name: str) -> Tenant:
-    workspace_id = accounts.create_workspace(db, name)
-    return Tenant(workspace_id, accounts.create_key(db, name)[1])
+@pytest.fixture
+def acme(account: Account) -> Account:
+    return account
 
 
 @pytest.fixture
-def acme(db: psycopg.Connection) -> Tenant:
-    return tenant(db, "acme")
+def globex(db: psycopg.Connection) -> Account:
+    return new_account(db, "globex")
 
 
-@pytest.fixture
-def globex(db: psycopg.Connection) -> Tenant:
-    return tenant(db, "globex")
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-def store(db: psycopg.Connection, who: Tenant, records: dict[str, list[dict[str, Any]]]) -> None:
+def store(db: psycopg.Connection, who: Account, records: dict[str, list[dict[str, Any]]]) -> None:
     """Write records as a worker would."""
     write_batch(db, batch_of(records, push_id=uuid.uuid4().hex, workspace_id=who.workspace_id))
 
@@ -84,7 +62,7 @@ def at(day: int, hour: int = 12, minute: int = 0, second: int = 0) -> str:
     return f"2026-11-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}Z"
 
 
-def walk(client: TestClient, who: Tenant, path: str, field: str, **params: Any) -> list[list[dict[str, Any]]]:
+def walk(client: TestClient, who: Account, path: str, field: str, **params: Any) -> list[list[dict[str, Any]]]:
     """Every page of a list, following next_cursor."""
     pages = []
     cursor = None
@@ -115,7 +93,7 @@ def in_process_worker(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> It
 
 
 def test_a_synced_push_is_queued_then_processed_and_its_records_read_back(
-    client: TestClient, acme: Tenant, in_process_worker: Any
+    client: TestClient, acme: Account, in_process_worker: Any
 ) -> None:
     records = {
         "sessions": [samples.session(1)],
@@ -154,7 +132,7 @@ def test_a_synced_push_is_queued_then_processed_and_its_records_read_back(
 
 
 def test_a_push_holding_an_unpaired_surrogate_lands_all_but_that_record(
-    client: TestClient, acme: Tenant, in_process_worker: Any, db: psycopg.Connection
+    client: TestClient, acme: Account, in_process_worker: Any, db: psycopg.Connection
 ) -> None:
     records = {
         "prompts": [samples.prompt(1), samples.prompt(2, prompt_text="cut LONE")],
@@ -177,7 +155,7 @@ def test_a_push_holding_an_unpaired_surrogate_lands_all_but_that_record(
 
 
 def test_a_failed_push_shows_its_reason_and_an_unknown_push_is_404(
-    client: TestClient, acme: Tenant, db: psycopg.Connection
+    client: TestClient, acme: Account, db: psycopg.Connection
 ) -> None:
     db.execute(
         "INSERT INTO pushes (workspace_id, push_id, status, received_at, attempts, error)"
@@ -194,7 +172,7 @@ def test_a_failed_push_shows_its_reason_and_an_unknown_push_is_404(
 
 
 def test_ids_and_names_holding_a_slash_or_a_newline_read_back(
-    client: TestClient, acme: Tenant, db: psycopg.Connection
+    client: TestClient, acme: Account, db: psycopg.Connection
 ) -> None:
     # Any string is a valid push id, signal id or skill name; a client sends '/' as %2F.
     db.execute(
@@ -225,15 +203,12 @@ def test_times_read_back_whatever_the_time_zone_of_the_database(empty_database_u
         conn.execute(
             sql.SQL("ALTER DATABASE {} SET timezone = 'Pacific/Kiritimati'").format(sql.Identifier(conn.info.dbname))
         )
-        workspace_id = accounts.create_workspace(conn, "east")
-        key = accounts.create_key(conn, "east")[1]
+        east = new_account(conn, "east")
         late = samples.grading_result(1, skill_name="parser", graded_at="9999-12-31T20:00:00Z")
-        write_batch(conn, batch_of({"grading_results": [late]}, push_id="late", workspace_id=workspace_id))
+        write_batch(conn, batch_of({"grading_results": [late]}, push_id="late", workspace_id=east.workspace_id))
     settings = replace(Settings.from_env(), database_url=empty_database_url, redis_url=redis_url)
     with TestClient(create_app(settings)) as c:
-        resp = c.get(
-            "/v2/skills/parser/grading", params={"since": "9999-12-01"}, headers={"Authorization": f"Bearer {key}"}
-        )
+        resp = c.get("/v2/skills/parser/grading", params={"since": "9999-12-01"}, headers=east.auth)
     assert resp.status_code == 200, resp.text
     assert [g["graded_at"] for g in resp.json()["results"]] == ["9999-12-31T20:00:00Z"]
 
@@ -242,7 +217,7 @@ def test_times_read_back_whatever_the_time_zone_of_the_database(empty_database_u
 
 
 def test_signal_pages_are_newest_first_without_duplicates_or_gaps(
-    client: TestClient, acme: Tenant, db: psycopg.Connection
+    client: TestClient, acme: Account, db: psycopg.Connection
 ) -> None:
     # 23 signals, many sharing a timestamp: the signal id breaks ties.
     store(db, acme, {"improvement_signals": [signal(n, at(1 + n % 4, 10)) for n in range(23)]})
@@ -270,7 +245,7 @@ def test_signal_pages_are_newest_first_without_duplicates_or_gaps(
     assert len(default["signals"]) == 24 and default["next_cursor"] is None
 
 
-def test_signal_filters(client: TestClient, acme: Tenant, db: psycopg.Connection) -> None:
+def test_signal_filters(client: TestClient, acme: Account, db: psycopg.Connection) -> None:
     store(
         db,
         acme,
@@ -328,7 +303,7 @@ def test_signal_filters(client: TestClient, acme: Tenant, db: psycopg.Connection
     ],
 )
 def test_a_bad_parameter_is_a_422_naming_it(
-    client: TestClient, acme: Tenant, path: str, params: Any, named: str
+    client: TestClient, acme: Account, path: str, params: Any, named: str
 ) -> None:
     resp = client.get(path, params=params, headers=acme.auth)
     assert resp.status_code == 422
@@ -337,7 +312,7 @@ def test_a_bad_parameter_is_a_422_naming_it(
     assert body["error"]["message"].startswith(f"{named}: ")
 
 
-def test_a_cursor_of_one_list_is_refused_by_another(client: TestClient, acme: Tenant, db: psycopg.Connection) -> None:
+def test_a_cursor_of_one_list_is_refused_by_another(client: TestClient, acme: Account, db: psycopg.Connection) -> None:
     store(db, acme, {"grading_results": [samples.grading_result(n, skill_name="parser") for n in range(3)]})
     cursor = client.get("/v2/skills/parser/grading", params={"limit": 1}, headers=acme.auth).json()["next_cursor"]
     assert cursor is not None
@@ -356,7 +331,7 @@ def test_a_cursor_of_one_list_is_refused_by_another(client: TestClient, acme: Te
     ],
 )
 def test_a_nul_character_in_a_parameter_is_a_422_naming_it(
-    client: TestClient, acme: Tenant, method: str, path: str, params: Any, named: str
+    client: TestClient, acme: Account, method: str, path: str, params: Any, named: str
 ) -> None:
     # Postgres cannot compare a string holding NUL: without the check, a 500.
     resp = client.request(method, path, params=params, headers=acme.auth, content=json.dumps({"run_id": "r"}))
@@ -364,13 +339,13 @@ def test_a_nul_character_in_a_parameter_is_a_422_naming_it(
     assert resp.json()["error"]["message"] == f"{named}: string holds a NUL character (\\u0000), which cannot be stored"
 
 
-def test_a_cursor_holding_a_nul_character_is_not_a_cursor_given(client: TestClient, acme: Tenant) -> None:
+def test_a_cursor_holding_a_nul_character_is_not_a_cursor_given(client: TestClient, acme: Account) -> None:
     forged = base64.urlsafe_b64encode(msgspec.json.encode(["signals", at(1), "sig\x00"])).rstrip(b"=").decode()
     resp = client.get("/v2/signals", params={"cursor": forged}, headers=acme.auth)
     assert resp.status_code == 422 and resp.json()["error"]["message"].startswith("cursor: not a cursor")
 
 
-def test_a_trend_window_ending_at_the_first_day_of_year_1_is_empty_not_a_500(client: TestClient, acme: Tenant) -> None:
+def test_a_trend_window_ending_at_the_first_day_of_year_1_is_empty_not_a_500(client: TestClient, acme: Account) -> None:
     resp = client.get("/v2/skills/parser/grading", params={"until": "0001-01-01"}, headers=acme.auth)
     assert resp.status_code == 200, resp.text
     assert resp.json()["trend"] == [] and resp.json()["trend_since"].startswith("0001-01-01")
@@ -379,12 +354,12 @@ def test_a_trend_window_ending_at_the_first_day_of_year_1_is_empty_not_a_500(cli
 # -- consume ------------------------------------------------------------------------------------------------------------
 
 
-def consume(client: TestClient, who: Tenant, signal_id: str, **body: Any) -> Any:
+def consume(client: TestClient, who: Account, signal_id: str, **body: Any) -> Any:
     return client.post(f"/v2/signals/{signal_id}/consume", content=json.dumps(body), headers=who.auth)
 
 
 def test_consume_flips_a_signal_once_and_a_second_run_keeps_the_first(
-    client: TestClient, acme: Tenant, db: psycopg.Connection
+    client: TestClient, acme: Account, db: psycopg.Connection
 ) -> None:
     store(db, acme, {"improvement_signals": [signal(1, at(1)), signal(2, at(2))]})
 
@@ -420,7 +395,7 @@ def test_consume_flips_a_signal_once_and_a_second_run_keeps_the_first(
 
 
 def test_consume_refuses_bad_bodies_and_unknown_signals(
-    client: TestClient, acme: Tenant, db: psycopg.Connection
+    client: TestClient, acme: Account, db: psycopg.Connection
 ) -> None:
     store(db, acme, {"improvement_signals": [signal(1, at(1))]})
     missing_run = consume(client, acme, "sig-1")
@@ -456,7 +431,7 @@ STORED_STATES: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("stored", STORED_STATES)
 def test_consume_applies_the_same_rule_as_the_workers(
-    client: TestClient, acme: Tenant, db: psycopg.Connection, stored: dict[str, Any]
+    client: TestClient, acme: Account, db: psycopg.Connection, stored: dict[str, Any]
 ) -> None:
     """The endpoint and a pushed `consumed: true` end in the same state, from any stored state."""
     incoming = {"consumed_at": at(15), "consumed_by_run": "run-b"}
@@ -480,7 +455,7 @@ def iso(t: datetime) -> str:
 
 
 def test_skills_list_what_was_seen_with_pass_rate_and_unconsumed_signals(
-    client: TestClient, acme: Tenant, db: psycopg.Connection
+    client: TestClient, acme: Account, db: psycopg.Connection
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     g = samples.grading_result
@@ -536,7 +511,7 @@ def test_skills_list_what_was_seen_with_pass_rate_and_unconsumed_signals(
 
 
 def test_grading_history_pages_and_its_trend_matches_a_hand_computation(
-    client: TestClient, acme: Tenant, db: psycopg.Connection
+    client: TestClient, acme: Account, db: psycopg.Connection
 ) -> None:
     g = samples.grading_result
     no_counts = {"passed_count": None, "failed_count": None, "total_count": None}
@@ -583,7 +558,7 @@ def test_grading_history_pages_and_its_trend_matches_a_hand_computation(
 
 
 def test_a_key_sees_nothing_of_another_workspace(
-    client: TestClient, acme: Tenant, globex: Tenant, db: psycopg.Connection, settings: Settings
+    client: TestClient, acme: Account, globex: Account, db: psycopg.Connection, settings: Settings
 ) -> None:
     store(
         db,
@@ -632,7 +607,7 @@ def test_reads_need_a_key(client: TestClient, db: psycopg.Connection, method: st
     assert resp.status_code == 401 and "unknown or revoked" in resp.json()["error"]["message"]
 
 
-def test_cursors_are_opaque_base64url(client: TestClient, acme: Tenant, db: psycopg.Connection) -> None:
+def test_cursors_are_opaque_base64url(client: TestClient, acme: Account, db: psycopg.Connection) -> None:
     store(db, acme, {"improvement_signals": [signal(n, at(1)) for n in range(3)]})
     cursor = client.get("/v2/signals", params={"limit": 2}, headers=acme.auth).json()["next_cursor"]
     assert set(cursor) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")

@@ -22,11 +22,10 @@ from starlette.applications import Starlette
 from api import openapi
 from api.app import create_app
 from bench import samples
-from ops import accounts
 from runtime.settings import Settings
-from tests.fuzz.conftest import REQUEST_TIMEOUT_S, SCHEMATHESIS_CHECKS
-from tests.fuzz.test_openapi_fuzz import SERVERLESS_PATHS
-from tests.support import batch_of
+from tests.support import batch_of, new_account
+from tests.unit.fuzzing import REQUEST_TIMEOUT_S, SCHEMATHESIS_CHECKS
+from tests.unit.test_openapi_fuzz import SERVERLESS_PATHS
 from workers.jobs import write_batch
 
 schema = schemathesis.openapi.from_dict(json.loads(openapi.document())).exclude(path=SERVERLESS_PATHS)
@@ -35,15 +34,14 @@ schema = schemathesis.openapi.from_dict(json.loads(openapi.document())).exclude(
 @pytest.fixture
 def seeded(db: psycopg.Connection, settings: Settings) -> Iterator[tuple[Starlette, str]]:
     """The app, and a key of a workspace holding signals, grading results and a push."""
-    workspace_id = accounts.create_workspace(db, "fuzzed")
-    key = accounts.create_key(db, "fuzzed")[1]
+    fuzzed = new_account(db, "fuzzed")
     records = {
         "improvement_signals": [samples.improvement_signal(n, mentioned_skill="parser") for n in range(5)],
         "grading_results": [samples.grading_result(n, skill_name="parser") for n in range(5)],
     }
-    write_batch(db, batch_of(records, push_id=uuid.uuid4().hex, workspace_id=workspace_id))
+    write_batch(db, batch_of(records, push_id=uuid.uuid4().hex, workspace_id=fuzzed.workspace_id))
     # Not entered with a TestClient: schemathesis runs the app's lifespan itself.
-    yield create_app(settings), key
+    yield create_app(settings), fuzzed.key
 
 
 def call_and_check(case: Any, app: Starlette, key: str) -> None:

@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
-import fakeredis
 import pytest
 from rq import Queue
 from starlette.testclient import TestClient
 
 from bench.samples import prompt, session
-from queueing.rq_compat import MsgpackSerializer
-from runtime.settings import Settings
 from schema.queue import decode_batch
-from tests.unit.test_push_api import KEY, assert_error, make_client, post
-
-
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def client(server: fakeredis.FakeServer) -> Any:
-    with make_client(Settings.from_env(), fakeredis.FakeAsyncRedis(server=server)) as c:
-        yield c
-
-
-@pytest.fixture
-def queue(server: fakeredis.FakeServer) -> Queue:
-    name = Settings.from_env().queue_name
-    return Queue(name, connection=fakeredis.FakeRedis(server=server), serializer=MsgpackSerializer)
+from tests.unit.inprocess import KEY
+from tests.unit.test_push_api import assert_error, post
 
 
 def nested(depth: int) -> bytes:

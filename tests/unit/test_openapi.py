@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
-import fakeredis
 import jsonschema
 import msgspec
 import pytest
@@ -16,28 +14,13 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from api import openapi
-from api.app import create_app
-from api.auth import ApiKey
 from bench.samples import FACTORIES
-from runtime.settings import Settings
 from schema.envelope import PushEnvelope, RecordArrays
 from schema.records import RECORD_DECODERS, RECORD_TYPES
+from tests.unit.inprocess import KEY
 
-KEY = "st_live_" + "a" * 43
 PUSH_PATHS = ("/v2/push", "/api/v1/push")
 ERROR_STATUSES = {400, 401, 403, 408, 413, 415, 422, 429, 503}
-
-
-class MemoryKeys:
-    async def lookup(self, key: str) -> ApiKey | None:
-        return ApiKey("key_1", "ws_test") if key == KEY else None
-
-
-@pytest.fixture
-def client() -> Iterator[TestClient]:
-    app = create_app(Settings.from_env(), redis=fakeredis.FakeAsyncRedis(), keys=MemoryKeys())
-    with TestClient(app) as c:
-        yield c
 
 
 @pytest.fixture

@@ -22,29 +22,10 @@ from starlette.testclient import TestClient
 from api.app import create_app
 from api.auth import ApiKey
 from bench.samples import one_of_each, prompt, session
-from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import Settings
 from schema import validation
 from schema.queue import INGEST_JOB, decode_batch
-
-KEY = "st_live_" + "a" * 43
-OTHER_KEY = "st_live_" + "b" * 43
-WORKSPACE = "ws_test"
-
-
-class MemoryKeys:
-    """Stands in for the Postgres-backed KeyStore (the api's only use of Postgres here)."""
-
-    def __init__(self, keys: dict[str, ApiKey]) -> None:
-        self.keys = keys
-
-    async def lookup(self, key: str) -> ApiKey | None:
-        return self.keys.get(key)
-
-
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
+from tests.unit.inprocess import KEY, OTHER_KEY, WORKSPACE, MemoryKeys, make_client
 
 
 @pytest.fixture
@@ -52,22 +33,6 @@ def settings() -> Settings:
     return replace(
         Settings.from_env(), max_body_bytes=64 * 1024, max_compressed_body_bytes=16 * 1024, max_push_bytes=1024 * 1024
     )
-
-
-def make_client(settings: Settings, redis: Any) -> TestClient:
-    keys = MemoryKeys({KEY: ApiKey("key_1", WORKSPACE), OTHER_KEY: ApiKey("key_2", "ws_other")})
-    return TestClient(create_app(settings, redis=redis, keys=keys))
-
-
-@pytest.fixture
-def client(settings: Settings, server: fakeredis.FakeServer) -> Any:
-    with make_client(settings, fakeredis.FakeAsyncRedis(server=server)) as c:
-        yield c
-
-
-@pytest.fixture
-def queue(settings: Settings, server: fakeredis.FakeServer) -> Queue:
-    return Queue(settings.queue_name, connection=fakeredis.FakeRedis(server=server), serializer=MsgpackSerializer)
 
 
 def post(client: TestClient, body: Any, path: str = "/v2/push", key: str | None = KEY, **headers: str) -> Any:

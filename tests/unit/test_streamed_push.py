@@ -17,10 +17,10 @@ from rq import Queue
 from starlette.testclient import TestClient
 
 from bench.samples import prompt, session
-from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import MIB, Settings
 from schema.queue import INGEST_STREAMED_JOB, body_key, decode_batch
-from tests.unit.test_push_api import WORKSPACE, assert_error, make_client, post
+from tests.unit.inprocess import WORKSPACE, make_client
+from tests.unit.test_push_api import assert_error, post
 
 BODY_LIMIT = 64 * 1024
 
@@ -37,24 +37,8 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def client(settings: Settings, server: fakeredis.FakeServer) -> Any:
-    with make_client(settings, fakeredis.FakeAsyncRedis(server=server)) as c:
-        yield c
-
-
-@pytest.fixture
 def redis(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
     return fakeredis.FakeRedis(server=server)
-
-
-@pytest.fixture
-def queue(settings: Settings, redis: fakeredis.FakeRedis) -> Queue:
-    return Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
 
 
 def big_body(push_id: str = "big-1", big_text: int = 200_000, ordinary: int = 11) -> bytes:

@@ -26,8 +26,9 @@ from redis import Redis
 from redis.exceptions import BusyLoadingError
 
 from tests.conftest import ADMIN_URL, REDIS_URL
-from tests.e2e.stack import PGBIN, REPO
+from tests.e2e.stack import REPO
 
+PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
 SERVICES = REPO / "scripts" / "services.sh"
 COMMAND_TIMEOUT_S = 120.0
 GONE_TIMEOUT_S = 10.0

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import httpx2
 
-from tests.faults import load
-from tests.faults.load import LoadGenerator, Push
+from tests.e2e.faults import load
+from tests.e2e.faults.load import LoadGenerator, Push
 
 ATTEMPTS = 5
 SLEEPS_S = (1.0, 2.0, 4.0, 8.0)

@@ -33,9 +33,9 @@ from redis import Redis
 from ops.actions import failed_batches
 from queueing.queue_state import QueueState, read_snapshot
 from runtime.settings import Settings
+from tests.e2e.faults.load import OTHER_STATUS, REFUSED_503, TRANSPORT, Ledger
 from tests.e2e.rows import ID_COLUMNS
 from tests.e2e.stack import BIN, REPO, Service, Stack, answers_healthz, free_port, log_config_args
-from tests.faults.load import OTHER_STATUS, REFUSED_503, TRANSPORT, Ledger
 
 # How long the queue may take to drain after a fault. Abandoned batches wait out the job timeout
 # (5 s) + grace (10 s); a batch whose worker died between taking it and starting it waits in RQ's

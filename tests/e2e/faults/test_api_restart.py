@@ -17,9 +17,9 @@ import pytest
 from redis import Redis
 
 from runtime.settings import Settings
+from tests.e2e.faults.harness import ApiProcess, Scenario, WorkerPool
+from tests.e2e.faults.load import Ledger, LoadGenerator, resend_unacked
 from tests.e2e.stack import Stack
-from tests.faults.harness import ApiProcess, Scenario, WorkerPool
-from tests.faults.load import Ledger, LoadGenerator, resend_unacked
 
 FIRST_RESTART_S = 2.0
 

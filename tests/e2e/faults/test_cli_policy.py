@@ -1,13 +1,13 @@
 """Faults met by clients that behave exactly as the real CLI does: nothing it sends may be lost (issue 13).
 
-Each scenario drives CLIs that follow SPEC 2.5 (tests/faults/cli_client.py: 5
+Each scenario drives CLIs that follow SPEC 2.5 (tests/e2e/faults/cli_client.py: 5
 attempts over ~15 s, Retry-After ignored, a 4xx or the last failure dropped for
 good) against real api, worker, Redis and Postgres processes, injects one fault,
 lets the service recover, and counts every record by id: 0 lost, each landed once.
 
 The short variants run in `make test`; the long ones (the durations the issue
 names) are marked slow. The same scenarios can run against another checkout for
-contrast: `SELFTUNE_CODE_DIR=/path/to/old/checkout pytest tests/faults/test_cli_policy.py`
+contrast: `SELFTUNE_CODE_DIR=/path/to/old/checkout pytest tests/e2e/faults/test_cli_policy.py`
 (the api and workers are started from that code; the table rows say "before").
 """
 
@@ -27,15 +27,15 @@ from redis import Redis
 from runtime.settings import Settings
 from spool.store import read_stats
 from store.keys import KEY_MIRROR_REFRESHED
+from tests.e2e.faults.cli_client import REQUEST_TIMEOUT, SENT, CliFleet, CliLedger, send_as_the_cli
+from tests.e2e.faults.cli_harness import CliFigures, code_label, record_row, settle
+from tests.e2e.faults.harness import ApiProcess, WorkerPool, queue_state
+from tests.e2e.faults.load import Push
+from tests.e2e.faults.procs import children, rq_worker_pids
 from tests.e2e.rows import all_processed, ids_in
+from tests.e2e.servers import Servers
 from tests.e2e.stack import BIN, Stack
 from tests.e2e.test_big_push import big_push
-from tests.faults.cli_client import REQUEST_TIMEOUT, SENT, CliFleet, CliLedger, send_as_the_cli
-from tests.faults.cli_harness import CliFigures, code_label, record_row, settle
-from tests.faults.harness import ApiProcess, WorkerPool, queue_state
-from tests.faults.load import Push
-from tests.faults.procs import children, rq_worker_pids
-from tests.faults.servers import Servers
 
 # Worker retries long enough to ride out the outages below without an operator's replay
 # (the api sets each job's retries): 1 + 2 + 4 + 8 + 16 s, then every 30 s.

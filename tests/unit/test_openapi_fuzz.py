@@ -16,13 +16,13 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from api import openapi
-from tests.fuzz.conftest import KEY, REQUEST_TIMEOUT_S, SCHEMATHESIS_CHECKS, Stack, assert_documented, fuzz_settings
+from tests.unit.fuzzing import KEY, REQUEST_TIMEOUT_S, SCHEMATHESIS_CHECKS, FuzzTarget, assert_documented, fuzz_settings
 
 
 @pytest.fixture(scope="module")
-def schema_stack() -> Iterator[Stack]:
+def schema_target() -> Iterator[FuzzTarget]:
     # Not entered with a TestClient: schemathesis runs this app's lifespan itself.
-    yield Stack(fuzz_settings())
+    yield FuzzTarget(fuzz_settings())
 
 
 # The endpoints that answer without Postgres; the others (reads, device enrollment, /readyz)
@@ -34,10 +34,13 @@ SERVERLESS_PATHS = ["/v2/push", "/api/v1/push", "/healthz", "/metrics", "/openap
 schema = schemathesis.openapi.from_dict(json.loads(openapi.document())).include(path=SERVERLESS_PATHS)
 
 
-def call_and_check(case: Any, stack: Stack) -> None:
-    stack.flush()
+def call_and_check(case: Any, target: FuzzTarget) -> None:
+    target.flush()
     response = case.call_and_validate(
-        app=stack.app, headers={"Authorization": f"Bearer {KEY}"}, checks=SCHEMATHESIS_CHECKS, timeout=REQUEST_TIMEOUT_S
+        app=target.app,
+        headers={"Authorization": f"Bearer {KEY}"},
+        checks=SCHEMATHESIS_CHECKS,
+        timeout=REQUEST_TIMEOUT_S,
     )
     if case.path.endswith("/push"):
         [content_type] = response.headers["content-type"]
@@ -46,12 +49,12 @@ def call_and_check(case: Any, stack: Stack) -> None:
 
 @schema.parametrize()
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-def test_every_operation_answers_as_documented(case: Any, schema_stack: Stack) -> None:
-    call_and_check(case, schema_stack)
+def test_every_operation_answers_as_documented(case: Any, schema_target: FuzzTarget) -> None:
+    call_and_check(case, schema_target)
 
 
 @pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
-def test_every_operation_answers_as_documented_long(case: Any, schema_stack: Stack) -> None:
-    call_and_check(case, schema_stack)
+def test_every_operation_answers_as_documented_long(case: Any, schema_target: FuzzTarget) -> None:
+    call_and_check(case, schema_target)

@@ -20,10 +20,10 @@ import pytest
 from redis import Redis
 
 from runtime.settings import Settings
+from tests.e2e.faults.harness import ApiProcess, Scenario, WorkerPool, queue_state
+from tests.e2e.faults.load import Ledger, LoadGenerator, resend_unacked
+from tests.e2e.servers import Servers
 from tests.e2e.stack import Stack
-from tests.faults.harness import ApiProcess, Scenario, WorkerPool, queue_state
-from tests.faults.load import Ledger, LoadGenerator, resend_unacked
-from tests.faults.servers import Servers
 
 OUTAGE_AT_S = 3.0
 

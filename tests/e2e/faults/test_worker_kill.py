@@ -33,11 +33,11 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from bench import samples
 from queueing.rq_compat import IngestJob, MsgpackSerializer
 from runtime.settings import Settings
+from tests.e2e.faults.harness import ApiProcess, Scenario, WorkerPool
+from tests.e2e.faults.load import Ledger, LoadGenerator, resend_unacked
+from tests.e2e.faults.procs import children, rq_worker_pids
 from tests.e2e.rows import all_processed, expected_ids, ids_in, push_row
 from tests.e2e.stack import BIN, Api, Service, Stack
-from tests.faults.harness import ApiProcess, Scenario, WorkerPool
-from tests.faults.load import Ledger, LoadGenerator, resend_unacked
-from tests.faults.procs import children, rq_worker_pids
 from workers.worker import HEARTBEAT_TTL_S
 
 WORKERS = 2

@@ -23,8 +23,8 @@ from rq.scheduler import RQScheduler
 
 from queueing.rq_compat import IngestJob, MsgpackSerializer
 from runtime.settings import Settings
+from tests.e2e.faults.procs import alive, children, rq_worker_pids, scheduler_pid, session_strays
 from tests.e2e.stack import BIN, Service, Stack
-from tests.faults.procs import alive, children, rq_worker_pids, scheduler_pid, session_strays
 
 WORKERS = 2
 SETTLE_S = 15.0  # a killed child is replaced at once, or RESTART_BACKOFF_S after its start
@@ -57,7 +57,9 @@ def retried_job_runs(stack: Stack, redis: Redis, settings: Settings) -> None:
     """A job whose first attempt fails finishes through a retry after RETRY_PAUSE_S: the scheduler works."""
     key = f"attempts:{uuid.uuid4().hex}"
     queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer, job_class=IngestJob)
-    job = queue.enqueue("tests.faults.retry_jobs.fail_first_attempt", key, retry=Retry(max=1, interval=RETRY_PAUSE_S))
+    job = queue.enqueue(
+        "tests.e2e.faults.retry_jobs.fail_first_attempt", key, retry=Retry(max=1, interval=RETRY_PAUSE_S)
+    )
     stack.wait_until(lambda: redis.get(key) == b"1", "the first attempt ran (and failed)")
     stack.wait_until(lambda: job.get_status(refresh=True) == "finished", "the delayed retry ran", timeout=20)
     assert redis.get(key) == b"2"

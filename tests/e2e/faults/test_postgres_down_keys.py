@@ -17,9 +17,10 @@ from bench import samples
 from ops import accounts
 from runtime.settings import Settings
 from store.keys import KEY_MIRROR_REFRESHED
+from tests.e2e.faults.harness import ApiProcess, WorkerPool, queue_state
+from tests.e2e.servers import Servers
 from tests.e2e.stack import Stack
-from tests.faults.harness import ApiProcess, WorkerPool, queue_state
-from tests.faults.servers import Servers
+from tests.support import Account
 
 RECOVERY_BOUND_S = 10.0  # the "within seconds", generously (the pool retries every ~1-2 s)
 
@@ -48,11 +49,16 @@ def _status(api: ApiProcess, path: str) -> int:
     "outage_s", [pytest.param(12.0, id="12s"), pytest.param(70.0, id="70s", marks=pytest.mark.slow)]
 )
 def test_keys_are_checked_and_revocations_hold_while_postgres_is_down_and_the_pool_recovers_at_once(
-    stack: Stack, settings: Settings, db: psycopg.Connection, rq_redis: Redis, servers: Servers, outage_s: float
+    stack: Stack,
+    settings: Settings,
+    db: psycopg.Connection,
+    account: Account,
+    rq_redis: Redis,
+    servers: Servers,
+    outage_s: float,
 ) -> None:
-    workspace_id = accounts.create_workspace(db, "mirror")
-    _, live = accounts.create_key(db, workspace_id)
-    revoked_id, revoked = accounts.create_key(db, workspace_id)
+    live = account.key
+    revoked_id, revoked = accounts.create_key(db, account.workspace_id)
     accounts.revoke_key(db, revoked_id)
     assert accounts.mirror_key(db, rq_redis, revoked_id) is None  # as `selftune-ingest key revoke` does
     never_issued = "st_live_" + "n" * 43
@@ -83,13 +89,12 @@ def test_keys_are_checked_and_revocations_hold_while_postgres_is_down_and_the_po
 def test_a_batch_that_failed_for_good_while_postgres_was_down_reads_failed(
     stack: Stack,
     settings: Settings,
-    db: psycopg.Connection,
+    account: Account,
     rq_redis: Redis,
     servers: Servers,
     worker_pool: Callable[[int], WorkerPool],
 ) -> None:
-    workspace_id = accounts.create_workspace(db, "failing")
-    _, key = accounts.create_key(db, workspace_id)
+    key = account.key
     api = ApiProcess.start(stack, JOB_RETRIES="1", JOB_RETRY_BACKOFF_S="1")
     worker_pool(1)
     servers.stop_postgres()

@@ -1,4 +1,4 @@
-"""The app in-process (fakeredis, one valid key) and the invariants every answer must hold.
+"""The fuzz harness: the app in-process (tests/unit/inprocess.py) and the invariants every answer must hold.
 
 Each request runs in its own thread with a deadline, so a hang fails the test
 instead of stalling the run. Redis is flushed before each push, so a 202 leaves
@@ -8,7 +8,7 @@ exactly one job to read back.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -23,11 +23,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from starlette.applications import Starlette
-from starlette.testclient import TestClient
 
-from api.app import create_app
-from api.auth import ApiKey
 from api.openapi import ErrorBody
 from api.push import PushAnswer
 from queueing.rq_compat import MsgpackSerializer
@@ -35,8 +31,8 @@ from runtime.settings import MIB, Settings
 from schema.queue import QueuedBatch, decode_batch
 from schema.records import RECORD_TYPES
 from schema.validation import MAX_ERRORS_LISTED
+from tests.unit.inprocess import KEY, WORKSPACE, make_client
 
-KEY = "st_live_" + "f" * 43
 # What every schemathesis case must pass: never a 5xx, and status, content type, headers and
 # body as /openapi.json documents them.
 SCHEMATHESIS_CHECKS = [
@@ -46,15 +42,9 @@ SCHEMATHESIS_CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-WORKSPACE = "ws_fuzz"
 REQUEST_TIMEOUT_S = 10.0
 SECTIONS = ("data", "canonical")
 JSON = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-
-
-class MemoryKeys:
-    async def lookup(self, key: str) -> ApiKey | None:
-        return ApiKey("key_fuzz", WORKSPACE) if key == KEY else None
 
 
 def fuzz_settings() -> Settings:
@@ -64,18 +54,20 @@ def fuzz_settings() -> Settings:
     )
 
 
-class Stack:
-    """One app on one fake Redis server; `queue` reads what the api enqueued."""
+class FuzzTarget:
+    """The app on one fake Redis server, its client not entered yet; `queue` reads what the api enqueued.
+
+    The `fuzz_target` fixture (tests/unit/conftest.py) enters the client once for a
+    whole module: hypothesis examples flush Redis, not the app.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.server = fakeredis.FakeServer()
         self.redis = fakeredis.FakeRedis(server=self.server)
         self.queue = Queue(settings.queue_name, connection=self.redis, serializer=MsgpackSerializer)
-        self.app: Starlette = create_app(
-            settings, redis=fakeredis.FakeAsyncRedis(server=self.server), keys=MemoryKeys()
-        )
-        self.client: TestClient | None = None
+        self.client = make_client(settings, fakeredis.FakeAsyncRedis(server=self.server))
+        self.app = self.client.app
 
     def flush(self) -> None:
         self.redis.flushall()
@@ -85,7 +77,6 @@ class Stack:
 
         `body` may be an iterable of chunks, sent as they come (chunked transfer).
         """
-        assert self.client is not None, "use the `stack` fixture"
         self.flush()
         client = self.client
         outcome: list[Any] = []
@@ -115,15 +106,6 @@ class Stack:
         return decode_batch(jobs[-1].args[0])
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    """A running app, shared by a module's tests (hypothesis examples flush Redis, not the app)."""
-    s = Stack(fuzz_settings())
-    with TestClient(s.app) as client:
-        s.client = client
-        yield s
-
-
 def assert_documented(status: int, content_type: str, content: bytes) -> None:
     """Never a 5xx; the body of a push's answer is JSON of the shape documented for its status."""
     assert status < 500, f"{status}: {content[:500]!r}"
@@ -147,12 +129,12 @@ def encode(value: Any) -> bytes:
     return msgspec.json.encode(value)
 
 
-def push_records(stack: Stack, envelope: dict[str, Any]) -> tuple[PushAnswer, QueuedBatch]:
+def push_records(target: FuzzTarget, envelope: dict[str, Any]) -> tuple[PushAnswer, QueuedBatch]:
     """Push an envelope built from Python values; a 202 must keep every record, good or bad."""
-    resp = stack.post(encode(envelope))
+    resp = target.post(encode(envelope))
     assert resp.status_code == 202, resp.text[:500]
     answer = msgspec.json.decode(resp.content, type=PushAnswer)
-    batch = stack.batch()
+    batch = target.batch()
     assert_nothing_lost(answer, batch, envelope)
     return answer, batch
 

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schema.records import RECORD_TYPES
-from tests.fuzz.conftest import Stack, push_records
-from tests.fuzz.mutate import (
+from tests.unit.fuzzing import FuzzTarget, push_records
+from tests.unit.mutate import (
     MISSING,
     sample,
     schema_accepts,
@@ -51,10 +51,10 @@ def json_path(path: tuple[str | int, ...]) -> str:
 
 
 @pytest.mark.parametrize("record_type", TYPES)
-def test_wrong_type_at_every_path_is_judged_as_the_openapi_schema_says(stack: Stack, record_type: str) -> None:
+def test_wrong_type_at_every_path_is_judged_as_the_openapi_schema_says(target: FuzzTarget, record_type: str) -> None:
     mutations = type_mutations(record_type)
     records = [sample(record_type), *(set_at(sample(record_type), path, value) for path, value in mutations)]
-    _, batch = push_records(stack, envelope_of(record_type, records, f"types-{record_type}"))
+    _, batch = push_records(target, envelope_of(record_type, records, f"types-{record_type}"))
 
     rejected = rejected_positions(batch, record_type)
     assert 0 not in rejected, "the untouched sample is accepted"
@@ -83,10 +83,10 @@ def test_wrong_type_at_every_path_is_judged_as_the_openapi_schema_says(stack: St
 
 
 @pytest.mark.parametrize("record_type", TYPES)
-def test_empty_string_at_every_path(stack: Stack, record_type: str) -> None:
+def test_empty_string_at_every_path(target: FuzzTarget, record_type: str) -> None:
     paths = string_paths(record_type)
     records = [set_at(sample(record_type), path, "") for path in paths]
-    _, batch = push_records(stack, envelope_of(record_type, records, f"empty-{record_type}"))
+    _, batch = push_records(target, envelope_of(record_type, records, f"empty-{record_type}"))
 
     rejected = rejected_positions(batch, record_type)
     for i, record in enumerate(records):
@@ -98,27 +98,27 @@ def test_empty_string_at_every_path(stack: Stack, record_type: str) -> None:
 
 
 @pytest.mark.parametrize("record_type", TYPES)
-def test_enormous_string_at_every_path(stack: Stack, record_type: str) -> None:
+def test_enormous_string_at_every_path(target: FuzzTarget, record_type: str) -> None:
     paths = string_paths(record_type)
-    size = stack.settings.max_body_bytes // 3 // len(paths)  # "é" is two bytes: the push stays under the limit
+    size = target.settings.max_body_bytes // 3 // len(paths)  # "é" is two bytes: the push stays under the limit
     records = [set_at(sample(record_type), path, "é" * size) for path in paths]
-    push_records(stack, envelope_of(record_type, records, f"huge-{record_type}"))
+    push_records(target, envelope_of(record_type, records, f"huge-{record_type}"))
 
 
 @pytest.mark.parametrize("record_type", TYPES)
-def test_string_over_max_string_chars_is_rejected_alone(stack: Stack, record_type: str) -> None:
+def test_string_over_max_string_chars_is_rejected_alone(target: FuzzTarget, record_type: str) -> None:
     path = string_paths(record_type)[0]
-    too_long = set_at(sample(record_type), path, "s" * (stack.settings.max_string_chars + 1))
-    _, batch = push_records(stack, envelope_of(record_type, [sample(record_type), too_long], f"long-{record_type}"))
+    too_long = set_at(sample(record_type), path, "s" * (target.settings.max_string_chars + 1))
+    _, batch = push_records(target, envelope_of(record_type, [sample(record_type), too_long], f"long-{record_type}"))
     [rejected] = batch.rejected
     assert rejected.index == 1 and "MAX_STRING_CHARS" in rejected.error
 
 
 @pytest.mark.slow
-def test_one_string_just_under_the_body_limit(stack: Stack) -> None:
-    size = stack.settings.max_body_bytes - 10_000
+def test_one_string_just_under_the_body_limit(target: FuzzTarget) -> None:
+    size = target.settings.max_body_bytes - 10_000
     record = sample("prompts") | {"prompt_text": "p" * size}
-    push_records(stack, envelope_of("prompts", [record], "just-under"))
+    push_records(target, envelope_of("prompts", [record], "just-under"))
 
 
 # -- hypothesis: mixed batches --------------------------------------------------------------
@@ -168,14 +168,16 @@ ENVELOPE_EXTRAS = st.sampled_from(
 
 @FUZZ
 @given(items=st.lists(records(), max_size=30), extras=ENVELOPE_EXTRAS)
-def test_mixed_batches_lose_nothing(stack: Stack, items: list[tuple[str, str, Any]], extras: dict[str, Any]) -> None:
-    push_records(stack, build(items, extras))
+def test_mixed_batches_lose_nothing(
+    target: FuzzTarget, items: list[tuple[str, str, Any]], extras: dict[str, Any]
+) -> None:
+    push_records(target, build(items, extras))
 
 
 @FUZZ
 @given(items=st.lists(text_records(), min_size=1, max_size=10))
-def test_any_text_in_any_string_field_loses_nothing(stack: Stack, items: list[tuple[str, str, Any, str]]) -> None:
-    _, batch = push_records(stack, build([item[:3] for item in items], {}))
+def test_any_text_in_any_string_field_loses_nothing(target: FuzzTarget, items: list[tuple[str, str, Any, str]]) -> None:
+    _, batch = push_records(target, build([item[:3] for item in items], {}))
     positions: dict[str, int] = {}
     for _, record_type, _, text in items:
         index = positions[record_type] = positions.get(record_type, -1) + 1
@@ -187,6 +189,6 @@ def test_any_text_in_any_string_field_loses_nothing(stack: Stack, items: list[tu
 @FUZZ_LONG
 @given(items=st.lists(records(), max_size=200), extras=ENVELOPE_EXTRAS)
 def test_mixed_batches_lose_nothing_long(
-    stack: Stack, items: list[tuple[str, str, Any]], extras: dict[str, Any]
+    target: FuzzTarget, items: list[tuple[str, str, Any]], extras: dict[str, Any]
 ) -> None:
-    push_records(stack, build(items, extras))
+    push_records(target, build(items, extras))

@@ -1,4 +1,4 @@
-"""Settling and counting a fault scenario driven by the CLI-policy client (tests/faults/cli_client.py).
+"""Settling and counting a fault scenario driven by the CLI-policy client (tests/e2e/faults/cli_client.py).
 
 After the fault is over, every push its CLI saw acknowledged must land in Postgres
 (processed, each record once); a record is lost when its CLI gave up on its push
@@ -18,10 +18,10 @@ import psycopg
 from redis import Redis
 
 from runtime.settings import Settings
+from tests.e2e.faults.cli_client import CliLedger
+from tests.e2e.faults.harness import push_rows, queue_quiet, record_ids
 from tests.e2e.rows import ID_COLUMNS
 from tests.e2e.stack import Stack
-from tests.faults.cli_client import CliLedger
-from tests.faults.harness import push_rows, queue_quiet, record_ids
 
 SETTLE_TIMEOUT_S = 180.0
 CLI_TABLE: list[CliFigures] = []
