@@ -20,12 +20,12 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from bench import samples
-from ops import accounts, erasure
+from ops import erasure
 from runtime.settings import Settings
 from store.migrate import current_version, latest_version
 from tests import pg_clusters
 from tests.pg_clusters import PGBIN, run
-from tests.support import push_json, run_burst_worker
+from tests.support import new_account, push_json, run_burst_worker
 
 
 @pytest.fixture
@@ -46,8 +46,8 @@ def test_a_pg_dump_restored_into_a_fresh_cluster_reads_a_push_back(
     tmp_path: Path,
     use_worker_settings: Callable[[Settings], None],
 ) -> None:
-    workspace_id = accounts.create_workspace(db, "acme")
-    key = accounts.create_key(db, "acme")[1]
+    acme = new_account(db, "acme")
+    workspace_id, key = acme.workspace_id, acme.key
     records = samples.one_of_each(1)
     records["prompts"].append({**samples.prompt(2), "prompt_kind": 7})  # one quarantined record too
     with TestClient(create_app(settings)) as c:

@@ -20,9 +20,8 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from bench import samples
-from ops import accounts
 from runtime.settings import Settings
-from tests.support import push_json, run_burst_worker
+from tests.support import new_account, push_json, run_burst_worker
 from workers.tables import TABLES
 
 # Distributed by workspace_id: every record table, and the two tables of pushes and their rejects.
@@ -162,8 +161,7 @@ NOT_WORKSPACE_READS = {
 @pytest.fixture
 def populated(db: psycopg.Connection, settings: Settings, use_worker_settings: Any) -> str:
     """A workspace's key, with a push written holding a signal and a grading result of skill parser."""
-    accounts.create_workspace(db, "acme")
-    key = accounts.create_key(db, "acme")[1]
+    key = new_account(db, "acme").key
     records = {
         "sessions": [samples.session(1)],
         "improvement_signals": [samples.improvement_signal(i, mentioned_skill="parser") for i in (1, 2)],

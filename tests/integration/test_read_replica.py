@@ -17,11 +17,10 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from bench import samples
-from ops import accounts
 from runtime.settings import Settings
 from store.migrate import migrate
 from tests.pg_clusters import Cluster, primary_with_replica
-from tests.support import push_json, run_burst_worker
+from tests.support import new_account, push_json, run_burst_worker
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +51,8 @@ def test_reads_come_from_the_replica_say_how_stale_and_fall_back_to_the_primary(
     s = replace(settings, database_url=primary.url("selftune"), database_read_url=replica.url("selftune"))
     use_worker_settings(s)
     with psycopg.connect(primary.url("selftune"), autocommit=True) as db:
-        accounts.create_workspace(db, "acme")
-        key = accounts.create_key(db, "acme")[1]
-    auth = {"Authorization": f"Bearer {key}"}
+        acme = new_account(db, "acme")
+    key, auth = acme.key, acme.auth
     with TestClient(create_app(s)) as c:
         assert push_json(c, key, {"improvement_signals": [samples.improvement_signal(1)]}, "one").status_code == 202
         run_burst_worker(s)

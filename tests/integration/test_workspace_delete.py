@@ -32,7 +32,7 @@ from queueing.rq_compat import ingest_queue, job_metas
 from runtime.settings import Settings
 from spool.store import Spool, count_workspace
 from store.keys import KEY_MIRROR, parse_mirror_value
-from tests.support import push_json, run_burst_worker
+from tests.support import new_account, push_json, run_burst_worker
 
 
 @pytest.fixture
@@ -149,8 +149,8 @@ class HeldWorker:
 
 def hold_a_worker(db: psycopg.Connection, settings: Settings, push_id: str) -> HeldWorker:
     """Workspace alpha pushes `push_id`; a worker takes it and waits on the push row this test holds uncommitted."""
-    alpha = accounts.create_workspace(db, "alpha")
-    key = accounts.create_key(db, "alpha")[1]
+    account = new_account(db, "alpha")
+    alpha, key = account.workspace_id, account.key
     with TestClient(create_app(settings)) as c:
         assert push_json(c, key, samples.one_of_each(1), push_id).status_code == 202
     blocker = psycopg.connect(settings.database_url)  # the worker's claim of the push waits for this row

@@ -5,22 +5,13 @@ from __future__ import annotations
 import pathlib
 import re
 
-import fakeredis
 from starlette.testclient import TestClient
 
 from api import errors
-from api.app import create_app
-from api.auth import ApiKey
 from api.openapi import build
-from runtime.settings import Settings
+from tests.unit.inprocess import KEY
 
 API = pathlib.Path(errors.__file__).parent
-KEY = "st_live_" + "e" * 43
-
-
-class _OneKey:
-    async def lookup(self, key: str) -> ApiKey | None:
-        return ApiKey("key_1", "ws_test") if key == KEY else None
 
 
 def test_every_code_is_defined_once() -> None:
@@ -63,11 +54,9 @@ def test_openapi_describes_each_status_with_every_code_of_it() -> None:
                 assert f"`{kind.code}`" in described
 
 
-def test_the_domain_errors_reach_the_client_through_the_handlers() -> None:
+def test_the_domain_errors_reach_the_client_through_the_handlers(client: TestClient) -> None:
     """A malformed envelope is mapped by exception_handlers to the catalogue's 422 with its path."""
-    app = create_app(Settings.from_env(), redis=fakeredis.FakeAsyncRedis(), keys=_OneKey())
-    with TestClient(app) as client:
-        resp = client.post("/v2/push", json={"data": []}, headers={"Authorization": f"Bearer {KEY}"})
+    resp = client.post("/v2/push", json={"data": []}, headers={"Authorization": f"Bearer {KEY}"})
     assert resp.status_code == 422
     assert resp.json()["error"]["code"] == errors.INVALID_ENVELOPE.code
     assert resp.json()["errors"][0].startswith("data")
