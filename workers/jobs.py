@@ -76,7 +76,7 @@ def _write_batch(conn: psycopg.Connection, batch: QueuedBatch, careful: bool) ->
     accepted: dict[str, int] = {}
     limits = settings().record_limits
     with conn.transaction():
-        if claim_push(conn, batch) == "processed":
+        if claim_push(conn, batch):
             return {"push_id": batch.push_id, "duplicate": True}
         typed = None
         if batch.body is not None and _is_clean(batch.body) and not careful:

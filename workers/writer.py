@@ -119,16 +119,19 @@ def write_quarantine(
         )
 
 
-def claim_push(conn: psycopg.Connection, batch: Any) -> str:
-    """Insert or lock the push's row; return the status it had ('processing' if new).
+def claim_push(conn: psycopg.Connection, batch: Any) -> bool:
+    """Insert or lock the push's row; True when the push was processed already (the job is then a no-op).
 
-    A push already 'processed' makes the job a no-op: that is how a retried or
-    replayed batch that in fact committed is not written twice. A concurrent
-    attempt on the same push waits here for the first one's transaction.
+    That is how a retried or replayed batch that in fact committed is not written
+    twice. A concurrent attempt on the same push waits here, on the row's lock, for
+    the first one's transaction: it then finds the row 'processed' (a no-op), or
+    inserts it afresh if the first rolled back. A new row is inserted as
+    'processed', the state it commits with (finish_push fills in its counts in the
+    same transaction): no reader sees the row before then.
     """
     row = conn.execute(
         "INSERT INTO pushes (workspace_id, push_id, status, received_at, pushed_at, cli_version, key_id, started_at)"
-        " VALUES (%s, %s, 'processing', %s, %s, %s, %s, now())"
+        " VALUES (%s, %s, 'processed', %s, %s, %s, %s, now())"
         " ON CONFLICT (workspace_id, push_id) DO UPDATE SET attempts = pushes.attempts + 1, started_at = now(),"
         " key_id = coalesce(pushes.key_id, excluded.key_id)"
         " RETURNING status, (xmax = 0) AS inserted",
@@ -136,7 +139,7 @@ def claim_push(conn: psycopg.Connection, batch: Any) -> str:
     ).fetchone()
     assert row is not None
     status, inserted = row
-    return "processing" if inserted else str(status)
+    return not inserted and status == "processed"
 
 
 def finish_push(
