@@ -15,11 +15,11 @@ from rq.exceptions import AbandonedJobError
 
 from queueing import stats
 from runtime.settings import Settings
-from schema.envelope import RecordLimits, check_record, decode_valid_records
-from schema.jsonbytes import has_nul_escape
+from schema.envelope import RecordLimits, check_record
 from schema.queue import QueuedBatch, decode_batch, failure_key
 from schema.records import RECORD_TYPES
 from workers import db
+from workers.arrays import body_arrays
 from workers.streamed import write_streamed
 from workers.writer import (
     REFUSED,
@@ -27,6 +27,7 @@ from workers.writer import (
     claim_push,
     fail_push,
     finish_push,
+    upsert,
     write_quarantine,
     write_records,
 )
@@ -60,8 +61,8 @@ def write_batch(conn: psycopg.Connection, batch: QueuedBatch) -> dict[str, Any]:
 
     Returns a summary: accepted and rejected counts by type, or duplicate=True.
     The fast path sends each type in one statement with no savepoints; if
-    Postgres refuses some value, the batch is written again carefully (see
-    `write_records`).
+    Postgres refuses some value, the batch is written again carefully: every
+    record checked alone, and the refused ones quarantined (see `write_records`).
     """
     try:
         return _write_batch(conn, batch, careful=False)
@@ -74,22 +75,17 @@ def _write_batch(conn: psycopg.Connection, batch: QueuedBatch, careful: bool) ->
     started = time.perf_counter()
     quarantined = [QuarantineRow(r.record_type, r.index, r.error, r.raw) for r in batch.rejected]
     accepted: dict[str, int] = {}
-    limits = settings().record_limits
     with conn.transaction():
         if claim_push(conn, batch):
             return {"push_id": batch.push_id, "duplicate": True}
-        typed = None
-        if batch.body is not None and _is_clean(batch.body) and not careful:
-            # A wholly valid push: all of its records decoded in one pass (writing
-            # carefully needs each record's own bytes: the body is split below).
-            typed = decode_valid_records(batch.body, limits)
-        if typed is not None:
-            for record_type, records in typed.items():
-                if records:
-                    write_records(conn, batch.workspace_id, record_type, records, [], [], careful=False)
-                    accepted[record_type] = len(records)
+        if batch.body is not None and not careful:
+            # A wholly valid push (the api checked every record): each type's array goes
+            # to Postgres as sent, and Postgres parses it (workers/arrays.py).
+            for record_type, array in body_arrays(batch.body).items():
+                accepted[record_type] = upsert(conn, batch.workspace_id, record_type, array)
         else:
             raws_by_type = batch.raw_records()
+            limits = settings().record_limits
             for record_type in RECORD_TYPES:
                 raws = raws_by_type.get(record_type)
                 if raws:
@@ -162,11 +158,6 @@ def write_job(batch: QueuedBatch, payload: bytes) -> Written:
     written = Written(batch, summary, time.perf_counter() - started)
     log_batch(batch, summary)
     return written
-
-
-def _is_clean(body: bytes) -> bool:
-    """One byte test of a whole body that spares each record its own (see check_record)."""
-    return not has_nul_escape(body) and len(body) <= settings().max_string_chars
 
 
 def _write_queued(batch: QueuedBatch, payload: bytes) -> dict[str, Any]:
