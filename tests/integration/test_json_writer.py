@@ -110,3 +110,18 @@ def test_one_statement_writes_its_rows_in_key_order(db: psycopg.Connection) -> N
     write(db, {"grading_results": [samples.grading_result(1, grading_id=i) for i in ids]}, "ws_a", "as queued")
     written = [r[0] for r in db.execute("SELECT grading_id FROM grading_results ORDER BY ctid").fetchall()]
     assert written == sorted(ids)  # code point order, as the careful path sorts (Table.key_of)
+
+
+def test_a_body_record_missing_a_required_field_is_quarantined_and_the_rest_land(db: psycopg.Connection) -> None:
+    # The worker no longer decodes a whole body again: should a record lacking a required
+    # field reach it (an api on a newer schema), Postgres's NOT NULL refuses the batch, and
+    # the careful re-write checks each record and quarantines that one alone.
+    batch = batch_of({"prompts": [samples.prompt(1), samples.prompt(2)]}, push_id="skewed")
+    assert batch.body is not None
+    body = json.loads(batch.body)
+    del body["data"]["prompts"][1]["prompt_text"]
+    batch.body = json.dumps(body).encode()
+    summary = write_queued(db, batch)
+    assert summary["accepted"] == {"prompts": 1} and summary["rejected"] == {"prompts": 1}
+    [(index, error)] = db.execute("SELECT record_index, error FROM quarantine").fetchall()
+    assert index == 1 and "prompt_text" in error
