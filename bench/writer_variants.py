@@ -21,10 +21,14 @@ after. Writer variants:
                pass, split into rounds and sorted by key in Python, sent as one binary array
                per column to INSERT ... SELECT FROM unnest(...) (the same merge rules)
   jsonb        the product (workers.jobs.write_batch): each type's array sliced from the
-               body, parsed by Postgres with jsonb_to_recordset
+               body, parsed by Postgres with jsonb_to_recordset, the statements pipelined
   json         the same with json_to_recordset over a json parameter
   typed-json   the Structs of python-rows re-encoded by msgspec into one JSON array per type
                (what the product does for records checked one by one)
+  jsonb-waits  the product without psycopg's pipeline mode: ~10 waits for the server per
+               batch (BEGIN, claim, each type, push row, COMMIT), not 3
+  jsonb-as-sent  the product without the SQL that stores a Struct's JSON as msgspec encodes
+               it (raw_source_ref, skill_actions kept as sent): what that normalizing costs
 
 and Postgres-side choices (issue 15 item 2), each on the product writer:
 
@@ -48,7 +52,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -229,13 +233,28 @@ def _product(conn: psycopg.Connection, batch: QueuedBatch) -> int:
     return sum(summary.get("accepted", {}).values())
 
 
-def _with_statements(statements: dict[str, bytes]) -> Callable[[psycopg.Connection, QueuedBatch], int]:
+def _with_statements(
+    statements: dict[str, bytes], wrapper: type[Json] | type[Jsonb] = Json
+) -> Callable[[psycopg.Connection, QueuedBatch], int]:
     def write(conn: psycopg.Connection, batch: QueuedBatch) -> int:
-        # A json parameter, not jsonb (which Postgres would parse into jsonb first).
-        with _patched(writer, "UPSERTS", {**writer.UPSERTS, **statements}), _patched(writer, "Jsonb", Json):
+        # For json_to_recordset, a json parameter, not jsonb (which Postgres would parse into jsonb first).
+        with _patched(writer, "UPSERTS", {**writer.UPSERTS, **statements}), _patched(writer, "Jsonb", wrapper):
             return _product(conn, batch)
 
     return write
+
+
+def _waits(conn: psycopg.Connection, batch: QueuedBatch) -> int:
+    """The product without psycopg's pipeline mode: each statement waits for its answer."""
+    import workers.jobs
+
+    with _patched(workers.jobs, "sent_together", lambda _conn, _careful: contextlib.nullcontext()):
+        return _product(conn, batch)
+
+
+def _as_sent(table: Table) -> Table:
+    """The table with its Structs' JSON stored as sent (unknown keys and nulls kept): what normalizing costs."""
+    return replace(table, columns=tuple(replace(c, struct_fields=(), struct_list=False) for c in table.columns))
 
 
 def _do_nothing(conn: psycopg.Connection, batch: QueuedBatch) -> int:
@@ -267,6 +286,7 @@ def variants(conn: psycopg.Connection) -> dict[str, Variant]:
     drop, create = _index_ddl(conn)
     pglz, lz4 = _compression(conn)
     json_statements = {n: json_upsert(t, "json_to_recordset", "json").as_bytes(None) for n, t in TABLES.items()}
+    as_sent = {n: json_upsert(_as_sent(t)).as_bytes(None) for n, t in TABLES.items()}
     return {
         v.name: v
         for v in (
@@ -274,6 +294,8 @@ def variants(conn: psycopg.Connection) -> dict[str, Variant]:
             Variant("jsonb", _product),
             Variant("json", _with_statements(json_statements)),
             Variant("typed-json", lambda c, b: _write_typed(c, b, _typed_json)),
+            Variant("jsonb-as-sent", _with_statements(as_sent, Jsonb)),
+            Variant("jsonb-waits", _waits),
             Variant("jsonb-pglz", _product, pglz, lz4),
             Variant(
                 "jsonb-ff90",
@@ -365,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--records", type=int, default=20_000, help="records timed per variant and round")
     p.add_argument(
-        "--variants", default="python-rows,jsonb,json,typed-json,jsonb-pglz,jsonb-ff90,jsonb-noindex,jsonb-donothing"
+        "--variants",
+        default="python-rows,jsonb,jsonb-waits,json,typed-json,jsonb-as-sent,jsonb-pglz,jsonb-ff90,jsonb-noindex,jsonb-donothing",
     )
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -43,22 +43,34 @@ def _as_is(data: bytes) -> bytes:
 
 
 def upsert(conn: psycopg.Connection, workspace_id: str, record_type: str, array: bytes) -> int:
-    """Write one type's records, given as one JSON array, in the caller's transaction; return how many.
+    """Write one type's records, given as one JSON array, in the caller's transaction; return how many."""
+    return upsert_all(conn, workspace_id, {record_type: array})[record_type]
+
+
+def upsert_all(conn: psycopg.Connection, workspace_id: str, arrays: dict[str, bytes]) -> dict[str, int]:
+    """Write each type's records, given as one JSON array per type, in the caller's transaction; count them by type.
 
     Postgres parses the records (workers/tables.py, json_upsert), so no record
-    becomes a Python object here. One statement, unless a key repeats in the
-    array: then one more per copy (round). A refused value raises one of REFUSED
-    and aborts the transaction.
+    becomes a Python object here. One statement per type, all sent before any
+    result is read (in psycopg's pipeline mode, one wait for them all), unless a
+    key repeats in an array: then one more per copy (round). A refused value
+    raises one of REFUSED and aborts the transaction.
     """
-    statement = UPSERTS[record_type]
-    rows = Jsonb(array, _as_is)
-    with conn.cursor() as cur:
-        found = cur.execute(statement, (rows, workspace_id, 1)).fetchone()
-        assert found is not None
-        rounds, records = found
-        for n in range(2, (rounds or 0) + 1):
-            cur.execute(statement, (rows, workspace_id, n))
-    return int(records)
+    sent = []
+    for record_type, array in arrays.items():
+        rows = Jsonb(array, _as_is)
+        cur = conn.cursor()
+        cur.execute(UPSERTS[record_type], (rows, workspace_id, 1))
+        sent.append((record_type, rows, cur))
+    counts: dict[str, int] = {}
+    for record_type, rows, cur in sent:
+        with cur:
+            found = cur.fetchone()
+            assert found is not None
+            rounds, counts[record_type] = found[0], int(found[1])
+            for n in range(2, (rounds or 0) + 1):
+                cur.execute(UPSERTS[record_type], (rows, workspace_id, n))
+    return counts
 
 
 _ENCODER = msgspec.json.Encoder()
