@@ -68,7 +68,7 @@ from schema.queue import QueuedBatch
 from store.migrate import migrate
 from workers import db, writer
 from workers.jobs import write_batch
-from workers.tables import TABLES, Table, as_utc, json_upsert, merge_of
+from workers.tables import TABLES, UPSERTS, Table, as_utc, json_upsert, merge_of
 from workers.writer import claim_push, finish_push
 
 WARMUP_BATCHES = 8  # psycopg prepares a statement after 5 executions
@@ -165,7 +165,7 @@ def _typed_json(conn: psycopg.Connection, ws: str, record_type: str, records: li
 def _do_nothing_upsert(table: Table) -> bytes:
     """Immutable types: insert what is new, then fill the nulls of rows that were there (see the module doc).
 
-    Parameters: rows, workspace, round (as json_upsert), then workspace and round again.
+    Parameters: rows, workspace, round, as json_upsert's (the UPDATE reads the last two as $2 and $3).
     """
     product = json_upsert(table).as_string(None)
     if table.merge != "immutable":
@@ -185,26 +185,13 @@ def _do_nothing_upsert(table: Table) -> bytes:
     )
     tail = sql.SQL(
         " ON CONFLICT ({target}) DO NOTHING), filled AS (UPDATE {table} AS t SET {fills} FROM u"
-        " WHERE t.workspace_id = %s AND u.copy = %s AND {same_key} AND ({needs}))"
+        " WHERE t.workspace_id = $2 AND u.copy = $3 AND {same_key} AND ({needs}))"
         " SELECT max(copy), count(*) FROM u"
     ).format(target=merge.target, table=sql.Identifier(table.name), fills=fills, same_key=same_key, needs=needs)
     return (product[: product.index(" ON CONFLICT")] + tail.as_string(None)).encode()
 
 
 _DO_NOTHING = {name: _do_nothing_upsert(t) for name, t in TABLES.items()}
-
-
-def _upsert_do_nothing(conn: psycopg.Connection, workspace_id: str, record_type: str, array: bytes) -> int:
-    statement = _DO_NOTHING[record_type]
-    rows = Jsonb(array, writer._as_is)
-    extra = (workspace_id, 1) if TABLES[record_type].merge == "immutable" else ()
-    with conn.cursor() as cur:
-        found = cur.execute(statement, (rows, workspace_id, 1, *extra)).fetchone()
-        assert found is not None
-        rounds, records = found
-        for n in range(2, (rounds or 0) + 1):
-            cur.execute(statement, (rows, workspace_id, n, *((workspace_id, n) if extra else ())))
-    return int(records)
 
 
 @contextlib.contextmanager
@@ -238,7 +225,7 @@ def _with_statements(
 ) -> Callable[[psycopg.Connection, QueuedBatch], int]:
     def write(conn: psycopg.Connection, batch: QueuedBatch) -> int:
         # For json_to_recordset, a json parameter, not jsonb (which Postgres would parse into jsonb first).
-        with _patched(writer, "UPSERTS", {**writer.UPSERTS, **statements}), _patched(writer, "Jsonb", wrapper):
+        with _patched(writer, "UPSERTS", {**UPSERTS, **statements}), _patched(writer, "Jsonb", wrapper):
             return _product(conn, batch)
 
     return write
@@ -255,13 +242,6 @@ def _waits(conn: psycopg.Connection, batch: QueuedBatch) -> int:
 def _as_sent(table: Table) -> Table:
     """The table with its Structs' JSON stored as sent (unknown keys and nulls kept): what normalizing costs."""
     return replace(table, columns=tuple(replace(c, struct_fields=(), struct_list=False) for c in table.columns))
-
-
-def _do_nothing(conn: psycopg.Connection, batch: QueuedBatch) -> int:
-    import workers.jobs
-
-    with _patched(workers.jobs, "upsert", _upsert_do_nothing):
-        return _product(conn, batch)
 
 
 def _compression(conn: psycopg.Connection) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -304,7 +284,7 @@ def variants(conn: psycopg.Connection) -> dict[str, Variant]:
                 ("ALTER TABLE sessions RESET (fillfactor)",),
             ),
             Variant("jsonb-noindex", _product, drop, create),
-            Variant("jsonb-donothing", _do_nothing),
+            Variant("jsonb-donothing", _with_statements(_DO_NOTHING, Jsonb)),
         )
     }
 
