@@ -41,7 +41,7 @@ class _Batches:
     The api's path (validate_push, queued_batch, encode_batch) runs once per
     template with the TOKEN placeholder; a push is then `token.join(parts)` of
     that payload (the token has the placeholder's length), decoded with the
-    worker's decode_batch, with the worker's test of the payload for `clean_bytes`.
+    worker's decode_batch.
     """
 
     def __init__(self, templates: list[Template], workspaces: list[str]) -> None:
@@ -59,12 +59,9 @@ class _Batches:
             )
             self.parts.append(encode_batch(batch).split(TOKEN))
 
-    def get(self, phase: int, n: int) -> tuple[QueuedBatch, bool]:
-        """Fresh push n of a phase (the same ids, workspace and records as PushStream.fresh_push(n)), and `clean_bytes`."""
-        from workers.jobs import payload_is_clean
-
-        payload = token(phase, n).join(self.parts[n % len(self.parts)])
-        return decode_batch(payload), payload_is_clean(payload)
+    def get(self, phase: int, n: int) -> QueuedBatch:
+        """Fresh push n of a phase (the same ids, workspace and records as PushStream.fresh_push(n))."""
+        return decode_batch(token(phase, n).join(self.parts[n % len(self.parts)]))
 
 
 def _child(
@@ -85,11 +82,11 @@ def _child(
     conn = db.connect(args.database_url)
     # Warm up (psycopg prepares statements after 5 executions), then calibrate the pool's size.
     for n in range(index, WARMUP_BATCHES * procs, procs):
-        write_batch(conn, *source.get(warm_phase, n))
+        write_batch(conn, source.get(warm_phase, n))
     t = time.perf_counter()
     calib = 0
     for n in range(WARMUP_BATCHES * procs + index, (WARMUP_BATCHES + CALIBRATION_BATCHES) * procs, procs):
-        write_batch(conn, *source.get(warm_phase, n))
+        write_batch(conn, source.get(warm_phase, n))
         calib += 1
     per_batch = (time.perf_counter() - t) / max(1, calib)
     # Enough for the phase at 3x the calibrated pace (the others were warming up meanwhile).
@@ -101,8 +98,8 @@ def _child(
     cpu0 = time.process_time()
     deadline = start + args.duration
     records = batches = 0
-    for b, clean in mine:
-        summary = write_batch(conn, b, clean)
+    for b in mine:
+        summary = write_batch(conn, b)
         batches += 1
         records += sum(summary["accepted"].values())
         if time.perf_counter() >= deadline:

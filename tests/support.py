@@ -56,11 +56,10 @@ def batch_of(
 
 
 def write_queued(conn: psycopg.Connection, batch: QueuedBatch) -> dict[str, Any]:
-    """Write a batch as a worker does, from its queued bytes (so `clean_bytes` is the worker's own test)."""
-    from workers.jobs import payload_is_clean, write_batch
+    """Write a batch as a worker does, from its queued bytes."""
+    from workers.jobs import write_batch
 
-    payload = encode_batch(batch)
-    return write_batch(conn, decode_batch(payload), payload_is_clean(payload))
+    return write_batch(conn, decode_batch(encode_batch(batch)))
 
 
 def with_lock_timeout(settings: Any, ms: int = 200) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -14,12 +16,11 @@ from rq.exceptions import AbandonedJobError
 
 from queueing import stats
 from runtime.settings import Settings
-from schema.jsonbytes import has_nul_escape
 from schema.queue import QueuedBatch, decode_batch, failure_key
 from schema.record_checks import RecordLimits, check_record
 from schema.records import RECORD_TYPES
-from schema.validation import decode_valid_records
 from workers import db
+from workers.arrays import body_arrays
 from workers.streamed import write_streamed
 from workers.writer import (
     REFUSED,
@@ -27,6 +28,7 @@ from workers.writer import (
     claim_push,
     fail_push,
     finish_push,
+    upsert_all,
     write_quarantine,
     write_records,
 )
@@ -55,45 +57,39 @@ def _valid_positions(batch: QueuedBatch, record_type: str, count: int) -> list[i
     return positions
 
 
-def write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool = False) -> dict[str, Any]:
+def write_batch(conn: psycopg.Connection, batch: QueuedBatch) -> dict[str, Any]:
     """Write a batch in one transaction; a push already processed is a no-op.
 
     Returns a summary: accepted and rejected counts by type, or duplicate=True.
     The fast path sends each type in one statement with no savepoints; if
-    Postgres refuses some value, the batch is written again carefully (see
-    `write_records`).
+    Postgres refuses some value, the batch is written again carefully: every
+    record checked alone, and the refused ones quarantined (see `write_records`).
     """
     try:
-        return _write_batch(conn, batch, clean_bytes, careful=False)
+        return _write_batch(conn, batch, careful=False)
     except REFUSED as exc:
         log.warning("push %s: Postgres refused a value (%s); writing carefully", batch.push_id, exc)
-        return _write_batch(conn, batch, clean_bytes, careful=True)
+        return _write_batch(conn, batch, careful=True)
 
 
-def _write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool, careful: bool) -> dict[str, Any]:
+def _write_batch(conn: psycopg.Connection, batch: QueuedBatch, careful: bool) -> dict[str, Any]:
     started = time.perf_counter()
     quarantined = [QuarantineRow(r.record_type, r.index, r.error, r.raw) for r in batch.rejected]
     accepted: dict[str, int] = {}
-    limits = settings().record_limits
-    with conn.transaction():
-        if claim_push(conn, batch) == "processed":
+    with sent_together(conn, careful), conn.transaction():
+        if claim_push(conn, batch):
             return {"push_id": batch.push_id, "duplicate": True}
-        typed = None
-        if batch.body is not None and clean_bytes and not careful:
-            # A wholly valid push: all of its records decoded in one pass (writing
-            # carefully needs each record's own bytes: the body is split below).
-            typed = decode_valid_records(batch.body, limits)
-        if typed is not None:
-            for record_type, records in typed.items():
-                if records:
-                    write_records(conn, batch.workspace_id, record_type, records, [], [], careful=False)
-                    accepted[record_type] = len(records)
+        if batch.body is not None and not careful:
+            # A wholly valid push (the api checked every record): each type's array goes
+            # to Postgres as sent, and Postgres parses it (workers/arrays.py).
+            accepted = upsert_all(conn, batch.workspace_id, body_arrays(batch.body))
         else:
             raws_by_type = batch.raw_records()
+            limits = settings().record_limits
             for record_type in RECORD_TYPES:
                 raws = raws_by_type.get(record_type)
                 if raws:
-                    n = _write_each_checked(conn, batch, record_type, raws, limits, clean_bytes, careful, quarantined)
+                    n = _write_each_checked(conn, batch, record_type, raws, limits, careful, quarantined)
                     if n:
                         accepted[record_type] = n
         write_quarantine(conn, batch.workspace_id, batch.push_id, batch.received_at, quarantined)
@@ -105,13 +101,22 @@ def _write_batch(conn: psycopg.Connection, batch: QueuedBatch, clean_bytes: bool
     return {"push_id": batch.push_id, "accepted": accepted, "rejected": rejected, "write_ms": round(write_ms, 2)}
 
 
+def sent_together(conn: psycopg.Connection, careful: bool) -> contextlib.AbstractContextManager[Any]:
+    """psycopg's pipeline mode for the fast path: statements go without waiting for each one's answer.
+
+    A batch then waits for Postgres about three times (the claim, the counts, the
+    commit), not once per statement. Not when writing carefully: a refusal must
+    be caught at its own savepoint, as it happens.
+    """
+    return contextlib.nullcontext() if careful else conn.pipeline()
+
+
 def _write_each_checked(
     conn: psycopg.Connection,
     batch: QueuedBatch,
     record_type: str,
     raws: list[Any],
     limits: RecordLimits,
-    clean_bytes: bool,
     careful: bool,
     quarantined: list[QuarantineRow],
 ) -> int:
@@ -121,7 +126,7 @@ def _write_each_checked(
     # The api validated these; decoding again also catches a record the
     # current schema refuses (an api and a worker of different versions).
     for raw, position in zip(raws, positions, strict=True):
-        record, error = check_record(record_type, raw, f"{record_type}[{position}]", limits, clean_bytes)
+        record, error = check_record(record_type, raw, f"{record_type}[{position}]", limits)
         if error is None:
             records.append(record)
             good_raws.append(bytes(raw))
@@ -133,21 +138,42 @@ def _write_each_checked(
     return len(records) - len(refused)
 
 
-def write_payload(payload: bytes) -> tuple[QueuedBatch, dict[str, Any]]:
-    """Decode a queued push and write it in its own transaction; return the batch and its summary."""
-    batch = decode_batch(payload)
-    return batch, _write_queued(batch, payload)
+@dataclass(frozen=True)
+class Written:
+    """One batch written by `write_job`: what the job's result, its log line and the counters say."""
+
+    batch: QueuedBatch
+    summary: dict[str, Any]
+    seconds: float
+
+    def count(self, pipe: Any) -> None:
+        """Add this batch to the shared counters, on the caller's Redis pipeline."""
+        count_batch(pipe, self.summary, self.seconds)
 
 
-def payload_is_clean(payload: bytes) -> bool:
-    """One byte test of a whole queued payload that spares each record its own (see check_record)."""
-    return not has_nul_escape(payload) and len(payload) <= settings().max_string_chars
+def write_job(batch: QueuedBatch, payload: bytes) -> Written:
+    """Write one queued batch and log it: the one path of a job, taken alone (ingest_batch) or in a take.
+
+    On any failure the worker's Postgres connection is dropped (a timeout, SIGALRM,
+    can interrupt a query and leave it mid-command without marking it broken) and
+    the error raised: the caller decides between a retry and giving up
+    (`give_up_or_retry`); a take hands the batch to RQ's own path for that.
+    """
+    started = time.perf_counter()
+    try:
+        summary = _write_queued(batch, payload)
+    except BaseException:
+        db.close()
+        raise
+    written = Written(batch, summary, time.perf_counter() - started)
+    log_batch(batch, summary)
+    return written
 
 
 def _write_queued(batch: QueuedBatch, payload: bytes) -> dict[str, Any]:
     if batch.body_key is not None:  # a streamed push: its body waits in Redis (workers/streamed.py)
         return write_streamed(db.connection(settings()), batch, _body_redis(), settings())
-    return write_batch(db.connection(settings()), batch, payload_is_clean(payload))
+    return write_batch(db.connection(settings()), batch)
 
 
 def _body_redis() -> Redis:
@@ -176,23 +202,23 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
     registry, from where `selftune-ingest replay` brings it back.
     """
     batch = decode_batch(payload)
-    started = time.perf_counter()
     try:
-        summary = _write_queued(batch, payload)
+        written = write_job(batch, payload)
     except BaseException as exc:
-        # A timeout (SIGALRM) can interrupt a query and leave the connection
-        # mid-command without marking it broken: start the next job afresh.
-        db.close()
-        job = get_current_job()
-        if job is not None:
-            _count_attempt(job)
-        if job is None or not job.should_retry:
-            _record_failure(batch, exc, job.connection if job is not None else None)
-            _count(lambda pipe: pipe.hincrby(stats.BATCHES, "failed", 1))
+        give_up_or_retry(batch, exc)
         raise
-    _count(lambda pipe: count_batch(pipe, summary, time.perf_counter() - started))
-    log_batch(batch, summary)
-    return summary
+    _count(written.count)
+    return written.summary
+
+
+def give_up_or_retry(batch: QueuedBatch, exc: BaseException) -> None:
+    """After a failed attempt: count it in the job's meta; on the last one mark the push failed for good."""
+    job = get_current_job()
+    if job is not None:
+        _count_attempt(job)
+    if job is None or not job.should_retry:
+        _record_failure(batch, exc, job.connection if job is not None else None)
+        _count(lambda pipe: pipe.hincrby(stats.BATCHES, "failed", 1))
 
 
 def log_batch(batch: QueuedBatch, summary: dict[str, Any]) -> None:

@@ -120,7 +120,7 @@ def _write(
                 flush()
 
     with conn.transaction():
-        if claim_push(conn, batch) == "processed":
+        if claim_push(conn, batch):
             return {"push_id": batch.push_id, "duplicate": True}
         size = int(redis.strlen(batch.body_key))
         if size == 0 or size != batch.body_bytes:

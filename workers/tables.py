@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 from msgspec import inspect
 from psycopg import sql
 from psycopg.adapt import PyFormat
-from psycopg.types.json import Jsonb
 
 from schema.records import RECORD_TYPES
 from store.consumption import is_earlier, keep_earliest
@@ -56,6 +54,25 @@ def sql_type(info: inspect.Type) -> str:
 class Column:
     name: str
     sql_type: str
+    # A jsonb column holding a Struct (raw_source_ref) or a list of them (skill_actions): the
+    # Struct's fields, and whether it is a list. Stored as msgspec encodes the Struct: its own
+    # fields only, nulls omitted (see _stored_json).
+    struct_fields: tuple[str, ...] = ()
+    struct_list: bool = False
+
+
+def _struct_shape(info: inspect.Type) -> tuple[tuple[str, ...], bool]:
+    """(fields, is_list) for a field typed as a Struct or a list of Structs (optional or not), else ((), False)."""
+    if isinstance(info, inspect.Metadata):
+        return _struct_shape(info.type)
+    if isinstance(info, inspect.UnionType):
+        members = [t for t in info.types if not isinstance(t, inspect.NoneType)]
+        return _struct_shape(members[0]) if len(members) == 1 else ((), False)
+    if isinstance(info, inspect.StructType):
+        return tuple(f.encode_name for f in info.fields), False
+    if isinstance(info, inspect.ListType) and isinstance(info.item_type, inspect.StructType):
+        return tuple(f.encode_name for f in info.item_type.fields), True
+    return (), False
 
 
 @dataclass(frozen=True)
@@ -94,7 +111,7 @@ def as_utc(value: datetime) -> datetime:
 def _table(record_type: str, key: tuple[str, ...], merge: str = "immutable", conflict: tuple[str, ...] = ()) -> Table:
     info = inspect.type_info(RECORD_TYPES[record_type])
     assert isinstance(info, inspect.StructType)
-    columns = tuple(Column(f.name, sql_type(f.type)) for f in info.fields)
+    columns = tuple(Column(f.name, sql_type(f.type), *_struct_shape(f.type)) for f in info.fields)
     return Table(record_type, record_type, columns, key, conflict or key, merge)
 
 
@@ -117,24 +134,6 @@ TABLES: dict[str, Table] = {
         _table("improvement_signals", ("signal_id",), merge="signal"),
     )
 }
-
-# -- rows -------------------------------------------------------------------------
-
-
-def _cell(value: Any, column: Column) -> Any:
-    if value is None:
-        return None
-    if column.sql_type == "jsonb":
-        return Jsonb(value)
-    if column.sql_type == "timestamptz":
-        return as_utc(value)
-    return value
-
-
-def column_arrays(table: Table, records: list[msgspec.Struct]) -> list[list[Any]]:
-    """The records as one list per column, ready for `unnest` (binary arrays)."""
-    return [[_cell(getattr(r, c.name), c) for r in records] for c in table.columns]
-
 
 # -- statements -----------------------------------------------------------------------
 
@@ -189,23 +188,28 @@ def _signal_update(fields: list[str]) -> tuple[list[sql.Composable], sql.Composa
     return sets, where
 
 
-def upsert_statement(table: Table) -> sql.Composed:
-    """INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO UPDATE with the table's merge rule.
+@dataclass(frozen=True)
+class Merge:
+    """The parts of a table's upsert that do not depend on where its rows come from.
 
-    Parameters: the workspace id, then one array per column. The WHERE guard
-    skips rows that would not change, which makes re-pushes cheap.
+    `select` reads the rows from alias `u`, with one placeholder first (the
+    workspace id); `sets` and `where` are the merge rule (SPEC 4), the WHERE
+    guard skipping rows that would not change, which makes re-pushes cheap.
     """
+
+    insert_cols: sql.Composable
+    select: sql.Composable
+    target: sql.Composable
+    sets: sql.Composable
+    where: sql.Composable
+
+
+def merge_of(table: Table) -> Merge:
+    """INSERT ... ON CONFLICT DO UPDATE's parts for a table's merge rule."""
     names = list(table.column_names)
     updatable = [n for n in names if n not in table.key]
-    target = sql.SQL(", ").join(sql.Identifier(n) for n in ("workspace_id", *table.conflict_target))
     insert_cols = ["workspace_id", *names]
-    select_exprs: list[sql.Composable] = [sql.Placeholder(), sql.SQL("u.*")]
-    unnest_args = sql.SQL(", ").join(
-        # %b: arrays travel in Postgres's binary format (no text quoting of every element).
-        sql.SQL("{}::{}[]").format(sql.Placeholder(format=PyFormat.BINARY), sql.SQL(c.sql_type))
-        for c in table.columns
-    )
-
+    select_exprs: list[sql.Composable] = [sql.Placeholder(), *(_stored(c) for c in table.columns)]
     if table.merge == "session":
         insert_cols.append("field_versions")
         pairs = sql.SQL(", ").join(
@@ -222,22 +226,91 @@ def upsert_statement(table: Table) -> sql.Composed:
     else:
         sets = [_fill_null(sql.Identifier(n)) for n in updatable]
         where = sql.SQL(" OR ").join(_null_filled(sql.Identifier(n)) for n in updatable)
-
-    return sql.SQL(
-        "INSERT INTO {table} AS t ({cols}) SELECT {select} FROM unnest({args}) AS u({unnest_cols})"
-        " ON CONFLICT ({target}) DO UPDATE SET {sets} WHERE {where}"
-    ).format(
-        table=sql.Identifier(table.name),
-        cols=sql.SQL(", ").join(sql.Identifier(n) for n in insert_cols),
+    return Merge(
+        insert_cols=sql.SQL(", ").join(sql.Identifier(n) for n in insert_cols),
         select=sql.SQL(", ").join(select_exprs),
-        args=unnest_args,
-        unnest_cols=sql.SQL(", ").join(sql.Identifier(n) for n in names),
-        target=target,
+        target=sql.SQL(", ").join(sql.Identifier(n) for n in ("workspace_id", *table.conflict_target)),
         sets=sql.SQL(", ").join(sets),
         where=where,
     )
 
 
+def _stored(column: Column) -> sql.Composable:
+    """A column's value as stored, from alias `u`: as sent, or a Struct's JSON as msgspec would encode it."""
+    c = sql.SQL("u.{}").format(sql.Identifier(column.name))
+    if not column.struct_fields:
+        return c
+    if not column.struct_list:
+        return _stored_json(c, column.struct_fields)
+    each = _stored_json(sql.SQL("a.value"), column.struct_fields)
+    return sql.SQL(
+        "CASE WHEN {c} IS NULL THEN NULL ELSE (SELECT coalesce(jsonb_agg({each} ORDER BY a.n), '[]')"
+        " FROM jsonb_array_elements({c}) WITH ORDINALITY AS a (value, n)) END"
+    ).format(c=c, each=each)
+
+
+def _stored_json(value: sql.Composable, fields: tuple[str, ...]) -> sql.Composable:
+    """A JSON object of a Struct as msgspec encodes the decoded Struct: unknown keys and null values dropped.
+
+    The writer hands Postgres the records as the client sent them (a whole body) or
+    as msgspec re-encoded them (records checked one by one): both store the same.
+    """
+    return sql.SQL(
+        "CASE WHEN {v} IS NULL THEN NULL ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{{}}')"
+        " FROM jsonb_each({v}) AS e WHERE e.key IN ({fields}) AND e.value <> 'null'::jsonb) END"
+    ).format(v=value, fields=sql.SQL(", ").join(sql.Literal(f) for f in fields))
+
+
+def key_exprs(table: Table, alias: str) -> list[sql.Composable]:
+    """The key as Postgres compares it (null prompt as ''), text in code point order as Table.key_of sorts it."""
+    exprs: list[sql.Composable] = []
+    types = {c.name: c.sql_type for c in table.columns}
+    for name in table.key:
+        col = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(name))
+        if types[name] == "text":
+            col = sql.SQL("coalesce({}, '') COLLATE \"C\"").format(col)
+        exprs.append(col)
+    return exprs
+
+
+def json_upsert(table: Table, recordset: str = "jsonb_to_recordset", json_type: str = "jsonb") -> sql.Composed:
+    """The table's upsert over rows Postgres reads from one JSON array of records.
+
+    Parameters: the array (text), the workspace id, the round. No key is written
+    twice by one statement (Postgres refuses it): the k-th copy of a key in the
+    array goes to round k, so each round runs the merge rule in arrival order;
+    rows are written in key order, so two workers writing overlapping keys lock
+    them in the same order and never deadlock. Returns (rounds, records in the array): almost
+    every batch is one round, and the caller runs rounds 2.. only if needed.
+    """
+    defs = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in table.columns
+    )
+    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+    merge = merge_of(table)
+    return sql.SQL(
+        "WITH u AS (SELECT r.*, row_number() OVER (PARTITION BY {partition} ORDER BY r.n) AS copy"
+        " FROM ROWS FROM ({recordset}({rows}::{json_type}) AS ({defs})) WITH ORDINALITY AS r ({names}, n)),"
+        " written AS (INSERT INTO {table} AS t ({cols}) SELECT {select} FROM u WHERE u.copy = %s ORDER BY {order}"
+        " ON CONFLICT ({target}) DO UPDATE SET {sets} WHERE {where})"
+        " SELECT max(copy), count(*) FROM u"
+    ).format(
+        partition=sql.SQL(", ").join(key_exprs(table, "r")),
+        recordset=sql.SQL(recordset),
+        rows=sql.Placeholder(format=PyFormat.TEXT),
+        json_type=sql.SQL(json_type),
+        defs=defs,
+        names=names,
+        table=sql.Identifier(table.name),
+        cols=merge.insert_cols,
+        select=merge.select,
+        order=sql.SQL(", ").join(key_exprs(table, "u")),
+        target=merge.target,
+        sets=merge.sets,
+        where=merge.where,
+    )
+
+
 # Rendered to bytes once: composing a statement of this size costs ~1.5 ms of
 # CPU, more than Postgres takes to write a 100-row batch.
-UPSERTS: dict[str, bytes] = {name: upsert_statement(t).as_bytes(None) for name, t in TABLES.items()}
+UPSERTS: dict[str, bytes] = {name: json_upsert(t).as_bytes(None) for name, t in TABLES.items()}

@@ -43,9 +43,8 @@ from runtime import logs
 from runtime.heap import freeze_startup_heap
 from runtime.settings import Settings
 from runtime.version import VERSION
-from schema.queue import INGEST_JOB
-from workers import db
-from workers.jobs import count_batch, log_batch, write_payload
+from schema.queue import INGEST_JOB, decode_batch
+from workers.jobs import Written, write_job
 
 log = logging.getLogger(__name__)
 
@@ -199,21 +198,20 @@ class IngestWorker(SimpleWorker):
 
     def _perform_together(self, jobs: list[Job], queue: Queue) -> None:
         executions = self._start_all(jobs, queue)
-        written: list[tuple[Job, Execution, dict[str, Any], float]] = []
+        written: list[tuple[Job, Execution, Written]] = []
         timeout = max(j.timeout or self.queue_class.DEFAULT_TIMEOUT for j in jobs)
         self._start_clock(int(timeout))
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
                 for job, execution in zip(jobs, executions, strict=True):
-                    started, job.started_at = time.perf_counter(), now()  # this batch's own start and end,
-                    batch, summary = write_payload(job.args[0])
+                    job.started_at = now()  # this batch's own start and end,
+                    done = write_job(decode_batch(job.args[0]), job.args[0])
                     job.ended_at = now()  # so RQ's working times are not those of the whole take
-                    written.append((job, execution, summary, time.perf_counter() - started))
-                    log_batch(batch, summary)
+                    written.append((job, execution, done))
         except Exception as exc:
-            # The failed batch's transaction rolled back. A timeout can leave the
-            # connection mid-command: the next batch opens a fresh one.
-            db.close()
+            # The failed batch's transaction rolled back (write_job dropped the connection).
+            # It and the batches after it run one by one through RQ's own path, where
+            # ingest_batch retries or gives up exactly as for a job taken alone.
             log.warning(
                 "a take of %d jobs failed after %d were written (%s: %s); the %d left run one by one",
                 len(jobs),
@@ -234,14 +232,14 @@ class IngestWorker(SimpleWorker):
         """Register the jobs as started, as RQ's prepare_execution and prepare_job_execution do, in one pipeline."""
         return rq_compat.start_jobs(self, jobs, queue)
 
-    def _finish_all(self, written: list[tuple[Job, Execution, dict[str, Any], float]]) -> None:
+    def _finish_all(self, written: list[tuple[Job, Execution, Written]]) -> None:
         """Mark written jobs finished, as RQ's handle_job_success does, and count them, in one transaction."""
         if not written:
             return
         with self.connection.pipeline() as pipe:
-            for job, execution, summary, seconds in written:
-                rq_compat.finish_job(self, pipe, job, execution, summary)
-                count_batch(pipe, summary, seconds)
+            for job, execution, done in written:
+                rq_compat.finish_job(self, pipe, job, execution, done.summary)
+                done.count(pipe)
             pipe.execute()
 
 

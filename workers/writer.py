@@ -14,14 +14,20 @@ import msgspec
 import psycopg
 from psycopg.types.json import Jsonb
 
-from workers.tables import TABLES, UPSERTS, column_arrays
+from workers.tables import TABLES, UPSERTS
 
 log = logging.getLogger(__name__)
 
-# How Postgres refuses a value of one record, not the batch: out of its range
-# (DataError), against a table's CHECK (the time ranges of migration 0003), or
-# too large for an index (ProgramLimitExceeded: a key of several kilobytes).
-REFUSED = (psycopg.DataError, psycopg.errors.CheckViolation, psycopg.errors.ProgramLimitExceeded)
+# How Postgres refuses a value of one record, not the batch: out of its range or not of
+# its type (DataError), against a table's CHECK (the time ranges of migration 0003) or
+# NOT NULL (a field the api's schema, newer than this worker's, no longer requires),
+# or too large for an index (ProgramLimitExceeded: a key of several kilobytes).
+REFUSED = (
+    psycopg.DataError,
+    psycopg.errors.CheckViolation,
+    psycopg.errors.NotNullViolation,
+    psycopg.errors.ProgramLimitExceeded,
+)
 
 
 class QuarantineRow(msgspec.Struct):
@@ -31,26 +37,43 @@ class QuarantineRow(msgspec.Struct):
     raw: bytes
 
 
-def _rounds(table_name: str, records: Sequence[Any]) -> list[list[Any]]:
-    """Split records so no key appears twice in one statement.
+def _as_is(data: bytes) -> bytes:
+    """psycopg's JSON dump for bytes that already are JSON (no re-encoding)."""
+    return data
 
-    Postgres refuses an upsert that touches one row twice; the k-th copy of a
-    key goes to round k, and each round runs the table's own merge rule in
-    arrival order. Almost every batch is a single round. Each round is sorted
-    by key, so two workers writing overlapping keys lock rows in the same
-    order and do not deadlock.
+
+def upsert(conn: psycopg.Connection, workspace_id: str, record_type: str, array: bytes) -> int:
+    """Write one type's records, given as one JSON array, in the caller's transaction; return how many."""
+    return upsert_all(conn, workspace_id, {record_type: array})[record_type]
+
+
+def upsert_all(conn: psycopg.Connection, workspace_id: str, arrays: dict[str, bytes]) -> dict[str, int]:
+    """Write each type's records, given as one JSON array per type, in the caller's transaction; count them by type.
+
+    Postgres parses the records (workers/tables.py, json_upsert), so no record
+    becomes a Python object here. One statement per type, all sent before any
+    result is read (in psycopg's pipeline mode, one wait for them all), unless a
+    key repeats in an array: then one more per copy (round). A refused value
+    raises one of REFUSED and aborts the transaction.
     """
-    table = TABLES[table_name]
-    seen: dict[tuple[Any, ...], int] = {}
-    rounds: list[list[tuple[tuple[Any, ...], Any]]] = [[]]
-    for record in records:
-        key = table.key_of(record)
-        n = seen.get(key, 0)
-        seen[key] = n + 1
-        if n == len(rounds):
-            rounds.append([])
-        rounds[n].append((key, record))
-    return [[record for _, record in sorted(r, key=lambda pair: pair[0])] for r in rounds]
+    sent = []
+    for record_type, array in arrays.items():
+        rows = Jsonb(array, _as_is)
+        cur = conn.cursor()
+        cur.execute(UPSERTS[record_type], (rows, workspace_id, 1))
+        sent.append((record_type, rows, cur))
+    counts: dict[str, int] = {}
+    for record_type, rows, cur in sent:
+        with cur:
+            found = cur.fetchone()
+            assert found is not None
+            rounds, counts[record_type] = found[0], int(found[1])
+            for n in range(2, (rounds or 0) + 1):
+                cur.execute(UPSERTS[record_type], (rows, workspace_id, n))
+    return counts
+
+
+_ENCODER = msgspec.json.Encoder()
 
 
 def write_records(
@@ -62,41 +85,38 @@ def write_records(
     positions: Sequence[int],
     careful: bool = False,
 ) -> list[QuarantineRow]:
-    """Upsert one type's records in bulk; returns records Postgres itself refused.
+    """Upsert one type's decoded records (Structs); returns the records Postgres itself refused.
 
-    Normally one statement per type, in the caller's transaction: a refusal
-    (a value out of Postgres's range, say) raises one of REFUSED and aborts it. The
-    caller then writes the batch again `careful`ly: each type in a savepoint,
-    and a refused type record by record, so the good records still land and the
-    bad ones are quarantined with Postgres's reason.
+    Not `careful`: one `upsert` of them all, in the caller's transaction; a
+    refusal (a value out of Postgres's range, say) raises one of REFUSED and
+    aborts it, and the caller writes the batch again carefully. `careful`: in a
+    savepoint, and if Postgres refuses, record by record, each in its own, so
+    the good records still land and the bad ones are quarantined with
+    Postgres's reason (`raws` and `positions` say what to keep and where).
     """
-    table = TABLES[record_type]
-    statement = UPSERTS[record_type]
     if not careful:
-        with conn.cursor() as cur:
-            for batch in _rounds(record_type, records):
-                cur.execute(statement, [workspace_id, *column_arrays(table, batch)])
+        upsert(conn, workspace_id, record_type, _ENCODER.encode(records))
         return []
     try:
-        with conn.transaction(), conn.cursor() as cur:
-            for batch in _rounds(record_type, records):
-                cur.execute(statement, [workspace_id, *column_arrays(table, batch)])
+        with conn.transaction():
+            upsert(conn, workspace_id, record_type, _ENCODER.encode(records))
         return []
     except REFUSED as exc:
         log.warning("bulk write of %s refused (%s); writing one by one", record_type, exc.diag.message_primary)
 
     refused: list[QuarantineRow] = []
-    # In key order, as the bulk path locks its rows (_rounds), so that two workers writing
-    # overlapping keys never wait on each other in a cycle; equal keys keep arrival order.
+    # In key order, as the bulk statement writes its rows (ORDER BY the key, in code point
+    # order as key_of sorts), so that two workers writing overlapping keys never wait on
+    # each other in a cycle; equal keys keep arrival order.
+    table = TABLES[record_type]
     order = sorted(range(len(records)), key=lambda i: table.key_of(records[i]))
-    with conn.cursor() as cur:
-        for record, raw, position in ((records[i], raws[i], positions[i]) for i in order):
-            try:
-                with conn.transaction():
-                    cur.execute(statement, [workspace_id, *column_arrays(table, [record])])
-            except REFUSED as exc:
-                reason = f"{record_type}[{position}]: refused by the database: {exc.diag.message_primary}"
-                refused.append(QuarantineRow(record_type, position, reason, raw))
+    for i in order:
+        try:
+            with conn.transaction():
+                upsert(conn, workspace_id, record_type, _ENCODER.encode([records[i]]))
+        except REFUSED as exc:
+            reason = f"{record_type}[{positions[i]}]: refused by the database: {exc.diag.message_primary}"
+            refused.append(QuarantineRow(record_type, positions[i], reason, raws[i]))
     return refused
 
 
@@ -119,16 +139,19 @@ def write_quarantine(
         )
 
 
-def claim_push(conn: psycopg.Connection, batch: Any) -> str:
-    """Insert or lock the push's row; return the status it had ('processing' if new).
+def claim_push(conn: psycopg.Connection, batch: Any) -> bool:
+    """Insert or lock the push's row; True when the push was processed already (the job is then a no-op).
 
-    A push already 'processed' makes the job a no-op: that is how a retried or
-    replayed batch that in fact committed is not written twice. A concurrent
-    attempt on the same push waits here for the first one's transaction.
+    That is how a retried or replayed batch that in fact committed is not written
+    twice. A concurrent attempt on the same push waits here, on the row's lock, for
+    the first one's transaction: it then finds the row 'processed' (a no-op), or
+    inserts it afresh if the first rolled back. A new row is inserted as
+    'processed', the state it commits with (finish_push fills in its counts in the
+    same transaction): no reader sees the row before then.
     """
     row = conn.execute(
         "INSERT INTO pushes (workspace_id, push_id, status, received_at, pushed_at, cli_version, key_id, started_at)"
-        " VALUES (%s, %s, 'processing', %s, %s, %s, %s, now())"
+        " VALUES (%s, %s, 'processed', %s, %s, %s, %s, now())"
         " ON CONFLICT (workspace_id, push_id) DO UPDATE SET attempts = pushes.attempts + 1, started_at = now(),"
         " key_id = coalesce(pushes.key_id, excluded.key_id)"
         " RETURNING status, (xmax = 0) AS inserted",
@@ -136,7 +159,7 @@ def claim_push(conn: psycopg.Connection, batch: Any) -> str:
     ).fetchone()
     assert row is not None
     status, inserted = row
-    return "processing" if inserted else str(status)
+    return not inserted and status == "processed"
 
 
 def finish_push(
