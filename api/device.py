@@ -105,7 +105,7 @@ class VerifyAnswer(msgspec.Struct):
     key_created_at: datetime
     total_pushes: int
     last_push_at: datetime | None  # when the api received the latest push
-    last_push_status: Literal["processing", "processed", "failed"] | None
+    last_push_status: Literal["processed", "failed"] | None
 
 
 DEVICE_CODE_REQUEST_DECODER = msgspec.json.Decoder(DeviceCodeRequest)

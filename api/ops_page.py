@@ -51,7 +51,6 @@ PAGE = """<!doctype html>
   .status { padding: 1px 7px; border-radius: 9px; font-size: 12px; background: #eef2f6; }
   .status.processed { background: #dcfae6; color: #085d3a; }
   .status.failed { background: #fee4e2; color: var(--bad); }
-  .status.processing { background: #fef0c7; color: var(--warn); }
   .empty { color: var(--muted); text-align: center; padding: 12px; }
 </style>
 </head>

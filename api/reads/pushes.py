@@ -35,7 +35,7 @@ class PushStatus(msgspec.Struct, kw_only=True):
     """
 
     push_id: str
-    status: Literal["queued", "processing", "processed", "failed"]
+    status: Literal["queued", "processed", "failed"]
     accepted: dict[str, int]
     rejected: dict[str, int]
     errors: list[str] = []

@@ -54,22 +54,7 @@ def test_every_key_and_index_of_a_record_table_leads_with_workspace_id(db: psyco
     assert leading == dict.fromkeys(found, "workspace_id")
 
 
-@pytest.mark.parametrize(
-    "table",
-    [
-        pytest.param(
-            t,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="quarantine_pkey is (quarantine_id) alone: Citus refuses a unique key without the"
-                " distribution column; it would need to become (workspace_id, quarantine_id)",
-            ),
-        )
-        if t == "quarantine"
-        else t
-        for t in DISTRIBUTED
-    ],
-)
+@pytest.mark.parametrize("table", DISTRIBUTED)
 def test_every_unique_key_of_a_distributed_table_includes_workspace_id(db: psycopg.Connection, table: str) -> None:
     """Citus's rule for a distributed table: a unique constraint includes the distribution column."""
     unique = {name: columns for name, (is_unique, columns) in indexes(db, table).items() if is_unique}
