@@ -263,7 +263,7 @@ def test_status_and_metrics_after_real_traffic_with_two_worker_processes(
         # The oldest of the 6 was queued a moment ago: a lag of hours would be a wrong clock or key.
         assert status["queue_depth"] == 6 and 0 <= status["lag_seconds"] < 60
         before = c.get("/metrics").text
-        assert metric(before, "selftune_ingest_queue_batches") == 6
+        assert metric(before, 'selftune_ingest_queue_batches{scope="shared"}') == 6
         assert metric(before, accepted) - metric(base, accepted, 0) == 6
         assert metric(before, duplicate) - metric(base, duplicate, 0) == 1
         assert metric(before, prompts_accepted) - metric(base, prompts_accepted, 0) == 30
@@ -272,11 +272,11 @@ def test_status_and_metrics_after_real_traffic_with_two_worker_processes(
         subprocess.run([sys.executable, "-m", "ops", "worker", "-n", "2", "--burst"], env=env, check=True, timeout=60)
         after = c.get("/metrics").text
     # Worker-side numbers come from Redis (flushed per test): exact, whichever process wrote.
-    assert metric(after, "selftune_ingest_queue_batches") == 0
-    assert metric(after, 'selftune_ingest_records_written_total{type="prompts"}') == 30
-    assert metric(after, 'selftune_ingest_records_written_total{type="sessions"}') == 6
-    assert metric(after, 'selftune_ingest_batches_total{outcome="processed"}') == 6
-    assert metric(after, "selftune_ingest_batch_write_seconds_count") == 6
+    assert metric(after, 'selftune_ingest_queue_batches{scope="shared"}') == 0
+    assert metric(after, 'selftune_ingest_records_written_total{scope="shared",type="prompts"}') == 30
+    assert metric(after, 'selftune_ingest_records_written_total{scope="shared",type="sessions"}') == 6
+    assert metric(after, 'selftune_ingest_batches_total{outcome="processed",scope="shared"}') == 6
+    assert metric(after, 'selftune_ingest_batch_write_seconds_count{scope="shared"}') == 6
     assert count(db, "prompts") == 30
     status = run_cli(capsys, "status")
     assert status["queue_depth"] == 0 and status["written_records_per_s"] > 0  # 36 records just written
