@@ -82,19 +82,21 @@ def _sentinel_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def redis_client(url: str, **options: Any) -> Redis:
-    """A sync client for REDIS_URL (a Sentinel-managed one for `redis+sentinel://`); `options` go to redis-py."""
+def _client(url: str, plain: Any, sentinel_class: Any, options: dict[str, Any]) -> Any:
     target = parse_sentinel_url(url)
     if target is None:
-        return Redis.from_url(url, **options)
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(options))
+        return plain.from_url(url, **options)
+    sentinel = sentinel_class(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(options))
     return sentinel.master_for(target.service_name, db=target.db, password=target.password, **options)
+
+
+def redis_client(url: str, **options: Any) -> Redis:
+    """A sync client for REDIS_URL (a Sentinel-managed one for `redis+sentinel://`); `options` go to redis-py."""
+    client: Redis = _client(url, Redis, Sentinel, options)
+    return client
 
 
 def async_redis_client(url: str, **options: Any) -> AsyncRedis:
     """An asyncio client for REDIS_URL (a Sentinel-managed one for `redis+sentinel://`)."""
-    target = parse_sentinel_url(url)
-    if target is None:
-        return AsyncRedis.from_url(url, **options)
-    sentinel = AsyncSentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(options))
-    return sentinel.master_for(target.service_name, db=target.db, password=target.password, **options)
+    client: AsyncRedis = _client(url, AsyncRedis, AsyncSentinel, options)
+    return client
