@@ -29,10 +29,12 @@ from tests.e2e.stack import running_stack
 from tests.faults.cli_client import CliFleet, CliLedger
 from tests.faults.cli_harness import CLI_TABLE, settle
 from tests.faults.harness import ApiProcess, WorkerPool
-from tests.faults.sentinel import SentinelTopology
+from tests.faults.sentinel import FAILOVER_TIMEOUT_MS, SentinelTopology
 
 LEAD_S = 3.0  # load before the first kill
 TAIL_S = 6.0  # load after the last promotion
+# Sentinel does not fail the same service over again within twice its failover-timeout: kills are spaced so.
+KILL_EVERY_S = 2 * FAILOVER_TIMEOUT_MS / 1000 + 1
 RIDE_OUT = {"JOB_RETRIES": "40", "JOB_RETRY_BACKOFF_S": "1,2,4,8"}
 
 
@@ -79,15 +81,16 @@ def _failover_under_load(
                     behind = int(replica.client().info("replication")["slave_repl_offset"])
                     ahead = int(primary.client().info("replication")["master_repl_offset"])
                     unreplicated.append(ahead - behind)
+                killed_at = time.monotonic()
                 victim = topology.kill_primary()
                 promoted_s.append(topology.wait_promoted(victim.port))
                 # Back as a replica: with one replica, WAIT 1 can succeed only once one exists again
                 # (until then pushes spool, and the spool waits too).
                 topology.restart(victim)
-                at = time.monotonic() - fleet.started_at + 4.0
+                at = max(time.monotonic() + 4.0, killed_at + KILL_EVERY_S) - fleet.started_at
 
         try:
-            fleet.run_for(LEAD_S + kills * 10.0 + TAIL_S, during=fail_over)
+            fleet.run_for(LEAD_S + kills * (KILL_EVERY_S + 3) + TAIL_S, during=fail_over)
             client = redis_client(url, socket_timeout=5, socket_connect_timeout=2)
             notes = f"REDIS_MIN_REPLICAS_ACK={acks}; promoted after {promoted_s} s; unreplicated bytes at the kills: {unreplicated}"
             name = f"Redis primary SIGKILLed x{kills}, Sentinel failover, REDIS_MIN_REPLICAS_ACK={acks}"
