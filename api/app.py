@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -31,6 +30,7 @@ from api.unhandled import UnhandledErrors
 from queueing import redis_check
 from runtime import logs
 from runtime.heap import freeze_startup_heap
+from runtime.redis_client import async_redis_client
 from runtime.settings import Settings
 from runtime.version import VERSION
 from spool.store import AsyncSpool, Spool
@@ -146,7 +146,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """Open Redis, Postgres and the spool (never at import), start the background tasks, close all on shutdown."""
     settings: Settings = app.state.settings
     injected = app.state.injected
-    redis = injected.get("redis") or AsyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    redis = injected.get("redis") or async_redis_client(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     pool = read_pool = None
     mirror = None
     if "keys" in injected:

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from api.background import BackgroundLoop
-from queueing.queue_state import QueueState, parse_snapshot, snapshot_args, worker_alive_s
+from queueing.queue_state import QueueState, read_snapshot_async, worker_alive_s
 from queueing.rq_compat import SNAPSHOT_SCRIPT, QueueKeys
 from runtime.settings import Settings
 
@@ -48,8 +48,7 @@ class QueueWatch(BackgroundLoop):
 
     async def refresh(self) -> QueueState:
         now = time.time()
-        keys, args = snapshot_args(self._keys, now)
-        self.latest = parse_snapshot(await self._script(keys=keys, args=args), now, self._alive_s)
+        self.latest = await read_snapshot_async(self._redis, self._script, self._keys, now, self._alive_s)
         if self._settings.redis_memory_high_pct > 0:
             info = await self._redis.info("memory")
             self.memory = (int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))

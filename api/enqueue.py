@@ -6,14 +6,21 @@ a Lua script that, atomically, either finds the push id already accepted (and
 returns the first answer) or stores the job hash, pushes its id on the queue
 and remembers the answer. What RQ stores, and where, is `queueing.rq_compat.job_write`'s. So a push is never enqueued twice, and never
 acknowledged without being in Redis.
+
+With REDIS_MIN_REPLICAS_ACK > 0 the script and a `WAIT n timeout` go in one pipeline, on one
+connection (WAIT counts the replicas that have this connection's last write): fewer acks raise
+NotReplicated, and the intake spools the push instead (api/intake.py). A duplicate then answers
+from a write too (its dedupe key's TTL set again, unchanged), so its WAIT covers the first copy.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Callback, Retry
 
 from queueing import stats
@@ -24,13 +31,20 @@ from schema.queue import FAILURE_CALLBACK, INGEST_JOB, dedupe_key, job_descripti
 # KEYS: 1 dedupe key, 2 job hash, 3 queue list, 4 RQ's set of queues,
 #       5 accepted-records rate bucket, 6 the API key's token bucket.
 # ARGV: 1 answer, 2 answer ttl, 3 job id, 4 queue key, 5 records, 6 rate bucket ttl,
-#       7 pushes/s allowed per key (0: no limit), 8 burst, 9... the job hash as field, value pairs.
+#       7 pushes/s allowed per key (0: no limit), 8 burst, 9 "1" to rewrite a duplicate's TTL (a write
+#       for WAIT to count), 10... the job hash as field, value pairs.
 # Returns {"dup", first answer} | {"slow", seconds} | {"ok", depth}.
 # No depth check: the queue's depth and lag are alerts, never a refusal (back-pressure is
 # memory, watched by api.backpressure; past it pushes go to the spool).
 _ENQUEUE_ONCE = """
 local prior = redis.call('GET', KEYS[1])
-if prior then return {'dup', prior} end
+if prior then
+  if ARGV[9] == '1' then
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  end
+  return {'dup', prior}
+end
 local rate = tonumber(ARGV[7])
 if rate > 0 then
   local burst = tonumber(ARGV[8])
@@ -44,7 +58,7 @@ if rate > 0 then
   redis.call('HSET', KEYS[6], 'tokens', tostring(tokens - 1), 'ts', tostring(now))
   redis.call('EXPIRE', KEYS[6], math.ceil(burst / rate) + 1)
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 9))
+redis.call('HSET', KEYS[2], unpack(ARGV, 10))
 local depth = redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
@@ -64,6 +78,13 @@ class RateLimited(Exception):
         self.burst = burst
 
 
+class NotReplicated(RedisConnectionError):
+    """Fewer replicas than REDIS_MIN_REPLICAS_ACK confirmed the enqueue in time: a failover could lose it.
+
+    A ConnectionError, so the intake spools the push and the drainer keeps it, as for a Redis that is away.
+    """
+
+
 class Enqueuer:
     """Builds RQ jobs for pushes and writes them with the enqueue-once script."""
 
@@ -71,7 +92,7 @@ class Enqueuer:
         self._settings = settings
         self._redis = redis
         # Never used for I/O: RQ's Job wants a connection object to be built.
-        self._queue = ingest_queue(settings.queue_name, Redis.from_url(settings.redis_url))
+        self._queue = ingest_queue(settings.queue_name, Redis())
         self._retry = (
             Retry(max=settings.job_retries, interval=settings.retry_pauses_s) if settings.job_retries else None
         )
@@ -142,11 +163,28 @@ class Enqueuer:
             records,
             stats.RATE_TTL_S,
         ]
-        args += [s.rate_limit_pushes_per_s if limit_rate else 0, s.rate_limit_burst]
+        wait_for = s.redis_min_replicas_ack
+        args += [s.rate_limit_pushes_per_s if limit_rate else 0, s.rate_limit_burst, "1" if wait_for else "0"]
         del payload, job  # the hash holds the batch now: one copy in memory while Redis answers
-        outcome, value = await self._script(keys=keys, args=[*args, *write.fields])
+        if not wait_for:
+            outcome, value = await self._script(keys=keys, args=[*args, *write.fields])
+        else:
+            outcome, value = await self._replicated(keys, [*args, *write.fields], wait_for)
         if outcome == b"dup":
             return value  # type: ignore[no-any-return]
         if outcome == b"slow":
             raise RateLimited(int(value), s.rate_limit_pushes_per_s, s.rate_limit_burst)
         return None
+
+    async def _replicated(self, keys: list[str], args: list[bytes | str | int | float], wait_for: int) -> list[Any]:
+        """The enqueue script, then WAIT on the same connection; NotReplicated if too few replicas have it."""
+        timeout_ms = self._settings.redis_replicas_ack_timeout_ms
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._script(keys=keys, args=args, client=pipe)
+            pipe.wait(wait_for, timeout_ms)
+            result, acked = await pipe.execute()
+        if result[0] != b"slow" and int(acked) < wait_for:
+            raise NotReplicated(
+                f"{acked} of the {wait_for} replicas REDIS_MIN_REPLICAS_ACK asks for within {timeout_ms} ms"
+            )
+        return result  # type: ignore[no-any-return]

@@ -8,6 +8,10 @@ Two sources:
 - the shared state, read from Redis at scrape time: queue depth and lag,
   failed and retrying batches, busy and idle workers, and what the workers
   wrote (queueing/stats.py). These are right however many workers run, wherever.
+  Every api reads the same values, so each such series carries `scope="shared"`:
+  with several apis behind a load balancer, a dashboard takes one of them
+  (`max by (type) (...)`, never `sum`), while this process's own counters are
+  summed across instances as usual (deploy/grafana, deploy/alerts.yml).
 """
 
 from __future__ import annotations
@@ -67,8 +71,18 @@ _BUILD.register(BuildInfoCollector())
 BUILD_INFO_TEXT = generate_latest(_BUILD)
 
 
+SCOPE = "scope"
+SHARED = "shared"  # the value of `scope` on every series read from Redis: the same on every api
+
+
+def _shared_gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=[SCOPE])
+    family.add_metric([SHARED], value)
+    return family
+
+
 class SharedStateCollector(Collector):
-    """Metric families built from one Redis read (queue snapshot and worker counters)."""
+    """Metric families built from one Redis read (queue snapshot and worker counters), all `scope="shared"`."""
 
     def __init__(self, state: QueueState, hashes: dict[str, dict[bytes, bytes]]) -> None:
         self.state = state
@@ -76,18 +90,18 @@ class SharedStateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.state
-        yield GaugeMetricFamily(f"{NS}_queue_batches", "Batches waiting in the queue", value=s.depth)
-        yield GaugeMetricFamily(f"{NS}_queue_lag_seconds", "Age of the oldest queued batch", value=s.lag_s)
-        yield GaugeMetricFamily(f"{NS}_failed_batches", "Batches in RQ's failed registry", value=s.failed)
-        yield GaugeMetricFamily(f"{NS}_retrying_batches", "Batches waiting for a retry", value=s.scheduled)
-        yield GaugeMetricFamily(f"{NS}_started_batches", "Batches being written", value=s.started)
-        yield GaugeMetricFamily(
-            f"{NS}_stalled_batches", "Started batches whose worker died (claim lapsed), awaiting retry", value=s.stalled
+        yield _shared_gauge(f"{NS}_queue_batches", "Batches waiting in the queue", s.depth)
+        yield _shared_gauge(f"{NS}_queue_lag_seconds", "Age of the oldest queued batch", s.lag_s)
+        yield _shared_gauge(f"{NS}_failed_batches", "Batches in RQ's failed registry", s.failed)
+        yield _shared_gauge(f"{NS}_retrying_batches", "Batches waiting for a retry", s.scheduled)
+        yield _shared_gauge(f"{NS}_started_batches", "Batches being written", s.started)
+        yield _shared_gauge(
+            f"{NS}_stalled_batches", "Started batches whose worker died (claim lapsed), awaiting retry", s.stalled
         )
-        workers = GaugeMetricFamily(f"{NS}_workers", "Workers by state", labels=["state"])
-        workers.add_metric(["busy"], s.workers_busy)
-        workers.add_metric(["idle"], s.workers_idle)
-        workers.add_metric(["suspended"], s.workers_suspended)
+        workers = GaugeMetricFamily(f"{NS}_workers", "Workers by state", labels=["state", SCOPE])
+        workers.add_metric(["busy", SHARED], s.workers_busy)
+        workers.add_metric(["idle", SHARED], s.workers_idle)
+        workers.add_metric(["suspended", SHARED], s.workers_suspended)
         yield workers
         yield self._by_label(stats.WRITTEN, f"{NS}_records_written", "Records written to Postgres, by type", "type")
         yield self._by_label(
@@ -97,9 +111,9 @@ class SharedStateCollector(Collector):
         yield self._write_histogram()
 
     def _by_label(self, key: str, name: str, doc: str, label: str) -> CounterMetricFamily:
-        family = CounterMetricFamily(name, doc, labels=[label])
+        family = CounterMetricFamily(name, doc, labels=[label, SCOPE])
         for k, v in sorted(self.hashes.get(key, {}).items()):
-            family.add_metric([k.decode()], float(v))
+            family.add_metric([k.decode(), SHARED], float(v))
         return family
 
     def _write_histogram(self) -> HistogramMetricFamily:
@@ -108,8 +122,10 @@ class SharedStateCollector(Collector):
         for le in [*(repr(b) for b in stats.WRITE_BUCKETS_S), "+Inf"]:
             running += raw.get(le, 0.0)
             buckets.append((le, running))
-        family = HistogramMetricFamily(f"{NS}_batch_write_seconds", "Time to write one batch (worker side)")
-        family.add_metric([], buckets, sum_value=raw.get("sum", 0.0))
+        family = HistogramMetricFamily(
+            f"{NS}_batch_write_seconds", "Time to write one batch (worker side)", labels=[SCOPE]
+        )
+        family.add_metric([SHARED], buckets, sum_value=raw.get("sum", 0.0))
         return family
 
 

@@ -110,9 +110,9 @@ class Ops:
     def redis(self) -> Redis:
         """The Redis client (connects at its first command)."""
         if self._redis is None:
-            from redis import Redis
+            from runtime.redis_client import redis_client
 
-            self._redis = Redis.from_url(
+            self._redis = redis_client(
                 self.settings.redis_url,
                 socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
                 socket_timeout=REDIS_SOCKET_TIMEOUT_S,

@@ -1,11 +1,13 @@
 """A snapshot of the queue, read from Redis in one round trip (SPEC 6).
 
 Used by `/metrics`, the api's back-pressure check and `selftune-ingest
-status`: one Lua script, run by a sync or an async client alike, returns queue
-depth, the enqueue time of the oldest batch not moving (queued, or started by a
-worker that died), registry sizes, worker states (with RQ's suspension flag and
-each worker's last heartbeat, so a dead worker is not counted) and the last
-minute's rates. The script and RQ's keys it reads are `queueing.rq_compat`'s.
+status`, in two round trips, by a sync or an async client alike: a Lua script
+(every key it reads declared in KEYS) returns queue depth, registry sizes, the
+head job's id, the stalled jobs' ids, the workers' keys, RQ's suspension flag and
+the last minute's rates; then one pipeline reads what those ids name: the enqueue
+time of the oldest batch not moving (queued, or started by a worker that died)
+and each worker's state and last heartbeat, so a dead worker is not counted. The
+script and RQ's keys and fields it reads are `queueing.rq_compat`'s.
 """
 
 from __future__ import annotations
@@ -14,9 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from queueing import stats
-from queueing.rq_compat import SNAPSHOT_SCRIPT, SUSPENDED_KEY, QueueKeys, rq_timestamp
+from queueing.rq_compat import (
+    ENQUEUED_AT,
+    SNAPSHOT_SCRIPT,
+    SUSPENDED_KEY,
+    WORKER_FIELDS,
+    QueueKeys,
+    job_key,
+    rq_timestamp,
+)
 
 RATE_KINDS = ("accepted_records", "written_records", "written_batches")
 
@@ -71,6 +82,14 @@ def snapshot_args(keys: QueueKeys, now: float) -> tuple[list[str], list[Any]]:
     return [keys.queue, keys.failed, keys.scheduled, keys.started, keys.workers, SUSPENDED_KEY, *rate_keys], [now]
 
 
+def snapshot_detail_reads(first: list[Any]) -> list[tuple[str, tuple[str, ...]]]:
+    """The (key, fields) HMGETs that complete SNAPSHOT_SCRIPT's answer: the head job, the stalled jobs, the workers."""
+    _depth, head, _failed, _scheduled, _started, stalled_ids, worker_keys, *_ = first
+    jobs = ([head] if head else []) + list(stalled_ids)
+    reads = [(job_key(j), (ENQUEUED_AT,)) for j in jobs]
+    return reads + [(k.decode() if isinstance(k, bytes) else str(k), WORKER_FIELDS) for k in worker_keys]
+
+
 def _workers(flat: list[Any], suspended: bool, now: float, alive_s: float) -> tuple[int, int, int]:
     """Busy, idle and suspended workers from (state, last_heartbeat) pairs; silent ones are left out as dead.
 
@@ -90,9 +109,16 @@ def _workers(flat: list[Any], suspended: bool, now: float, alive_s: float) -> tu
     return busy, idle, held
 
 
-def parse_snapshot(raw: list[Any], now: float, alive_s: float = WORKER_ALIVE_S) -> QueueState:
-    depth, oldest, failed, scheduled, started, stalled, stalled_oldest, workers, suspended, rates = raw
-    lag = max([0.0, *(now - rq_timestamp(at) for at in (oldest, stalled_oldest) if at)])
+def parse_snapshot(
+    first: list[Any], details: list[list[Any]], now: float, alive_s: float = WORKER_ALIVE_S
+) -> QueueState:
+    """The QueueState from SNAPSHOT_SCRIPT's answer and the answers to its `snapshot_detail_reads`."""
+    depth, head, failed, scheduled, started, stalled_ids, _keys, suspended, rates = first
+    jobs = details[: (1 if head else 0) + len(stalled_ids)]
+    # A job gone between the two reads (finished) has no time: it is moving, so it adds no lag.
+    lag = max([0.0, *(now - rq_timestamp(at) for [at] in jobs if at)])
+    workers = [value for pair in details[len(jobs) :] if pair[0] for value in (pair[0], pair[1] or b"")]
+    stalled = len(stalled_ids)
     busy, idle, held = _workers(workers, bool(suspended), now, alive_s)
     per_kind = len(rates) // len(RATE_KINDS)
     counts = {kind: [int(r) for r in rates[i * per_kind : (i + 1) * per_kind]] for i, kind in enumerate(RATE_KINDS)}
@@ -114,4 +140,22 @@ def parse_snapshot(raw: list[Any], now: float, alive_s: float = WORKER_ALIVE_S) 
 def read_snapshot(redis: Redis, queue_name: str, now: float, alive_s: float = WORKER_ALIVE_S) -> QueueState:
     """The snapshot through a sync client (the ops command line)."""
     keys, args = snapshot_args(QueueKeys.for_queue(queue_name), now)
-    return parse_snapshot(redis.eval(SNAPSHOT_SCRIPT, len(keys), *keys, *args), now, alive_s)
+    first = redis.eval(SNAPSHOT_SCRIPT, len(keys), *keys, *args)
+    with redis.pipeline(transaction=False) as pipe:
+        for key, names in snapshot_detail_reads(first):
+            pipe.hmget(key, names)
+        details = pipe.execute()
+    return parse_snapshot(first, details, now, alive_s)
+
+
+async def read_snapshot_async(
+    redis: AsyncRedis, script: Any, keys: QueueKeys, now: float, alive_s: float
+) -> QueueState:
+    """The snapshot through an asyncio client (the api's queue watch); `script` is SNAPSHOT_SCRIPT registered on it."""
+    script_keys, args = snapshot_args(keys, now)
+    first = await script(keys=script_keys, args=args)
+    async with redis.pipeline(transaction=False) as pipe:
+        for key, names in snapshot_detail_reads(first):
+            pipe.hmget(key, names)
+        details = await pipe.execute()
+    return parse_snapshot(first, details, now, alive_s)

@@ -5,8 +5,8 @@ RQ's documented API (`Queue`, `Job.fetch`, the registries, `Retry`, `Callback`,
 does not document is used here only, behind the functions below:
 
 - its storage format: the job hash the api writes itself (`job_write`), the
-  fields and keys the queue snapshot reads in Lua (`SNAPSHOT_SCRIPT`,
-  `QueueKeys`), how it stores a job's data (`MsgpackSerializer`, `IngestJob`);
+  fields and keys the queue snapshot reads (`SNAPSHOT_SCRIPT`, `QueueKeys`,
+  `job_key`, `WORKER_FIELDS`), how it stores a job's data (`MsgpackSerializer`, `IngestJob`);
 - the bookkeeping of a worker that takes several jobs at once (`take_more`,
   `start_jobs`, `finish_job`), renews its claims (`renew_claims`) and cleans the
   registries with its own lock (`clean_registries`): private attributes and
@@ -233,39 +233,36 @@ class QueueKeys:
 
 # KEYS: queue, failed, scheduled, started, workers set, RQ's suspension flag, then the rate buckets.
 # ARGV: now (unix seconds).
-# RQ's format, read here: a job's hash is `rq:job:<id>` with `enqueued_at`; a started registry
-# entry is "<job id>:<execution id>", scored by when its claim lapses; a worker's hash has
-# `state` and `last_heartbeat`.
+# Every key it touches is in KEYS (Redis Cluster's rule, and a replica's). The keys it can only
+# name once it has read these (the head job's hash, the stalled jobs', each worker's) are read by
+# the caller next, in one pipeline: see `snapshot_detail_reads`.
+# RQ's format, read here: a started registry entry is "<job id>:<execution id>", scored by when
+# its claim lapses.
 SNAPSHOT_SCRIPT = """
 local depth = redis.call('LLEN', KEYS[1])
-local oldest = false
 local head = redis.call('LINDEX', KEYS[1], 0)
-if head then oldest = redis.call('HGET', 'rq:job:' .. head, 'enqueued_at') end
 local failed = redis.call('ZCARD', KEYS[2])
 local scheduled = redis.call('ZCARD', KEYS[3])
 local started = redis.call('ZCARD', KEYS[4])
 -- Started entries ("job:execution") are scored by when their claim lapses: past it, nobody renews
--- them (their worker died) and the batch is not moving. The oldest such batch's enqueue time.
+-- them (their worker died) and the batch is not moving.
 local stalled = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 100)
-local stalled_oldest = false
-for _, entry in ipairs(stalled) do
-  local job_id = string.match(entry, '^(.*):[^:]*$') or entry
-  local at = redis.call('HGET', 'rq:job:' .. job_id, 'enqueued_at')
-  if at and (not stalled_oldest or at < stalled_oldest) then stalled_oldest = at end
-end
-local workers = {}
-for _, wkey in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-  local w = redis.call('HMGET', wkey, 'state', 'last_heartbeat')
-  if w[1] then
-    workers[#workers + 1] = w[1]
-    workers[#workers + 1] = w[2] or ''
-  end
-end
+local stalled_ids = {}
+for i, entry in ipairs(stalled) do stalled_ids[i] = string.match(entry, '^(.*):[^:]*$') or entry end
+local workers = redis.call('SMEMBERS', KEYS[5])
 local suspended = redis.call('EXISTS', KEYS[6])
 local rates = {}
 for i = 7, #KEYS do rates[#rates + 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
-return {depth, oldest, failed, scheduled, started, #stalled, stalled_oldest, workers, suspended, rates}
+return {depth, head or false, failed, scheduled, started, stalled_ids, workers, suspended, rates}
 """
+
+ENQUEUED_AT = "enqueued_at"  # a job hash's field: when it was enqueued (RQ's timestamp)
+WORKER_FIELDS = ("state", "last_heartbeat")  # a worker hash's fields the snapshot reads
+
+
+def job_key(job_id: str | bytes) -> str:
+    """RQ's hash of a job."""
+    return str(Job.key_for(job_id.decode() if isinstance(job_id, bytes) else job_id))
 
 
 def rq_timestamp(stamp: Any) -> float:

@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 
+from runtime.redis_client import RedisUrlError, check_url
 from schema.record_checks import RecordLimits
 
 MIB = 1024 * 1024
@@ -125,6 +126,10 @@ class Settings:
     spool_max_bytes: int  # past it a push Redis cannot take is refused (503); 0: no spool
     # Redis must keep queued batches: refuse to start unless it is durable and never evicts.
     redis_require_durable: bool
+    # Acknowledged means replicated: after the enqueue, WAIT for this many replicas (0: no WAIT)
+    # at most this long; fewer acks and the push goes to the spool instead.
+    redis_min_replicas_ack: int
+    redis_replicas_ack_timeout_ms: int
     # The address clients reach the api at (device enrollment links); empty: the request's own.
     public_base_url: str
     # Auth.
@@ -145,9 +150,14 @@ class Settings:
         backoff = _str("JOB_RETRY_BACKOFF_S", "1,5,30,120,600")
         if not re.fullmatch(r"\d+(,\d+)*", backoff):
             raise SettingsError(f"JOB_RETRY_BACKOFF_S must be comma-separated seconds, got {backoff!r}")
+        redis_url = _str("REDIS_URL", "redis://127.0.0.1:6379/0")
+        try:
+            check_url(redis_url)
+        except RedisUrlError as exc:
+            raise SettingsError(str(exc)) from None
         return cls(
             database_url=_str("DATABASE_URL", "postgresql://selftune@127.0.0.1:5432/selftune"),
-            redis_url=_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_url=redis_url,
             database_read_url=_str("DATABASE_READ_URL", ""),
             port=_int("PORT", 8000, 1),
             queue_name=_str("QUEUE_NAME", "ingest"),
@@ -173,6 +183,8 @@ class Settings:
             spool_path=_str("SPOOL_PATH", ".data/spool/api-spool.sqlite3"),
             spool_max_bytes=_int("SPOOL_MAX_BYTES", 2048 * MIB),
             redis_require_durable=_bool("REDIS_REQUIRE_DURABLE", False),
+            redis_min_replicas_ack=_int("REDIS_MIN_REPLICAS_ACK", 0, 0, 16),
+            redis_replicas_ack_timeout_ms=_int("REDIS_REPLICAS_ACK_TIMEOUT_MS", 500, 1, 60_000),
             public_base_url=os.environ.get("PUBLIC_BASE_URL", ""),
             key_cache_ttl_s=_float("KEY_CACHE_TTL_S", 30.0),
             key_mirror_refresh_s=_float("KEY_MIRROR_REFRESH_S", 60.0, 1.0),

@@ -98,10 +98,11 @@ redis_down() {
   echo "services: redis (pid $pid) did not stop within 10 s" >&2
 }
 
-# The test tier's tools: promtool (alert rule tests) and a headless chromium with its driver (the ops page).
+# The test tier's tools: promtool (alert rule tests), haproxy (the load balancer example) and a headless chromium with its driver (the ops page).
 test_tools_up() {
   local missing=()
   command -v promtool >/dev/null || missing+=(prometheus)
+  command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)  # tests/faults/test_haproxy.py
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
   [ ${#missing[@]} -eq 0 ] && return

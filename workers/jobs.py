@@ -15,6 +15,7 @@ from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 
 from queueing import stats
+from runtime.redis_client import redis_client
 from runtime.settings import Settings
 from schema.queue import QueuedBatch, decode_batch, failure_key
 from schema.record_checks import RecordLimits, check_record
@@ -181,7 +182,7 @@ def _body_redis() -> Redis:
     job = get_current_job()
     if job is not None:
         return job.connection
-    return Redis.from_url(settings().redis_url)
+    return redis_client(settings().redis_url)
 
 
 def ingest_streamed_batch(payload: bytes) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from queueing import redis_check, rq_compat
 from queueing.rq_compat import IngestJob, MsgpackSerializer
 from runtime import logs
 from runtime.heap import freeze_startup_heap
+from runtime.redis_client import redis_client
 from runtime.settings import Settings
 from runtime.version import VERSION
 from schema.queue import INGEST_JOB, decode_batch
@@ -245,7 +246,7 @@ class IngestWorker(SimpleWorker):
 
 def make_worker(settings: Settings, connection: Redis | None = None, name: str | None = None) -> IngestWorker:
     """A worker on the ingest queue, speaking the api's job serializer."""
-    redis = connection or Redis.from_url(settings.redis_url)
+    redis = connection or redis_client(settings.redis_url)
     queue = rq_compat.ingest_queue(settings.queue_name, redis)
     worker = IngestWorker(
         [queue],
@@ -302,7 +303,7 @@ def _work(burst: bool, parent: int) -> None:
     logs.configure()
     raise_recursion_limit()
     settings = Settings.from_env()
-    redis_check.check(redis_check.read_config(Redis.from_url(settings.redis_url)), settings.redis_require_durable)
+    redis_check.check(redis_check.read_config(redis_client(settings.redis_url)), settings.redis_require_durable)
     worker = make_worker(settings)
     log.info("worker %s starting (selftune-ingest %s)", worker.name, VERSION, extra={"version": VERSION})
     freeze_startup_heap()
@@ -319,7 +320,7 @@ def make_scheduler(settings: Settings, name: str, connection: Redis | None = Non
     """RQ's scheduler for the ingest queue, named `name` (its lock's token)."""
     return RQScheduler(
         [settings.queue_name],
-        connection=connection or Redis.from_url(settings.redis_url),
+        connection=connection or redis_client(settings.redis_url),
         serializer=MsgpackSerializer,
         name=name,
         logging_level=os.environ.get("LOG_LEVEL", "INFO"),
@@ -342,7 +343,7 @@ def _schedule(name: str, parent: int) -> None:
 
 def release_scheduler(settings: Settings, name: str) -> None:
     """Release the lock of a scheduler that died (if it still holds it) and forget it, as its own stop would."""
-    redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    redis = redis_client(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     try:
         rq_compat.release_scheduler_lock(redis, settings.queue_name, name)
     except (RedisError, OSError) as exc:

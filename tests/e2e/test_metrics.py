@@ -32,4 +32,4 @@ def test_two_api_processes_share_their_counters(stack: Stack, account: Account, 
         text = httpx2.get(api.url + "/metrics", timeout=10).text
         assert metric(text, 'selftune_ingest_pushes_total{code="202",outcome="accepted"}') == 5
         assert metric(text, 'selftune_ingest_records_accepted_total{type="prompts"}') == 10
-        assert metric(text, "selftune_ingest_queue_batches") == 5  # from Redis: no worker runs here
+        assert metric(text, 'selftune_ingest_queue_batches{scope="shared"}') == 5  # from Redis: no worker runs here

@@ -146,9 +146,9 @@ def test_the_ops_page_shows_what_the_api_says(
     assert float(shown["written_records_per_s"]) > 0  # written within the last minute
 
     # ... and against /metrics and Postgres.
-    assert float(shown["queue_depth"]) == metric(api, "selftune_ingest_queue_batches")
-    assert float(shown["failed"]) == metric(api, "selftune_ingest_failed_batches")
-    assert float(shown["workers_idle"]) == metric(api, "selftune_ingest_workers", '{state="idle"}')
+    assert float(shown["queue_depth"]) == metric(api, "selftune_ingest_queue_batches", '{scope="shared"}')
+    assert float(shown["failed"]) == metric(api, "selftune_ingest_failed_batches", '{scope="shared"}')
+    assert float(shown["workers_idle"]) == metric(api, "selftune_ingest_workers", '{scope="shared",state="idle"}')
     rows = db.execute(
         "SELECT push_id, status, (SELECT coalesce(sum(value::int), 0) FROM jsonb_each_text(accepted)),"
         " (SELECT coalesce(sum(value::int), 0) FROM jsonb_each_text(rejected))"
@@ -168,7 +168,7 @@ def test_the_ops_page_shows_what_the_api_says(
     try:
         stack.wait_until(lambda: figures(browser)["workers_suspended"] == "1", "the page shows the suspended worker")
         assert figures(browser)["workers_idle"] == "0"
-        assert metric(api, "selftune_ingest_workers", '{state="suspended"}') == 1
+        assert metric(api, "selftune_ingest_workers", '{scope="shared",state="suspended"}') == 1
         rq_redis.delete("rq:suspended")
         stack.wait_until(lambda: figures(browser)["workers_idle"] == "1", "the page shows the worker idle again")
     finally:

@@ -260,7 +260,7 @@ def test_status_and_metrics_after_real_traffic_with_two_worker_processes(
         # The lag is the age of the oldest of the 6: no older than the time since the first push (0.1: rounding).
         assert status["queue_depth"] == 6 and 0 <= status["lag_seconds"] <= time.monotonic() - first_push + 0.1
         before = c.get("/metrics").text
-        assert metric(before, "selftune_ingest_queue_batches") == 6
+        assert metric(before, 'selftune_ingest_queue_batches{scope="shared"}') == 6
         assert metric(before, accepted) - metric(base, accepted, 0) == 6
         assert metric(before, duplicate) - metric(base, duplicate, 0) == 1
         assert metric(before, prompts_accepted) - metric(base, prompts_accepted, 0) == 30
@@ -269,11 +269,11 @@ def test_status_and_metrics_after_real_traffic_with_two_worker_processes(
         subprocess.run([sys.executable, "-m", "ops", "worker", "-n", "2", "--burst"], env=env, check=True, timeout=60)
         after = c.get("/metrics").text
     # Worker-side numbers come from Redis (flushed per test): exact, whichever process wrote.
-    assert metric(after, "selftune_ingest_queue_batches") == 0
-    assert metric(after, 'selftune_ingest_records_written_total{type="prompts"}') == 30
-    assert metric(after, 'selftune_ingest_records_written_total{type="sessions"}') == 6
-    assert metric(after, 'selftune_ingest_batches_total{outcome="processed"}') == 6
-    assert metric(after, "selftune_ingest_batch_write_seconds_count") == 6
+    assert metric(after, 'selftune_ingest_queue_batches{scope="shared"}') == 0
+    assert metric(after, 'selftune_ingest_records_written_total{scope="shared",type="prompts"}') == 30
+    assert metric(after, 'selftune_ingest_records_written_total{scope="shared",type="sessions"}') == 6
+    assert metric(after, 'selftune_ingest_batches_total{outcome="processed",scope="shared"}') == 6
+    assert metric(after, 'selftune_ingest_batch_write_seconds_count{scope="shared"}') == 6
     assert count(db, "prompts") == 30
     status = run_cli(capsys, "status")
     # 36 records written seconds ago, over the last minute (60 s plus the current 5 s bucket's elapsed part).

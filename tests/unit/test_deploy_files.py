@@ -1,4 +1,4 @@
-"""The Procfile deploys as it is (12-factor), and `make run` keeps it on loopback.
+"""The Procfile deploys as it is (12-factor), `make run` keeps it on loopback, and the HAProxy example loads.
 
 A platform runs the Procfile's `release` before each deploy and its `web` on
 0.0.0.0:$PORT; `make run` migrates itself and must start only web and worker
@@ -8,9 +8,16 @@ exits would stop the others), with HOST=127.0.0.1.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
+
+from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")  # honcho's own pattern
@@ -50,3 +57,19 @@ def test_make_run_starts_web_and_worker_on_loopback() -> None:
     assert argv[-2:] == ["web", "worker"], "make run must name its processes, or honcho runs release too"
     assert "HOST=$(RUN_HOST)" in argv
     assert re.search(r"^RUN_HOST \?= 127\.0\.0\.1$", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_the_haproxy_example_is_a_valid_config() -> None:
+    """deploy/haproxy/haproxy.cfg as it ships, its ports filled in, passes `haproxy -c` (CI installs haproxy)."""
+    haproxy = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    if haproxy is None:
+        if IN_CI:
+            pytest.fail("CI=true and haproxy is not installed (scripts/services.sh up test installs it)")
+        pytest.skip("haproxy is not installed (Debian's haproxy)")
+    config = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+    env = {**os.environ, "LISTEN_PORT": "8080", "API_1": "10.0.0.1:8000", "API_2": "10.0.0.2:8000"}
+    done = subprocess.run([haproxy, "-c", "-f", str(config)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = config.read_text()
+    for setting in ("timeout http-request", "tune.bufsize", "maxconn", "sc0_conn_cur", "option httpchk GET /readyz"):
+        assert setting in text, f"the example lost its {setting!r}"
