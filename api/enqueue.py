@@ -26,7 +26,7 @@ from rq import Callback, Retry
 from queueing import stats
 from queueing.rq_compat import IngestJob, ingest_queue, job_write
 from runtime.settings import Settings
-from schema.queue import FAILURE_CALLBACK, INGEST_JOB, dedupe_key, job_description
+from schema.batches import FAILURE_CALLBACK, INGEST_JOB, dedupe_key, job_description
 
 # KEYS: 1 dedupe key, 2 job hash, 3 queue list, 4 RQ's set of queues,
 #       5 accepted-records rate bucket, 6 the API key's token bucket.

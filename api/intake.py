@@ -20,7 +20,7 @@ from api.background import BackgroundLoop
 from api.backpressure import QueueWatch
 from api.enqueue import Enqueuer
 from api.metrics import SPOOL_DRAINED, SPOOL_REFUSED, SPOOLED
-from schema.queue import INGEST_STREAMED_JOB, body_key, decode_batch, encode_batch
+from schema.batches import INGEST_STREAMED_JOB, body_key, decode_batch, encode_batch
 from spool.store import DRAIN_IDLE_S, AsyncSpool, SpoolError, SpoolFull, drainer_name
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class SpoolDrainer(BackgroundLoop):
     async def drain_streamed_once(self) -> int:
         """Move one streamed push's body into Redis in chunks and enqueue it once; return 1 if one left the spool.
 
-        The body goes to its own key (schema.queue.body_key), APPENDed chunk by chunk,
+        The body goes to its own key (schema.batches.body_key), APPENDed chunk by chunk,
         so neither the api nor Redis's client ever holds it whole; then the job, through
         the same enqueue-once script as any push. A push id Redis has accepted already
         (a drainer killed after the enqueue) is only removed from the spool: its body

@@ -16,8 +16,8 @@ from api.body import Overflow, check_content_headers, read_push_body
 from api.errors import INVALID_ENVELOPE, as_api_error
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED, observe_push
 from api.streamed import accept_streamed
+from schema.batches import encode_batch, queued_batch
 from schema.envelope import MAX_PUSH_ID_LENGTH
-from schema.queue import encode_batch, queued_batch
 from schema.validation import ValidatedPush, validate_push
 
 log = logging.getLogger("selftune.push")

@@ -35,7 +35,7 @@ from api.errors import INVALID_JSON
 from api.intake import Refused
 from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED
 from runtime.settings import Settings
-from schema.queue import QueuedBatch, encode_batch
+from schema.batches import QueuedBatch, encode_batch
 from schema.record_checks import RecordLimits, TooManyRecords, check_alone, oversized_error
 from schema.scan import PushScanner, Record, ScanError
 from schema.validation import MAX_ERRORS_LISTED, envelope_of_scan

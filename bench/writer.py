@@ -28,7 +28,7 @@ import msgspec
 
 from bench import procstat
 from bench.gen import TOKEN, WORKSPACES, Template, make_templates, token
-from schema.queue import QueuedBatch, decode_batch, encode_batch, queued_batch
+from schema.batches import QueuedBatch, decode_batch, encode_batch, queued_batch
 from schema.validation import validate_push
 
 WARMUP_BATCHES = 8  # psycopg prepares a statement after 5 executions

@@ -63,7 +63,7 @@ from psycopg.types.json import Json, Jsonb
 from bench import procstat
 from bench.gen import WORKSPACES, make_templates
 from bench.writer import _Batches
-from schema.queue import QueuedBatch
+from schema.batches import QueuedBatch
 from schema.validation import decode_valid_records
 from store.migrate import migrate
 from workers import db, writer

@@ -22,7 +22,7 @@ from rq.registry import FailedJobRegistry
 from queueing.queue_state import QueueState, read_snapshot
 from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import Settings
-from schema.queue import dedupe_key, failure_key
+from schema.batches import dedupe_key, failure_key
 from schema.record_checks import DEFAULT_LIMITS, RecordLimits, check_record
 from spool.store import SpoolStats, read_stats
 from workers.writer import write_records

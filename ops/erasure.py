@@ -37,7 +37,7 @@ from rq import Queue
 
 from queueing.rq_compat import MsgpackSerializer, drop_jobs, drop_stalled, ingest_queue, job_metas, waiting_places
 from runtime.settings import Settings
-from schema.queue import body_key, dedupe_key, failure_key
+from schema.batches import body_key, dedupe_key, failure_key
 from spool.store import Spool, count_workspace
 from store.keys import KEY_MIRROR, mirror_value, parse_mirror_value
 

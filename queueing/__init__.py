@@ -2,5 +2,5 @@
 (`queue_state`), the shared counters (`stats`) and the Redis durability check (`redis_check`).
 
 The batch itself (what a job carries, its names and Redis keys of our own) is
-`schema.queue`, which knows nothing of RQ.
+`schema.batches`, which knows nothing of RQ.
 """

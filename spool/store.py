@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS streamed (
     workspace_id TEXT NOT NULL,
     key_id TEXT NOT NULL,
     push_id TEXT,                -- NULL until the upload is complete
-    payload BLOB,                -- the job argument without its body (schema.queue.QueuedBatch)
+    payload BLOB,                -- the job argument without its body (schema.batches.QueuedBatch)
     answer BLOB,                 -- the 202's body, for the 200 duplicate answer
     records INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0,

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import psycopg
 
 from ops import accounts
-from schema.queue import QueuedBatch, decode_batch, encode_batch, queued_batch
+from schema.batches import QueuedBatch, decode_batch, encode_batch, queued_batch
 from schema.validation import validate_push
 from workers.tables import TABLES
 

@@ -1,6 +1,6 @@
 """Each record type's JSON array, sliced from a valid push body: no record becomes a Python object.
 
-A body queued whole is one the api found wholly valid (schema/queue.py), so the
+A body queued whole is one the api found wholly valid (schema/batches.py), so the
 worker hands each type's array to Postgres as the client sent it, and Postgres
 parses the records (workers/tables.py, json_upsert). msgspec only finds where
 each array starts and ends.

@@ -17,7 +17,7 @@ from rq.exceptions import AbandonedJobError
 from queueing import stats
 from runtime.redis_client import redis_client
 from runtime.settings import Settings
-from schema.queue import QueuedBatch, decode_batch, failure_key
+from schema.batches import QueuedBatch, decode_batch, failure_key
 from schema.record_checks import RecordLimits, check_record
 from schema.records import RECORD_TYPES
 from workers import db

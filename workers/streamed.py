@@ -1,6 +1,6 @@
 """Write a streamed push (one past MAX_BODY_BYTES) from its body in Redis, with bounded memory.
 
-The body waits under its own Redis key (schema.queue.body_key). The worker reads
+The body waits under its own Redis key (schema.batches.body_key). The worker reads
 it in chunks (GETRANGE), finds each record with the scanner (schema/scan.py),
 checks each alone as the api did, and writes the good ones in sub-batches with
 the usual writers, all in the batch's one transaction, the push row committing
@@ -21,7 +21,7 @@ import psycopg
 from redis import Redis
 
 from runtime.settings import Settings
-from schema.queue import QueuedBatch
+from schema.batches import QueuedBatch
 from schema.record_checks import check_alone, oversized_error
 from schema.scan import PushScanner, Record
 from workers.writer import REFUSED, QuarantineRow, claim_push, finish_push, write_quarantine, write_records

@@ -10,6 +10,11 @@ whose worker died is retried within seconds, and a live one, however long, never
 `run_workers(n)` supervises n such worker processes and one RQ scheduler process
 (it moves retries whose pause is over back to the queue), each of them a child
 that dies with the supervisor; a child that exits is replaced.
+
+Why one module of ~440 lines: the worker's take, its claim renewal and its
+supervisor share one lifecycle (what a dying child leaves behind is what the
+claims and the supervisor clean up); RQ's internals it needs are in
+queueing/rq_compat.py.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from runtime.heap import freeze_startup_heap
 from runtime.redis_client import redis_client
 from runtime.settings import Settings
 from runtime.version import VERSION
-from schema.queue import INGEST_JOB, decode_batch
+from schema.batches import INGEST_JOB, decode_batch
 from workers.jobs import Written, write_job
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from api.errors import NOT_FOUND, UNAVAILABLE
 from api.openapi import Param, describe, errors
 from api.push import PushAnswer
 from api.reads.params import path_param, query_params
-from schema.queue import failure_key
+from schema.batches import failure_key
 
 
 class PushStatus(msgspec.Struct, kw_only=True):

@@ -21,7 +21,7 @@ from bench import samples
 from ops import accounts
 from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import Settings
-from schema.queue import INGEST_JOB
+from schema.batches import INGEST_JOB
 from tests.support import count, legacy_payload, push_json, run_burst_worker, with_lock_timeout
 
 push = push_json

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import samples
-from schema.queue import queued_batch
+from schema.batches import queued_batch
 from schema.validation import validate_push
 from tests.support import batch_of, count, snapshot, write_queued
 

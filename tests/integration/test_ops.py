@@ -34,7 +34,7 @@ from bench import samples
 from ops import accounts, actions, cli
 from queueing.rq_compat import IngestJob, MsgpackSerializer
 from runtime.settings import Settings
-from schema.queue import INGEST_JOB
+from schema.batches import INGEST_JOB
 from tests.support import count, new_account, push_json, run_burst_worker, with_lock_timeout
 
 

@@ -31,7 +31,7 @@ from api.reads.signals import SignalFilters, signals_query
 from api.reads.skills import GRADING_FIELDS, SKILLS, TREND, grading_query
 from bench import samples
 from runtime.settings import Settings
-from schema.queue import dedupe_key
+from schema.batches import dedupe_key
 from store.migrate import migrate
 from tests.support import Account, batch_of, new_account
 from workers import db as worker_db

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from api.app import create_app
 from bench import samples
 from runtime.settings import MIB, Settings
-from schema.queue import body_key
+from schema.batches import body_key
 from tests.support import count, run_burst_worker
 
 

@@ -155,7 +155,7 @@ def hold_a_worker(db: psycopg.Connection, settings: Settings, push_id: str) -> H
         assert push_json(c, key, samples.one_of_each(1), push_id).status_code == 202
     blocker = psycopg.connect(settings.database_url)  # the worker's claim of the push waits for this row
     blocker.execute(
-        "INSERT INTO pushes (workspace_id, push_id, status, received_at) VALUES (%s, %s, 'processing', %s)",
+        "INSERT INTO pushes (workspace_id, push_id, status, received_at) VALUES (%s, %s, 'processed', %s)",
         (alpha, push_id, datetime.now(UTC)),
     )
     env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}

@@ -28,7 +28,7 @@ from api.openapi import ErrorBody
 from api.push import PushAnswer
 from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import MIB, Settings
-from schema.queue import QueuedBatch, decode_batch
+from schema.batches import QueuedBatch, decode_batch
 from schema.records import RECORD_TYPES
 from schema.validation import MAX_ERRORS_LISTED
 from tests.unit.inprocess import KEY, WORKSPACE, make_client

@@ -9,7 +9,7 @@ from rq import Queue
 from starlette.testclient import TestClient
 
 from bench.samples import prompt, session
-from schema.queue import decode_batch
+from schema.batches import decode_batch
 from tests.unit.inprocess import KEY
 from tests.unit.test_push_api import assert_error, post
 

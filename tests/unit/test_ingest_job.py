@@ -6,7 +6,7 @@ import fakeredis
 from rq import Queue
 
 from queueing.rq_compat import IngestJob, MsgpackSerializer
-from schema.queue import INGEST_JOB
+from schema.batches import INGEST_JOB
 
 
 def _queue() -> Queue:

@@ -24,7 +24,7 @@ from api.auth import ApiKey
 from bench.samples import one_of_each, prompt, session
 from runtime.settings import Settings
 from schema import validation
-from schema.queue import INGEST_JOB, decode_batch
+from schema.batches import INGEST_JOB, decode_batch
 from tests.unit.inprocess import KEY, OTHER_KEY, WORKSPACE, MemoryKeys, make_client
 
 

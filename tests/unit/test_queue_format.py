@@ -1,4 +1,4 @@
-"""What a job carries: a batch queued now and one queued by an earlier build both read back (schema.queue)."""
+"""What a job carries: a batch queued now and one queued by an earlier build both read back (schema.batches)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from bench import samples
-from schema.queue import decode_batch, encode_batch, queued_batch
+from schema.batches import decode_batch, encode_batch, queued_batch
 from schema.validation import validate_push
 from tests.support import legacy_payload
 

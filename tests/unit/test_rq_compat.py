@@ -40,7 +40,7 @@ from queueing import rq_compat
 from queueing.queue_state import read_snapshot
 from queueing.rq_compat import IngestJob, MsgpackSerializer
 from runtime.settings import Settings
-from schema.queue import FAILURE_CALLBACK, INGEST_JOB, QueuedBatch, decode_batch, encode_batch, job_description
+from schema.batches import FAILURE_CALLBACK, INGEST_JOB, QueuedBatch, decode_batch, encode_batch, job_description
 from workers.worker import make_worker
 
 

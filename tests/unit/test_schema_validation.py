@@ -670,7 +670,7 @@ def test_a_queued_batch_decodes_without_walking_its_rejected_records_however_dee
     import sys
     from datetime import UTC, datetime
 
-    from schema.queue import decode_batch, encode_batch, queued_batch
+    from schema.batches import decode_batch, encode_batch, queued_batch
 
     records = one_of_each(1)
     records["prompts"][0]["raw_source_ref"] = {"path": "/x", "metadata": {"d": "MARK"}}

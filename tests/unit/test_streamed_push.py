@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from bench.samples import prompt, session
 from runtime.settings import MIB, Settings
-from schema.queue import INGEST_STREAMED_JOB, body_key, decode_batch
+from schema.batches import INGEST_STREAMED_JOB, body_key, decode_batch
 from tests.unit.inprocess import WORKSPACE, make_client
 from tests.unit.test_push_api import assert_error, post
 

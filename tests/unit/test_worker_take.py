@@ -10,7 +10,7 @@ from rq import Queue
 
 from queueing.rq_compat import IngestJob, MsgpackSerializer
 from runtime.settings import Settings
-from schema.queue import INGEST_JOB
+from schema.batches import INGEST_JOB
 from workers.worker import make_worker
 
 

@@ -24,10 +24,10 @@ from redis import Redis
 
 from runtime.settings import Settings
 from tests.conftest import IN_CI
-from tests.e2e.stack import REPO, Stack, free_port
 from tests.e2e.faults.cli_client import CliFleet, CliLedger
 from tests.e2e.faults.cli_harness import settle
 from tests.e2e.faults.harness import ApiProcess, WorkerPool
+from tests.e2e.stack import REPO, Stack, free_port
 
 CONFIG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 HEADER_TIMEOUT_S = 5  # the config's `timeout http-request`

@@ -25,11 +25,11 @@ import pytest
 
 from runtime.redis_client import redis_client
 from runtime.settings import Settings
-from tests.e2e.stack import running_stack
 from tests.e2e.faults.cli_client import CliFleet, CliLedger
 from tests.e2e.faults.cli_harness import CLI_TABLE, settle
 from tests.e2e.faults.harness import ApiProcess, WorkerPool
 from tests.e2e.faults.sentinel import FAILOVER_TIMEOUT_MS, SentinelTopology
+from tests.e2e.stack import running_stack
 
 LEAD_S = 3.0  # load before the first kill
 TAIL_S = 6.0  # load after the last promotion
