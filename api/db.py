@@ -65,7 +65,7 @@ async def read_connection(request: Request) -> AsyncIterator[ReadConnection]:
             if conn is not None:
                 await pool.putconn(conn)  # the pool drops a broken connection
             conn = None  # the replica is down or still starting: read the primary
-    if conn is None:
+    if pool is None or conn is None:
         async with db_connection(request) as primary:
             yield ReadConnection(primary, None)
         return
