@@ -3,7 +3,7 @@
 Against the real test Redis, which has no replica: `WAIT 1` always times out, so
 with REDIS_MIN_REPLICAS_ACK=1 every push lands in the api's spool as well (202
 all the same), and the spool keeps it, since no drain can be confirmed either. With a
-replica that answers (tests/faults/test_redis_failover.py) the same setting answers
+replica that answers (tests/e2e/faults/test_redis_failover.py) the same setting answers
 from Redis and loses nothing across a failover.
 """
 

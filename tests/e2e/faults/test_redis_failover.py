@@ -1,7 +1,7 @@
 """Redis behind Sentinel: the primary SIGKILLed under load, a replica promoted (issue 17, item 1).
 
 The api and the workers are given `REDIS_URL=redis+sentinel://...` only; nothing
-is restarted. Three CLIs that follow SPEC 2.5 (tests/faults/cli_client.py) push
+is restarted. Three CLIs that follow SPEC 2.5 (tests/e2e/faults/cli_client.py) push
 throughout. While no primary is reachable (Sentinel's down-after-milliseconds, then
 the promotion: a few seconds) the api spools; then every process finds the new
 primary on its own.
