@@ -84,7 +84,8 @@ INVALID_ENVELOPE = Kind(
 )
 INVALID_BODY = Kind(422, "invalid_body", "A small JSON body (consume, enrollment) is malformed. Do not retry.")
 INVALID_PARAMETER = Kind(422, "invalid_parameter", "A path or query parameter is malformed. Do not retry.")
-RATE_LIMITED = Kind(429, "rate_limited", "The key is over its rate limit. Retry after `Retry-After` seconds.")
+# Its Retry-After is the token bucket's own answer (RateLimited.retry_after_s); 1 s is only the fallback.
+RATE_LIMITED = Kind(429, "rate_limited", "The key is over its rate limit. Retry after `Retry-After` seconds.", 1)
 TOO_MANY_DEVICE_CODES = Kind(
     429, "too_many_device_codes", "Too many enrollments await approval. Retry after `Retry-After`.", 60
 )
@@ -112,7 +113,7 @@ def headers_of(status: int) -> tuple[str, ...]:
     """The headers the errors of this status come with (OpenAPI's response headers)."""
     kinds = [k for k in CATALOGUE if k.status == status]
     names = {name for k in kinds for name, _ in k.headers}
-    if any(k.retry_after_s is not None or k is RATE_LIMITED for k in kinds):
+    if any(k.retry_after_s is not None for k in kinds):
         names.add("Retry-After")
     return tuple(sorted(names))
 

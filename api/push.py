@@ -18,7 +18,7 @@ from api.metrics import RECORDS_ACCEPTED, RECORDS_REJECTED, observe_push
 from api.streamed import accept_streamed
 from schema.batches import encode_batch, queued_batch
 from schema.envelope import MAX_PUSH_ID_LENGTH
-from schema.validation import ValidatedPush, validate_push
+from schema.validation import validate_push
 
 log = logging.getLogger("selftune.push")
 
@@ -33,11 +33,6 @@ class PushAnswer(msgspec.Struct, omit_defaults=True):
     errors: list[str]
     rejected: dict[str, int] = {}
     duplicate: bool = False
-
-
-def _push_id(request: Request, validated: ValidatedPush) -> str:
-    """Body push_id, else the Idempotency-Key header, else a new one."""
-    return push_id_of(request, validated.envelope.push_id)
 
 
 def push_id_of(request: Request, body_push_id: str | None) -> str:
@@ -106,7 +101,7 @@ async def _push(request: Request) -> Response:
     accepted_records = sum(accepted.values())
     envelope = validated.envelope
     require_workspace(key, envelope.workspace_id)
-    push_id = _push_id(request, validated)
+    push_id = push_id_of(request, envelope.push_id)
     request.state.push |= {"push_id": push_id, "accepted": accepted_records, "rejected": len(validated.rejected)}
     answer = PushAnswer(
         ok=True,

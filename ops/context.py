@@ -124,19 +124,15 @@ class Ops:
         if self._postgres is None:
             import psycopg
 
-            from workers import db
-
             try:
-                self._postgres = db.connect(self.settings.database_url)
+                self._postgres = _connect(self.settings.database_url)
             except psycopg.OperationalError as exc:
                 raise ServerUnreachable("Postgres", self.url("database_url"), exc) from None
         return self._postgres
 
     def postgres_or_none(self) -> psycopg.Connection | None:
         """The Postgres connection, or None when it cannot be reached (for commands that can do without)."""
-        if self._postgres is not None and (self._postgres.closed or self._postgres.broken):
-            self._postgres.close()
-            self._postgres = None  # lost since (status --watch): try again
+        self._postgres = _still_open(self._postgres)  # lost since (status --watch): try again
         try:
             return self.postgres()
         except ServerUnreachable:
@@ -148,16 +144,12 @@ class Ops:
         Without a replica, or with it unreachable, the primary (or None when that is down too).
         """
         if self.settings.database_read_url:
-            if self._replica is not None and (self._replica.closed or self._replica.broken):
-                self._replica.close()
-                self._replica = None
+            import psycopg
+
+            self._replica = _still_open(self._replica)
             if self._replica is None:
-                import psycopg
-
-                from workers import db
-
                 try:
-                    self._replica = db.connect(self.settings.database_read_url)
+                    self._replica = _connect(self.settings.database_read_url)
                 except psycopg.OperationalError as exc:
                     self.warn(f"the replica is unreachable ({type(exc).__name__}): reading the primary")
             if self._replica is not None:
@@ -255,3 +247,18 @@ def stdout_is_gone() -> None:
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+def _connect(url: str) -> psycopg.Connection:
+    """A connection as the workers open one (autocommit, UTC)."""
+    from workers import db
+
+    return db.connect(url)
+
+
+def _still_open(conn: psycopg.Connection | None) -> psycopg.Connection | None:
+    """The connection, or None (closed) once it was lost."""
+    if conn is not None and (conn.closed or conn.broken):
+        conn.close()
+        return None
+    return conn

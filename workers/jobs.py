@@ -152,7 +152,7 @@ class Written:
         count_batch(pipe, self.summary, self.seconds)
 
 
-def write_job(batch: QueuedBatch, payload: bytes) -> Written:
+def write_job(batch: QueuedBatch) -> Written:
     """Write one queued batch and log it: the one path of a job, taken alone (ingest_batch) or in a take.
 
     On any failure the worker's Postgres connection is dropped (a timeout, SIGALRM,
@@ -162,7 +162,7 @@ def write_job(batch: QueuedBatch, payload: bytes) -> Written:
     """
     started = time.perf_counter()
     try:
-        summary = _write_queued(batch, payload)
+        summary = _write_queued(batch)
     except BaseException:
         db.close()
         raise
@@ -171,7 +171,7 @@ def write_job(batch: QueuedBatch, payload: bytes) -> Written:
     return written
 
 
-def _write_queued(batch: QueuedBatch, payload: bytes) -> dict[str, Any]:
+def _write_queued(batch: QueuedBatch) -> dict[str, Any]:
     if batch.body_key is not None:  # a streamed push: its body waits in Redis (workers/streamed.py)
         return write_streamed(db.connection(settings()), batch, _body_redis(), settings())
     return write_batch(db.connection(settings()), batch)
@@ -204,7 +204,7 @@ def ingest_batch(payload: bytes) -> dict[str, Any]:
     """
     batch = decode_batch(payload)
     try:
-        written = write_job(batch, payload)
+        written = write_job(batch)
     except BaseException as exc:
         give_up_or_retry(batch, exc)
         raise

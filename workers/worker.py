@@ -211,7 +211,7 @@ class IngestWorker(SimpleWorker):
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
                 for job, execution in zip(jobs, executions, strict=True):
                     job.started_at = now()  # this batch's own start and end,
-                    done = write_job(decode_batch(job.args[0]), job.args[0])
+                    done = write_job(decode_batch(job.args[0]))
                     job.ended_at = now()  # so RQ's working times are not those of the whole take
                     written.append((job, execution, done))
         except Exception as exc:

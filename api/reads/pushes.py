@@ -7,9 +7,10 @@ answers exactly as one that does not exist.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
+import psycopg
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -61,16 +62,13 @@ async def push_status(request: Request) -> Response:
     query_params(request, ())
     push_id = path_param(request, "push_id")
     async with read_connection(request) as read:
-        cur = await read.conn.execute(_PUSH_ROW, (key.workspace_id, push_id))
-        row = await cur.fetchone()
-    if row is None and read.replica_lag_s is not None:
+        found = await _push_row(read.conn, key.workspace_id, push_id)
+    if found is None and read.replica_lag_s is not None:
         # The replica may not have replayed the worker's write yet: the primary has the last word.
         async with db_connection(request) as conn:
-            cur = await conn.execute(_PUSH_ROW, (key.workspace_id, push_id))
-            row = await cur.fetchone()
-    if row is not None:
-        columns = [c.name for c in cur.description or ()]
-        return json_response(PushStatus(push_id=push_id, **dict(zip(columns, utc(row), strict=True))))
+            found = await _push_row(conn, key.workspace_id, push_id)
+    if found is not None:
+        return json_response(PushStatus(push_id=push_id, **found))
     try:
         failed, first = await _failure_and_answer(request, key.workspace_id, push_id)
     except (RedisError, OSError) as exc:
@@ -87,6 +85,15 @@ async def push_status(request: Request) -> Response:
         errors=answer.errors,
     )
     return json_response(queued)
+
+
+async def _push_row(conn: psycopg.AsyncConnection[Any], workspace_id: str, push_id: str) -> dict[str, Any] | None:
+    """The push's row as the status's fields (timestamps in UTC), or None if no worker wrote it yet."""
+    cur = await conn.execute(_PUSH_ROW, (workspace_id, push_id))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return dict(zip([c.name for c in cur.description or ()], utc(row), strict=True))
 
 
 async def _failure_and_answer(request: Request, workspace_id: str, push_id: str) -> tuple[bytes | None, bytes | None]:

@@ -152,12 +152,12 @@ def test_a_batch_left_after_a_failure_in_its_take_is_registered_afresh_before_it
     seen: dict[str, float] = {}
     real = jobs._write_queued
 
-    def noting_its_registration(batch: Any, payload: bytes) -> Any:
+    def noting_its_registration(batch: Any) -> Any:
         job = get_current_job()
         if batch.push_id == "after" and job is not None:  # run one by one, after the take failed
             [expires] = [score for member, score in redis.zscan_iter(started.key) if member.startswith(job.id.encode())]
             seen["left"] = expires - time.time()
-        return real(batch, payload)
+        return real(batch)
 
     monkeypatch.setattr(jobs, "_write_queued", noting_its_registration)
     with psycopg.connect(settings.database_url) as locker:
