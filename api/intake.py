@@ -45,6 +45,18 @@ def redis_cannot_take(exc: BaseException) -> bool:
     return isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("MISCONF", "OOM"))
 
 
+def enqueue_outcome(exc: BaseException) -> str:
+    """How a failed enqueue left the batch, for the spooled-batches metric.
+
+    `refused`: Redis answered with an error (OOM, READONLY, LOADING, MISCONF), so it
+    does not hold the batch. `unconfirmed`: the connection failed mid-call, or fewer
+    replicas than REDIS_MIN_REPLICAS_ACK confirmed it; Redis may hold the batch as well,
+    and the spool's copy then drains as a `duplicate` (never written twice).
+    """
+    refused = isinstance(exc, (redis_errors.ResponseError, redis_errors.BusyLoadingError))
+    return "refused" if refused else "unconfirmed"
+
+
 class Refused(Exception):
     """Neither Redis nor the spool can hold the batch (503)."""
 
@@ -90,6 +102,7 @@ class Intake:
             if prior is not None:
                 return Accepted("spool", prior)
         why = self._watch.why_not_redis()
+        enqueue = "not_tried"
         if why is None:
             try:
                 prior = await self._enqueuer.enqueue_once(key_id, workspace_id, push_id, payload, answer, records)
@@ -98,13 +111,22 @@ class Intake:
                     raise
                 self._watch.mark_down()
                 why = f"Redis cannot take it ({type(exc).__name__}: {exc})"
+                enqueue = enqueue_outcome(exc)
             else:
                 self._watch.mark_up()
                 return Accepted("queue", prior)
-        return await self._to_spool(why, key_id, workspace_id, push_id, payload, answer, records)
+        return await self._to_spool(why, enqueue, key_id, workspace_id, push_id, payload, answer, records)
 
     async def _to_spool(
-        self, why: str, key_id: str, workspace_id: str, push_id: str, payload: bytes, answer: bytes, records: int
+        self,
+        why: str,
+        enqueue: str,
+        key_id: str,
+        workspace_id: str,
+        push_id: str,
+        payload: bytes,
+        answer: bytes,
+        records: int,
     ) -> Accepted:
         if self.spool is None:
             SPOOL_REFUSED.labels("no_spool").inc()
@@ -119,7 +141,7 @@ class Intake:
             log.error("spool write failed: %s", exc)
             raise Refused(f"{why}, and the spool cannot be written ({exc})") from None
         if prior is None:
-            SPOOLED.inc()
+            SPOOLED.labels(enqueue).inc()
             log.info("push spooled", extra={"push_id": push_id, "workspace_id": workspace_id, "reason": why})
         return Accepted("spool", prior)
 

@@ -39,7 +39,13 @@ NS = "selftune_ingest"
 PUSHES = Counter(f"{NS}_pushes", "Push requests by outcome and HTTP status", ["outcome", "code"])
 RECORDS_ACCEPTED = Counter(f"{NS}_records_accepted", "Records accepted by the api, by type", ["type"])
 RECORDS_REJECTED = Counter(f"{NS}_records_rejected", "Records failing validation at the api, by type", ["type"])
-SPOOLED = Counter(f"{NS}_spooled_batches", "Pushes written to this api's local spool (Redis could not take them)")
+SPOOLED = Counter(
+    f"{NS}_spooled_batches",
+    "Pushes written to this api's local spool, by how the enqueue went (not_tried, refused, unconfirmed)",
+    ["enqueue"],
+)
+for _enqueue in ("not_tried", "refused", "unconfirmed"):
+    SPOOLED.labels(_enqueue)  # exported as 0 from the start, so a rate() sees the first one
 SPOOL_DRAINED = Counter(
     f"{NS}_spool_drained_batches", "Spooled batches moved into the queue, by outcome (queued, duplicate)", ["outcome"]
 )

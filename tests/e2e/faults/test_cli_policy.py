@@ -221,17 +221,21 @@ def test_two_apis_of_one_host_share_one_spool_and_drain_each_batch_once(rig: Rig
         LEAD_S + 8 + TAIL_S, during=lambda: rig.redis_down(fleet, 8, lambda: spooled_while_down.append(rig.spooled()))
     )
     rig.settle("two apis sharing one spool, Redis stopped 8 s")  # both drain the one spool at once
-    drained = {"queued": 0.0, "duplicate": 0.0}
+    drained = {'outcome="queued"': 0.0, 'outcome="duplicate"': 0.0, 'enqueue="unconfirmed"': 0.0}
     for api in apis:
         for line in httpx2.get(api.url + "/metrics", timeout=10).text.splitlines():
-            for outcome in drained:
-                if line.startswith(f'selftune_ingest_spool_drained_batches_total{{outcome="{outcome}"}}'):
-                    drained[outcome] += float(line.rsplit(" ", 1)[1])
+            name, _, rest = line.partition("{")
+            labels = rest.split("}", 1)[0]
+            if name.endswith(("_spool_drained_batches_total", "_spooled_batches_total")) and labels in drained:
+                drained[labels] += float(line.rsplit(" ", 1)[1])
     assert spooled_while_down and spooled_while_down[0] > 0
     # Each spooled batch left the spool once, by one api or the other (settle checked each landed
-    # once; a batch queued by both would show as a `duplicate` drain, which the script refused).
-    assert drained["duplicate"] == 0, drained
-    assert drained["queued"] >= spooled_while_down[0] and rig.spooled() == 0
+    # once). A `duplicate` drain means Redis held the push id already: only a push whose enqueue
+    # Redis ran but whose answer the SIGKILL cut off (spooled as `unconfirmed`) may do that. Two
+    # drainers moving one batch would show as many more duplicates than that.
+    assert drained['outcome="duplicate"'] <= drained['enqueue="unconfirmed"'], drained
+    assert drained['outcome="queued"'] >= spooled_while_down[0] - drained['outcome="duplicate"'], drained
+    assert rig.spooled() == 0
 
 
 def test_workers_sigkilled_mid_batch(rig: Rig) -> None:
