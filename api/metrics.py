@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -115,12 +116,44 @@ class SharedStateCollector(Collector):
         )
         yield self._by_label(stats.BATCHES, f"{NS}_batches", "Batches handled by workers, by outcome", "outcome")
         yield self._write_histogram()
+        yield from self._retention()
 
     def _by_label(self, key: str, name: str, doc: str, label: str) -> CounterMetricFamily:
         family = CounterMetricFamily(name, doc, labels=[label, SCOPE])
         for k, v in sorted(self.hashes.get(key, {}).items()):
             family.add_metric([k.decode(), SHARED], float(v))
         return family
+
+    def _retention(self) -> Iterator[Metric]:
+        """The last `maintain`'s figures a table (ops/maintain.py publishes them), and its running totals."""
+        tables = stats.parse_retention(self.hashes.get(stats.RETENTION, {}))
+        gauges = {
+            "retention_days": ("Days a table's rows are kept (0: forever)", "retention_days"),
+            "retention_partitions": ("Range partitions of a table partitioned by time", "partitions"),
+            "retention_partitions_ahead": ("Partitions made ahead of the current period", "partitions_ahead"),
+            "retention_default_rows": ("Rows in a table's default partition (no range covers them)", "default_rows"),
+        }
+        for name, (doc, field) in gauges.items():
+            family = GaugeMetricFamily(f"{NS}_{name}", doc, labels=["table", SCOPE])
+            for t in tables:
+                if field in ("retention_days",) or t["partitioned"]:
+                    family.add_metric([t["table"], SHARED], float(t[field]))
+            yield family
+        last = GaugeMetricFamily(
+            f"{NS}_retention_last_run_timestamp_seconds", "When maintain last ran over a table", labels=["table", SCOPE]
+        )
+        for t in tables:
+            last.add_metric([t["table"], SHARED], datetime.fromisoformat(t["ran_at"]).timestamp())
+        yield last
+        yield self._by_label(
+            stats.RETENTION_DELETED, f"{NS}_retention_deleted_rows", "Rows deleted by maintain, by table", "table"
+        )
+        yield self._by_label(
+            stats.RETENTION_DROPPED,
+            f"{NS}_retention_dropped_partitions",
+            "Partitions dropped by maintain, by table",
+            "table",
+        )
 
     def _write_histogram(self) -> HistogramMetricFamily:
         raw = {k.decode(): float(v) for k, v in self.hashes.get(stats.WRITE_SECONDS, {}).items()}
@@ -136,7 +169,15 @@ class SharedStateCollector(Collector):
 
 
 async def read_shared_hashes(redis: Any) -> dict[str, dict[bytes, bytes]]:
-    keys = (stats.WRITTEN, stats.QUARANTINED, stats.BATCHES, stats.WRITE_SECONDS)
+    keys = (
+        stats.WRITTEN,
+        stats.QUARANTINED,
+        stats.BATCHES,
+        stats.WRITE_SECONDS,
+        stats.RETENTION,
+        stats.RETENTION_DELETED,
+        stats.RETENTION_DROPPED,
+    )
     async with redis.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hgetall(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from redis import Redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
+from queueing import stats
 from queueing.queue_state import QueueState, read_snapshot
 from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import Settings
@@ -52,6 +53,7 @@ class Status:
     queue: QueueState
     quarantined: int | None  # pending quarantined records (None: Postgres unreachable)
     spool: SpoolStats | None = None  # this host's api spool (None: no spool file at SPOOL_PATH)
+    retention: list[dict[str, Any]] = field(default_factory=list)  # the last `maintain`, a dict a table
 
     def as_dict(self) -> dict[str, Any]:
         q = self.queue
@@ -61,6 +63,7 @@ class Status:
             "spooled_batches": self.spool.batches if self.spool else 0,
             "spool_bytes": self.spool.bytes if self.spool else 0,
             "spool_oldest_seconds": round(self.spool.oldest_age_s(), 1) if self.spool else 0.0,
+            "retention": self.retention,
         }
 
 
@@ -74,7 +77,10 @@ def status(redis: Redis, conn: psycopg.Connection | None, settings: Settings) ->
             row = None
         else:
             quarantined = int(row[0]) if row else 0
-    return Status(read_snapshot(redis, settings.queue_name, time.time()), quarantined, read_stats(settings.spool_path))
+    retention = stats.parse_retention(redis.hgetall(stats.RETENTION))  # type: ignore[arg-type]
+    return Status(
+        read_snapshot(redis, settings.queue_name, time.time()), quarantined, read_stats(settings.spool_path), retention
+    )
 
 
 # -- failed batches ------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ops import devices, failed, keys, migrate, push, quarantine, status, worker, workspaces
+from ops import devices, failed, keys, maintain, migrate, push, quarantine, status, worker, workspaces
 from ops.context import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -54,13 +54,14 @@ class Root(Group):
 @click.version_option(package_name="selftune-ingest", prog_name="selftune-ingest", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
-    """Operate selftune ingest: migrations, workspaces, keys, workers, queue status, failed batches."""
+    """Operate selftune ingest: migrations, retention, workspaces, keys, workers, queue status, failed batches."""
     ctx.obj = Ops()
     ctx.call_on_close(ctx.obj.close)
 
 
 for command in (
     migrate.migrate,
+    maintain.maintain,
     workspaces.workspace,
     keys.key,
     worker.worker,

@@ -13,5 +13,5 @@ def migrate(ops: Ops) -> None:
     """Apply pending database migrations."""
     from store.migrate import migrate as apply
 
-    applied = apply(ops.postgres())
+    applied = apply(ops.postgres(), ops.settings.retention)
     ops.emit({"applied": applied}, f"applied {', '.join(applied)}" if applied else "database is up to date")

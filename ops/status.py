@@ -31,10 +31,17 @@ _LINES = [
 
 
 def render(values: dict[str, Any]) -> str:
-    """The status as aligned lines; a figure Postgres was needed for reads 'postgres unreachable'."""
-    return "\n".join(
-        f"{label:<28} {'postgres unreachable' if values[key] is None else values[key]}" for key, label in _LINES
-    )
+    """The status as aligned lines; a figure Postgres was needed for reads 'postgres unreachable'.
+
+    Then retention as the last `maintain` left it (a line a table), or a hint to run it.
+    """
+    from ops.maintain import render_kept
+
+    lines = [f"{label:<28} {'postgres unreachable' if values[key] is None else values[key]}" for key, label in _LINES]
+    retention = values.get("retention") or []
+    lines.append("")
+    lines.append(render_kept(retention) if retention else "retention: `selftune-ingest maintain` has not run yet")
+    return "\n".join(lines)
 
 
 @click.command(cls=Command)

@@ -10,13 +10,19 @@ showed 0 records/s through a burst and its rate 13 s later).
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 PREFIX = "selftune:stats"
 WRITTEN = f"{PREFIX}:written"  # hash: record type -> records written (monotonic)
 QUARANTINED = f"{PREFIX}:quarantined"  # hash: record type -> records quarantined by workers
 BATCHES = f"{PREFIX}:batches"  # hash: processed | duplicate | failed -> batches
 WRITE_SECONDS = f"{PREFIX}:write_seconds"  # hash: histogram buckets ("le"), "sum", "count"
+# hash: table -> JSON of the last `maintain`'s TableRetention (store/retention.py), for status and /metrics
+RETENTION = f"{PREFIX}:retention"
+RETENTION_DELETED = f"{PREFIX}:retention_deleted"  # hash: table -> rows deleted by maintain (monotonic)
+RETENTION_DROPPED = f"{PREFIX}:retention_dropped"  # hash: table -> partitions dropped by maintain (monotonic)
 
 # Histogram buckets for one batch's write, in seconds.
 WRITE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -58,3 +64,8 @@ def bucket_label(seconds: float) -> str:
         if seconds <= le:
             return repr(le)
     return "+Inf"
+
+
+def parse_retention(raw: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """The RETENTION hash as one dict a table (the last maintain's TableRetention), by table name."""
+    return [json.loads(v) for _, v in sorted(raw.items())]

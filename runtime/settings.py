@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 
 from runtime.redis_client import RedisUrlError, check_url
 from schema.record_checks import RecordLimits
@@ -88,6 +89,54 @@ def log_level() -> str:
     return _choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True)
 
 
+# The tables retention applies to: the nine record types, the push rows and the quarantine.
+RETAINED_TABLES = (
+    "sessions",
+    "prompts",
+    "skill_invocations",
+    "execution_facts",
+    "normalization_runs",
+    "evolution_evidence",
+    "orchestrate_runs",
+    "grading_results",
+    "improvement_signals",
+    "pushes",
+    "quarantine",
+)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long rows are kept (RETENTION_DAYS, RETENTION_DAYS_<TABLE>; 0 keeps them forever) and partition width.
+
+    A partitioned table is split by its records' own time into PARTITION_DAYS-wide
+    partitions, PARTITIONS_AHEAD of them made ahead of time (store/retention.py).
+    """
+
+    default_days: int = 90
+    days: Mapping[str, int] = field(default_factory=dict)  # per-table overrides of default_days
+    partition_days: int = 7
+    partitions_ahead: int = 2
+
+    def days_for(self, table: str) -> int:
+        """Days a row of `table` is kept (0: forever)."""
+        return self.days.get(table, self.default_days)
+
+    @classmethod
+    def from_env(cls) -> Retention:
+        days = {}
+        for table in RETAINED_TABLES:
+            name = f"RETENTION_DAYS_{table.upper()}"
+            if os.environ.get(name):
+                days[table] = _int(name, 0, 0, 36_500)
+        return cls(
+            default_days=_int("RETENTION_DAYS", 90, 0, 36_500),
+            days=days,
+            partition_days=_int("PARTITION_DAYS", 7, 1, 366),
+            partitions_ahead=_int("PARTITIONS_AHEAD", 2, 1, 52),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the service, with its unit in the name."""
@@ -144,6 +193,8 @@ class Settings:
     log_level: str
     # A streaming replica for the read endpoints and the ops reports (empty: the primary serves them).
     database_read_url: str = ""
+    # How long rows are kept, and how the big tables are partitioned by time (store/retention.py).
+    retention: Retention = field(default_factory=Retention)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -192,6 +243,7 @@ class Settings:
             ops_token=os.environ.get("OPS_TOKEN", ""),
             log_format=log_format(),
             log_level=log_level(),
+            retention=Retention.from_env(),
         )
 
     @property

@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 
 import schema
+from runtime.settings import Retention
+from store.retention import prepare
 
 # The .sql files are the contract's (package data of `schema`); this module only applies them.
 MIGRATIONS_DIR = Path(schema.__file__).parent / "migrations"
@@ -28,9 +30,16 @@ def latest_version() -> str:
     return migration_files()[-1].stem
 
 
-def migrate(conn: psycopg.Connection) -> list[str]:
-    """Apply pending migrations; return the names of those applied."""
+def migrate(conn: psycopg.Connection, retention: Retention | None = None) -> list[str]:
+    """Apply pending migrations, then partition the time-keyed tables; return the SQL migrations applied.
+
+    The partitioning (store/retention.prepare) is code, not a .sql file: on a table
+    holding data it builds indexes CONCURRENTLY and swaps under a short lock, with
+    writes going on; on a fresh database it takes a moment. It runs every time
+    (each step is skipped once done), with `retention`'s partition width.
+    """
     applied: list[str] = []
+    autocommit = conn.autocommit
     conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
     try:
         conn.execute(
@@ -47,6 +56,12 @@ def migrate(conn: psycopg.Connection) -> list[str]:
                 conn.execute(path.read_bytes())  # our own trusted file, several statements
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
             applied.append(path.stem)
+        conn.commit()
+        conn.autocommit = True  # CREATE INDEX CONCURRENTLY refuses a transaction
+        try:
+            prepare(conn, retention or Retention())
+        finally:
+            conn.autocommit = autocommit
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
         conn.commit()

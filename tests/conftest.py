@@ -33,8 +33,10 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:56379/1")
 # Every table the migrations made, read from the catalogue (so a new table is reset too), but the
 # migrations' own bookkeeping: the database stays migrated.
 _ALL_TABLES = """
-SELECT string_agg(format('%I.%I', schemaname, tablename), ', ')
-FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'schema_migrations'
+SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND c.relname <> 'schema_migrations'
 """
 
 

@@ -27,6 +27,7 @@ from psycopg.adapt import PyFormat
 
 from schema.records import RECORD_TYPES
 from store.consumption import is_earlier, keep_earliest
+from store.partitions import PARTITION_COLUMNS
 
 _SCALAR_SQL_TYPES = {
     inspect.StrType: "text",
@@ -112,7 +113,13 @@ def _table(record_type: str, key: tuple[str, ...], merge: str = "immutable", con
     info = inspect.type_info(RECORD_TYPES[record_type])
     assert isinstance(info, inspect.StructType)
     columns = tuple(Column(f.name, sql_type(f.type), *_struct_shape(f.type)) for f in info.fields)
-    return Table(record_type, record_type, columns, key, conflict or key, merge)
+    conflict = conflict or key
+    # A table partitioned by time has its time in every unique key (store/partitions.py): the
+    # same record re-pushed carries the same time, so it is still one row however old it is.
+    time_column = PARTITION_COLUMNS.get(record_type)
+    if time_column is not None and time_column not in key:
+        key, conflict = (*key, time_column), (*conflict, time_column)
+    return Table(record_type, record_type, columns, key, conflict, merge)
 
 
 TABLES: dict[str, Table] = {

@@ -21,6 +21,17 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Settings:
+    """The command line reads its settings from the environment, as in production (jobs retry at once, twice)."""
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("KEY_CACHE_TTL_S", str(settings.key_cache_ttl_s))
+    monkeypatch.setenv("JOB_RETRIES", "2")
+    monkeypatch.setenv("JOB_RETRY_BACKOFF_S", "0")
+    return settings
+
+
+@pytest.fixture
 def use_worker_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Iterator[Callable[[Settings], None]]:
     """Point in-process jobs at the test servers; returns a setter for variants."""
 

@@ -43,16 +43,6 @@ def two_workspaces(db: psycopg.Connection) -> dict[str, str]:
     return {name: new_account(db, name).key for name in ("alpha", "beta")}
 
 
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Settings:
-    """The command line reads its settings from the environment, as in production."""
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    monkeypatch.setenv("JOB_RETRIES", "2")
-    monkeypatch.setenv("JOB_RETRY_BACKOFF_S", "0")
-    return settings
-
-
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
     assert cli.main(["--json", *args]) == 0
     return json.loads(capsys.readouterr().out)

@@ -35,15 +35,6 @@ from store.keys import KEY_MIRROR, parse_mirror_value
 from tests.support import new_account, push_json, run_burst_worker
 
 
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Settings:
-    """The command line reads its settings from the environment, as in production."""
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    monkeypatch.setenv("KEY_CACHE_TTL_S", str(settings.key_cache_ttl_s))
-    return settings
-
-
 def delete_cli(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
     assert cli.main(["--json", "workspace", "delete", *args]) == 0
     return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
