@@ -33,12 +33,12 @@ lock: venv
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --extra dev -c requirements.lock \
 		-o requirements-dev.lock pyproject.toml
 
-## make run: Redis + PostgreSQL on 127.0.0.1, migrations, a dev key, then web and worker on :8000.
+## make run: Redis + PostgreSQL on 127.0.0.1, migrations, a dev key, then web, worker and maintain on :8000.
 run: venv
 	scripts/services.sh up dev
 	$(BIN)/selftune-ingest migrate
 	@scripts/dev-key.sh
-	HOST=$(RUN_HOST) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT) web worker
+	HOST=$(RUN_HOST) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT) web worker maintain
 
 ## make test: the whole suite against real servers started for the tests (ports 55432, 56379);
 ## long variants (fuzz, fault scenarios) are marked slow and run by make test-slow; make test-faults runs tests/e2e/faults.

@@ -79,21 +79,37 @@ def maintain(ops: Ops, dry_run: bool, every: float | None) -> None:
 
     Safe to run from several hosts: one run at a time holds the lock, another returns at once.
     """
+    import psycopg
+
     from store.retention import maintain as run
 
     while True:
         started = time.monotonic()
-        tables = run(ops.postgres(), ops.settings.retention, dry_run=dry_run)
-        if tables is None:
-            ops.emit({"skipped": "another maintain is running"}, "another maintain is running: nothing done")
-        else:
-            figures = [t.as_dict() for t in tables]
-            if not dry_run:
-                publish(ops, figures)
-            ops.emit({"dry_run": dry_run, "tables": figures}, render(figures, dry_run))
         if every is None:
+            once(ops, run(ops.postgres(), ops.settings.retention, dry_run=dry_run), dry_run)
             return
+        # As a process (--every), a Postgres restart or a failed run is logged and the next
+        # run tries again: exiting would take the Procfile's other processes down with it.
+        conn = ops.postgres_or_none()
+        if conn is None:
+            log.warning("maintain: Postgres is unreachable; trying again in %.0f s", every)
+        else:
+            try:
+                once(ops, run(conn, ops.settings.retention, dry_run=dry_run), dry_run)
+            except psycopg.Error as exc:
+                log.warning("maintain: this run failed, the next one tries again: %s: %s", type(exc).__name__, exc)
         try:
             time.sleep(max(0.0, every - (time.monotonic() - started)))
         except KeyboardInterrupt:
             return
+
+
+def once(ops: Ops, tables: list[Any] | None, dry_run: bool) -> None:
+    """Report one run (and publish its figures unless a dry run); None: another maintain held the lock."""
+    if tables is None:
+        ops.emit({"skipped": "another maintain is running"}, "another maintain is running: nothing done")
+        return
+    figures = [t.as_dict() for t in tables]
+    if not dry_run:
+        publish(ops, figures)
+    ops.emit({"dry_run": dry_run, "tables": figures}, render(figures, dry_run))

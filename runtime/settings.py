@@ -124,6 +124,12 @@ class Retention:
 
     @classmethod
     def from_env(cls) -> Retention:
+        unknown = sorted(
+            n for n in os.environ if n.startswith("RETENTION_DAYS_") and n[15:].lower() not in RETAINED_TABLES
+        )
+        if unknown:  # a misspelt table would otherwise keep its rows for the default, silently
+            tables = ", ".join(t.upper() for t in RETAINED_TABLES)
+            raise SettingsError(f"{', '.join(unknown)}: no such table (RETENTION_DAYS_<TABLE>, TABLE one of {tables})")
         days = {}
         for table in RETAINED_TABLES:
             name = f"RETENTION_DAYS_{table.upper()}"

@@ -30,8 +30,11 @@ def latest_version() -> str:
     return migration_files()[-1].stem
 
 
-def migrate(conn: psycopg.Connection, retention: Retention | None = None) -> list[str]:
+def migrate(conn: psycopg.Connection, retention: Retention | None = None, *, partition: bool = True) -> list[str]:
     """Apply pending migrations, then partition the time-keyed tables; return the SQL migrations applied.
+
+    `partition=False` stops after the .sql files: the schema as releases before
+    retention left it (for the tests and the benchmark of the conversion).
 
     The partitioning (store/retention.prepare) is code, not a .sql file: on a table
     holding data it builds indexes CONCURRENTLY and swaps under a short lock, with
@@ -57,11 +60,12 @@ def migrate(conn: psycopg.Connection, retention: Retention | None = None) -> lis
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
             applied.append(path.stem)
         conn.commit()
-        conn.autocommit = True  # CREATE INDEX CONCURRENTLY refuses a transaction
-        try:
-            prepare(conn, retention or Retention())
-        finally:
-            conn.autocommit = autocommit
+        if partition:
+            conn.autocommit = True  # CREATE INDEX CONCURRENTLY refuses a transaction
+            try:
+                prepare(conn, retention or Retention())
+            finally:
+                conn.autocommit = autocommit
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
         conn.commit()

@@ -17,7 +17,7 @@ from api.app import create_app
 from bench import samples
 from runtime.settings import Retention, Settings
 from store import partitions
-from store.migrate import migrate, migration_files
+from store.migrate import migrate
 from store.retention import maintain
 from tests.integration.test_ops import run_cli
 from tests.support import batch_of, write_queued
@@ -88,6 +88,14 @@ def test_partitions_past_retention_are_dropped_whole_and_the_rest_is_kept(fresh:
     assert kept_ids == {"p-1", "p-2", "p-3"}
     assert prompts.deleted_rows == 1 and prompts.partitions_ahead == 2
     assert {r[0] for r in fresh.execute("SELECT session_id FROM sessions")} == {"sess-2"}
+    # The CLI re-sends the dropped record, twice: one row (in the default partition), which the
+    # next maintain deletes as past retention.
+    push(fresh, prompts_at([old]))
+    push(fresh, prompts_at([old]))
+    assert where(fresh, "p-0") == ["prompts_default"]
+    again = maintain(fresh, KEEP_PROMPTS, now=later)
+    assert again is not None and next(t for t in again if t.table == "prompts").deleted_rows == 1
+    assert where(fresh, "p-0") == []
     # Tables kept forever (RETENTION_DAYS=0 here) lose nothing and report no horizon.
     signals = next(t for t in done if t.table == "improvement_signals")
     assert signals.kept_since is None and not signals.dropped_partitions
@@ -122,18 +130,9 @@ def test_one_maintain_at_a_time(fresh: psycopg.Connection, empty_database_url: s
     assert maintain(fresh, KEEP_PROMPTS, now=NOW) is not None
 
 
-def _apply_sql_only(conn: psycopg.Connection) -> None:
-    """The schema as the previous release left it: every .sql migration, no partitions."""
-    conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz DEFAULT now())")
-    for path in migration_files():
-        with conn.transaction():
-            conn.execute(path.read_bytes())
-            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
-
-
 def test_an_existing_database_is_partitioned_with_writes_going_on(empty_database_url: str) -> None:
     with psycopg.connect(empty_database_url, autocommit=True, options="-c timezone=UTC") as conn:
-        _apply_sql_only(conn)
+        migrate(conn, partition=False)  # the schema as the previous release left it
         assert not partitions.is_partitioned(conn, "prompts")
         # A database holding data: 20,000 prompts over the last 40 days, and signals.
         conn.execute(
@@ -217,3 +216,47 @@ def test_status_and_metrics_show_retention(
     days = float(prompts["retention_days"])
     assert f'selftune_ingest_retention_days{{scope="shared",table="prompts"}} {days}' in text
     assert "selftune_ingest_retention_last_run_timestamp_seconds{" in text
+
+
+def test_maintain_every_keeps_running_while_postgres_is_down_and_runs_once_it_is_back(
+    settings: Settings, empty_database_url: str
+) -> None:
+    """As the Procfile's process, a Postgres it cannot reach is a warning and a retry, not an exit
+    (honcho stops every process once one exits); and each run publishes its figures for `status`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from redis import Redis
+
+    from queueing import stats
+
+    command = Path(sys.executable).with_name("selftune-ingest")
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": "postgresql://selftune@127.0.0.1:9/none"}
+    down = subprocess.Popen([command, "maintain", "--every", "1"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        assert down.poll() is None, f"maintain exited: {down.stderr.read() if down.stderr else ''}"
+    finally:
+        down.send_signal(signal.SIGINT)
+        _, err = down.communicate(timeout=10)
+    assert err.count("Postgres is unreachable") >= 2, err
+
+    redis = Redis.from_url(settings.redis_url)
+    redis.delete(stats.RETENTION)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        migrate(conn, KEEP_PROMPTS)
+    up = subprocess.Popen(
+        [command, "maintain", "--every", "1"], env={**env, "DATABASE_URL": empty_database_url}, stdout=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not redis.hexists(stats.RETENTION, "prompts"):
+            assert up.poll() is None and time.monotonic() < deadline, "maintain --every did not run"
+            time.sleep(0.2)
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=10)

@@ -1,6 +1,6 @@
 """docker-compose.yml and the Dockerfile agree with the code (no Docker needed).
 
-What a deployer relies on when running `docker compose up`: the five services
+What a deployer relies on when running `docker compose up`: the six services
 exist, Redis keeps RQ's keys (SPEC 5), the app reaches Postgres and Redis by
 their service names with the credentials the postgres service creates, the app
 starts only after a successful migration, the image runs the Procfile's web
@@ -30,7 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-APP_SERVICES = ("migrate", "api", "worker")
+APP_SERVICES = ("migrate", "api", "worker", "maintain")
 RUNNING_APP_SERVICES = ("api", "worker")
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus.yml"
@@ -124,8 +124,8 @@ def _env_names_read_by_settings() -> set[str]:
     return set(re.findall(r'"([A-Z][A-Z0-9_]*)"', source))
 
 
-def test_all_five_services_are_defined(services: dict[str, dict[str, Any]]) -> None:
-    missing = {"postgres", "redis", "migrate", "api", "worker"} - services.keys()
+def test_all_six_services_are_defined(services: dict[str, dict[str, Any]]) -> None:
+    missing = {"postgres", "redis", "migrate", "api", "worker", "maintain"} - services.keys()
     assert not missing, f"services missing from docker-compose.yml: {sorted(missing)}"
 
 
@@ -199,6 +199,19 @@ def test_every_healthy_condition_has_a_healthcheck(services: dict[str, dict[str,
 def test_worker_runs_the_worker_command(services: dict[str, dict[str, Any]]) -> None:
     argv = _argv(services["worker"].get("command"))
     assert argv[:2] == ["selftune-ingest", "worker"], f"worker command is {argv}"
+
+
+def test_maintain_runs_the_procfiles_maintain_on_a_schedule_after_migration(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    maintain = services["maintain"]
+    argv = _argv(maintain.get("command"))
+    procfile = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("maintain:"))
+    assert argv == shlex.split(procfile.split(":", 1)[1]), f"compose runs {argv}, the Procfile {procfile!r}"
+    assert _depends_on(maintain).get("migrate") == "service_completed_successfully"
+    assert urlsplit(_environment(maintain).get("REDIS_URL", "")).hostname == "redis", (
+        "status reads its report from Redis"
+    )
 
 
 def test_api_serves_the_procfile_web_app(services: dict[str, dict[str, Any]]) -> None:

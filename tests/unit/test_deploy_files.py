@@ -1,7 +1,8 @@
 """The Procfile deploys as it is (12-factor), `make run` keeps it on loopback, and the HAProxy example loads.
 
 A platform runs the Procfile's `release` before each deploy and its `web` on
-0.0.0.0:$PORT; `make run` migrates itself and must start only web and worker
+0.0.0.0:$PORT, its `worker` and one `maintain` (retention, on a schedule);
+`make run` migrates itself and must start only web, worker and maintain
 (honcho starts every process it is not told otherwise, and a `release` that
 exits would stop the others), with HOST=127.0.0.1.
 """
@@ -39,10 +40,12 @@ def _make_recipe(target: str) -> list[str]:
     return recipe
 
 
-def test_procfile_has_release_web_and_worker() -> None:
+def test_procfile_has_release_web_worker_and_maintain() -> None:
     processes = _processes()
-    assert set(processes) == {"release", "web", "worker"}
+    assert set(processes) == {"release", "web", "worker", "maintain"}
     assert shlex.split(processes["release"]) == ["selftune-ingest", "migrate"]
+    maintain = shlex.split(processes["maintain"])
+    assert maintain[:2] == ["selftune-ingest", "maintain"] and "--every" in maintain, "maintain must repeat itself"
 
 
 def test_web_listens_on_every_interface_at_port_unless_told() -> None:
@@ -51,10 +54,10 @@ def test_web_listens_on_every_interface_at_port_unless_told() -> None:
     assert argv[argv.index("--port") + 1] == "${PORT:-8000}"
 
 
-def test_make_run_starts_web_and_worker_on_loopback() -> None:
+def test_make_run_starts_web_worker_and_maintain_on_loopback() -> None:
     [honcho] = [line for line in _make_recipe("run") if "honcho start" in line]
     argv = shlex.split(honcho)
-    assert argv[-2:] == ["web", "worker"], "make run must name its processes, or honcho runs release too"
+    assert argv[-3:] == ["web", "worker", "maintain"], "make run must name its processes, or honcho runs release too"
     assert "HOST=$(RUN_HOST)" in argv
     assert re.search(r"^RUN_HOST \?= 127\.0\.0\.1$", (ROOT / "Makefile").read_text(), re.M)
 
