@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from runtime.settings import RETAINED_TABLES, Retention
-from store import partitions
+from store import conversion, partitions
 from store.partitions import PARTITION_COLUMNS
 
 # Tables kept by arrival time, with the index each bounded delete walks.
@@ -65,7 +65,7 @@ def prepare(conn: psycopg.Connection, retention: Retention, now: datetime | None
     `conn` must be in autocommit mode: indexes on tables that hold data are built CONCURRENTLY.
     """
     now = now or datetime.now(UTC)
-    converted = [t for t in PARTITION_COLUMNS if partitions.convert(conn, t, retention.partition_days, now)]
+    converted = [t for t in PARTITION_COLUMNS if conversion.convert(conn, t, retention.partition_days, now)]
     for table in PARTITION_COLUMNS:
         partitions.ensure_partitions(
             conn, table, _first_kept(retention, table, now), now, retention.partition_days, retention.partitions_ahead
