@@ -138,7 +138,7 @@ def test_a_batch_abandoned_on_its_last_attempt_has_its_push_marked_failed(
 
 
 def failed_registry_ids(redis: Redis, settings: Settings) -> list[str]:
-    return actions.failed_registry(redis, settings).get_job_ids()
+    return [job_id for registry in actions.failed_registries(redis, settings) for job_id in registry.get_job_ids()]
 
 
 def test_replay_moves_exactly_the_chosen_batches_and_each_lands_once(
