@@ -360,6 +360,7 @@ def rq_timestamp(stamp: Any) -> float:
 WORKER_OVERRIDES: dict[str, tuple[str, ...] | None] = {
     "execute_job": ("self", "job", "queue"),
     "perform_job": ("self", "job", "queue", "execution"),
+    "prepare_job_execution": ("self", "job", "remove_from_intermediate_queue"),
     "get_heartbeat_ttl": ("self", "job", "working_time"),
     "clean_registries": ("self",),
     "teardown": ("self",),

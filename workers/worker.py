@@ -166,6 +166,16 @@ class IngestWorker(SimpleWorker):
         """Note that a job, or a take, starts under a death penalty of `timeout` s (see _within_timeout)."""
         self._running = (time.monotonic(), timeout)
 
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ's bookkeeping before a job runs, always taking the job off its queue's intermediate list.
+
+        RQ removes it only for a worker on one queue (from several, its own dequeue pops
+        without the move); ours moves it there from any number of shards
+        (`rq_compat.IngestQueue`), so a job left in the list would be "rescued" by the
+        next maintenance and failed or run again although it ran.
+        """
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         self._start_clock(int(job.timeout or self.queue_class.DEFAULT_TIMEOUT))
         return super().perform_job(job, queue, execution)

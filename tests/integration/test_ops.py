@@ -35,7 +35,7 @@ from ops import accounts, actions, cli
 from queueing.rq_compat import IngestJob, MsgpackSerializer
 from runtime.settings import Settings
 from schema.batches import INGEST_JOB
-from tests.support import count, new_account, push_json, run_burst_worker, with_lock_timeout
+from tests.support import Shards, count, new_account, push_json, run_burst_worker, with_lock_timeout
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_a_batch_abandoned_on_its_last_attempt_is_listed_by_the_time_it_failed(
     with TestClient(create_app(settings)) as c:
         assert push_json(c, api_key, {"sessions": [samples.session(1)]}, "orphan").status_code == 202
     redis = Redis.from_url(settings.redis_url)
-    queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+    queue = Shards(settings, redis).holding_jobs()  # the workspace's shard
     job = IngestJob.fetch(queue.pop_job_id(), connection=redis, serializer=MsgpackSerializer)
     assert job.ended_at is None
     with redis.pipeline() as pipe:
@@ -123,10 +123,10 @@ def test_a_batch_abandoned_on_its_last_attempt_has_its_push_marked_failed(
         assert push_json(c, api_key, {"sessions": [samples.session(1)]}, "killed").status_code == 202
         assert c.get("/v2/pushes/killed", headers={"Authorization": f"Bearer {api_key}"}).json()["status"] == "queued"
         redis = Redis.from_url(settings.redis_url)
-        queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+        queue = Shards(settings, redis).holding_jobs()  # the workspace's shard
         job = IngestJob.fetch(queue.pop_job_id(), connection=redis, serializer=MsgpackSerializer)
         job.set_status(JobStatus.STARTED)  # what its worker had recorded, before it died
-        started = StartedJobRegistry(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+        started = StartedJobRegistry(queue.name, connection=redis, serializer=MsgpackSerializer)
         redis.zadd(started.key, {f"{job.id}:dead-execution": time.time() - 1})
 
         started.cleanup()  # what any worker's maintenance does
@@ -176,6 +176,7 @@ def test_replaying_a_batch_that_had_in_fact_committed_writes_nothing_twice(
     run_burst_worker(cli_env)
     before = (count(db, "sessions"), count(db, "prompts"))
     [attempts_before] = db.execute("SELECT attempts FROM pushes WHERE push_id = 'a1'").fetchone()  # type: ignore[misc]
+    # The same batch once more, on the unsharded queue (where an earlier release queued it).
     Queue(cli_env.queue_name, connection=redis, serializer=MsgpackSerializer).enqueue(INGEST_JOB, payload)
     run_burst_worker(cli_env)
     assert (count(db, "sessions"), count(db, "prompts")) == before
@@ -311,7 +312,7 @@ def test_status_and_metrics_show_the_spool_while_redis_cannot_take_pushes(
         finally:
             redis.config_set("maxmemory", maxmemory)
         deadline = time.monotonic() + 10
-        while Queue(cli_env.queue_name, connection=redis).count < 3:
+        while Shards(cli_env, redis).count < 3:
             assert time.monotonic() < deadline, "the spool was not drained"
             time.sleep(0.1)
         drained = c.get("/metrics").text

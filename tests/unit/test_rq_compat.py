@@ -268,7 +268,7 @@ def test_a_jobs_meta_and_results_read_with_rqs_json_serializer_as_rq_dashboard_j
 
     # A finished job's result, as the dashboard's page shows it; the failure callback's meta too.
     worker = make_worker(settings, connection=redis)
-    queue = worker.queues[0]
+    [queue] = [q for q in worker.queues if q.name == settings.queues.for_workspace("ws_1")]
     job = IngestJob.fetch(queue.pop_job_id(), connection=redis, serializer=MsgpackSerializer)
     [execution] = rq_compat.start_jobs(worker, [job], queue)
     job.started_at = job.ended_at = datetime.now(UTC)
