@@ -32,7 +32,7 @@ from starlette.testclient import TestClient
 from api.app import create_app
 from bench import samples
 from ops import accounts, actions, cli
-from queueing.rq_compat import IngestJob, MsgpackSerializer
+from queueing.rq_compat import IngestJob, MsgpackSerializer, job_metas
 from runtime.settings import Settings
 from schema.batches import INGEST_JOB
 from tests.support import Shards, count, new_account, push_json, run_burst_worker, with_lock_timeout
@@ -69,18 +69,26 @@ def failed_pushes(
     use_worker_settings: Callable[[Settings], None],
 ) -> Iterator[dict[str, str]]:
     """Three pushes (a1, a2 of alpha; b1 of beta) that failed for real: Postgres kept refusing them."""
+    fail_pushes(settings, use_worker_settings, [("a1", two_workspaces["alpha"], 1), ("a2", two_workspaces["alpha"], 2)])
+    fail_pushes(settings, use_worker_settings, [("b1", two_workspaces["beta"], 3)])
+    yield two_workspaces
+
+
+def fail_pushes(
+    settings: Settings, use_worker_settings: Callable[[Settings], None], pushes: list[tuple[str, str, int]]
+) -> None:
+    """Push each (push id, key, n) and have Postgres refuse it until it is in RQ's failed registry."""
     app_settings = replace(settings, job_retries=1, job_retry_backoff_s=(0,))
     with TestClient(create_app(app_settings)) as c:
-        for push_id, ws, n in (("a1", "alpha", 1), ("a2", "alpha", 2), ("b1", "beta", 3)):
+        for push_id, key, n in pushes:
             records = {"sessions": [samples.session(n)], "prompts": [samples.prompt(n)]}
-            assert push_json(c, two_workspaces[ws], records, push_id).status_code == 202
+            assert push_json(c, key, records, push_id).status_code == 202
     use_worker_settings(with_lock_timeout(settings, 100))
     with psycopg.connect(settings.database_url) as locker:
         locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
         run_burst_worker(settings)
         locker.rollback()
     use_worker_settings(settings)
-    yield two_workspaces
 
 
 def test_failed_batches_are_listed_with_their_reason(
@@ -163,6 +171,47 @@ def test_replay_moves_exactly_the_chosen_batches_and_each_lands_once(
     assert count(db, "sessions") == 3 and count(db, "prompts") == 3
     statuses = db.execute("SELECT push_id, status FROM pushes ORDER BY push_id").fetchall()
     assert statuses == [("a1", "processed"), ("a2", "processed"), ("b1", "processed")]
+
+
+def test_replay_puts_a_workspaces_failed_batches_on_its_own_shard_wherever_they_failed(
+    two_workspaces: dict[str, str],
+    settings: Settings,
+    use_worker_settings: Callable[[Settings], None],
+    cli_env: Settings,
+    capsys: pytest.CaptureFixture[str],
+    db: psycopg.Connection,
+) -> None:
+    # A replay of one workspace's failed batches (thousands, after an outage) must delay only its
+    # own shard, as its pushes do: each goes to the workspace's shard, also one that failed in the
+    # unsharded queue of a release before QUEUE_SHARDS.
+    alpha = workspace_id(db, "alpha")
+    fail_pushes(replace(settings, queue_shards=1), use_worker_settings, [("a-old", two_workspaces["alpha"], 1)])
+    fail_pushes(settings, use_worker_settings, [("a-new", two_workspaces["alpha"], 2)])
+    fail_pushes(settings, use_worker_settings, [("b1", two_workspaces["beta"], 3)])
+    redis = Redis.from_url(settings.redis_url)
+    origins = {
+        b.push_id: Job.fetch(b.job_id, connection=redis, serializer=MsgpackSerializer).origin
+        for b in actions.failed_batches(redis, cli_env)
+    }
+    assert origins == {
+        "a-old": settings.queue_name,  # the unsharded queue
+        "a-new": settings.queues.for_workspace(alpha),
+        "b1": settings.queues.for_workspace(workspace_id(db, "beta")),
+    }
+
+    assert run_cli(capsys, "replay", "--workspace", alpha)["replayed"] == 2
+    shards = Shards(settings, redis)
+    queued = {
+        q.name: sorted(job_metas(redis, q.get_job_ids())[j]["push_id"] for j in q.get_job_ids()) for q in shards.queues
+    }
+    assert {name: ids for name, ids in queued.items() if ids} == {
+        settings.queues.for_workspace(alpha): ["a-new", "a-old"]
+    }
+    assert [b["push_id"] for b in run_cli(capsys, "failed", "list")] == ["b1"]
+
+    run_burst_worker(cli_env)
+    statuses = dict(db.execute("SELECT push_id, status FROM pushes").fetchall())
+    assert statuses == {"a-old": "processed", "a-new": "processed", "b1": "failed"}
 
 
 def test_replaying_a_batch_that_had_in_fact_committed_writes_nothing_twice(
