@@ -189,7 +189,7 @@ class IngestQueue(Queue):
     """
 
     @classmethod
-    def dequeue_any(  # type: ignore[override]
+    def dequeue_any(
         cls,
         queues: Any,
         timeout: int | None,

@@ -35,6 +35,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job
 from rq.scheduler import RQScheduler
@@ -107,14 +108,28 @@ class IngestWorker(SimpleWorker):
     _heartbeat_stop: threading.Event | None = None
     _running: tuple[float | None, int] = (None, 0)  # when the job or take now running started, and its timeout
 
-    def work(self, *args: Any, dequeue_strategy: DequeueStrategy = DequeueStrategy.ROUND_ROBIN, **kwargs: Any) -> bool:
+    def work(
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        with_scheduler: bool = False,
+        dequeue_strategy: DequeueStrategy = DequeueStrategy.ROUND_ROBIN,
+    ) -> bool:
         """RQ's work loop, taking from the shards' queues in turn (RQ's round-robin dequeue strategy).
 
         After a job (and the take behind it, all from the job's own queue), the next dequeue
         starts at the queue after that one: a workspace's backlog in one shard delays another
         shard's batches by one take per busy shard at most, not by the whole backlog.
         """
-        return bool(super().work(*args, dequeue_strategy=dequeue_strategy, **kwargs))
+        return bool(
+            super().work(
+                burst, logging_level, date_format, log_format, max_jobs, max_idle_time, with_scheduler, dequeue_strategy
+            )
+        )
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ sets every claim (execution, started registry, worker key) for this long
