@@ -118,6 +118,8 @@ def test_a_full_redis_spools_the_push_and_the_drainer_queues_it_once_redis_has_r
         redis.config_set("maxmemory-policy", policy)
     _wait_for("the drainer moved the spooled push into the queue", lambda: queue.count == 2)
     assert client.app.state.spool.spool.stats().batches == 0  # type: ignore[attr-defined]
+    # In the same queue as the push that fitted, its workspace's shard: a spooled push gets the same fairness.
+    assert queue.holding_jobs().count == 2
     run_worker(settings)
     assert count(db, "prompts") == 2
     statuses = db.execute("SELECT push_id, status FROM pushes ORDER BY push_id").fetchall()
