@@ -21,8 +21,8 @@ import time
 from typing import Any
 
 from api.background import BackgroundLoop
-from queueing.queue_state import QueueState, read_snapshot_async, worker_alive_s
-from queueing.rq_compat import SNAPSHOT_SCRIPT, QueueKeys
+from queueing.queue_state import QueueState, read_snapshot_async, snapshot_keys, worker_alive_s
+from queueing.rq_compat import SNAPSHOT_SCRIPT
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class QueueWatch(BackgroundLoop):
     def __init__(self, settings: Settings, redis: Any) -> None:
         self._settings = settings
         self._redis = redis
-        self._keys = QueueKeys.for_queue(settings.queue_name)
+        self._keys = snapshot_keys(settings.queues)  # every shard, and the unsharded queue
         self._script = redis.register_script(SNAPSHOT_SCRIPT)
         self._alive_s = worker_alive_s(settings.worker_maintenance_interval_s)
         self.latest: QueueState | None = None

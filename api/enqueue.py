@@ -28,7 +28,7 @@ from queueing.rq_compat import IngestJob, ingest_queue, job_write
 from runtime.settings import Settings
 from schema.batches import FAILURE_CALLBACK, INGEST_JOB, dedupe_key, job_description
 
-# KEYS: 1 dedupe key, 2 job hash, 3 queue list, 4 RQ's set of queues,
+# KEYS: 1 dedupe key, 2 job hash, 3 queue list (the workspace's shard), 4 RQ's set of queues,
 #       5 accepted-records rate bucket, 6 the API key's token bucket.
 # ARGV: 1 answer, 2 answer ttl, 3 job id, 4 queue key, 5 records, 6 rate bucket ttl,
 #       7 pushes/s allowed per key (0: no limit), 8 burst, 9 "1" to rewrite a duplicate's TTL (a write
@@ -91,8 +91,10 @@ class Enqueuer:
     def __init__(self, settings: Settings, redis: AsyncRedis) -> None:
         self._settings = settings
         self._redis = redis
-        # Never used for I/O: RQ's Job wants a connection object to be built.
-        self._queue = ingest_queue(settings.queue_name, Redis())
+        # Never used for I/O: RQ's Job wants a connection object to be built. One per shard
+        # (the job's origin is its queue, where RQ's retries and `replay` put it back).
+        offline = Redis()
+        self._queues = {name: ingest_queue(name, offline) for name in settings.queues.shard_names}
         self._retry = (
             Retry(max=settings.job_retries, interval=settings.retry_pauses_s) if settings.job_retries else None
         )
@@ -130,7 +132,8 @@ class Enqueuer:
         push was accepted already. `func` is the job's function (INGEST_STREAMED_JOB for
         a streamed push). Redis's own errors propagate.
         """
-        job: IngestJob = self._queue.create_job(  # type: ignore[assignment]
+        queue = self._queues[self._settings.queues.for_workspace(workspace_id)]
+        job: IngestJob = queue.create_job(  # type: ignore[assignment]
             func,
             args=(payload,),
             job_id=uuid.uuid4().hex,
@@ -145,7 +148,7 @@ class Enqueuer:
             on_failure=self._on_failure,
             meta={"workspace_id": workspace_id, "push_id": push_id},
         )
-        write = job_write(self._queue, job, self._settings.job_data_compression)
+        write = job_write(queue, job, self._settings.job_data_compression)
         keys = [
             dedupe_key(workspace_id, push_id),
             write.job_key,

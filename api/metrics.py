@@ -99,6 +99,7 @@ class SharedStateCollector(Collector):
         s = self.state
         yield _shared_gauge(f"{NS}_queue_batches", "Batches waiting in the queue", s.depth)
         yield _shared_gauge(f"{NS}_queue_lag_seconds", "Age of the oldest queued batch", s.lag_s)
+        yield from self._by_shard()
         yield _shared_gauge(f"{NS}_failed_batches", "Batches in RQ's failed registry", s.failed)
         yield _shared_gauge(f"{NS}_retrying_batches", "Batches waiting for a retry", s.scheduled)
         yield _shared_gauge(f"{NS}_started_batches", "Batches being written", s.started)
@@ -117,6 +118,20 @@ class SharedStateCollector(Collector):
         yield self._by_label(stats.BATCHES, f"{NS}_batches", "Batches handled by workers, by outcome", "outcome")
         yield self._write_histogram()
         yield from self._retention()
+
+    def _by_shard(self) -> Iterator[Metric]:
+        """Each shard's depth and lag (QUEUE_SHARDS, queueing/shards.py): one busy workspace shows as one busy shard."""
+        depth = GaugeMetricFamily(
+            f"{NS}_queue_shard_batches", "Batches waiting in each shard's queue", labels=["shard", SCOPE]
+        )
+        lag = GaugeMetricFamily(
+            f"{NS}_queue_shard_lag_seconds", "Age of the oldest batch in each shard's queue", labels=["shard", SCOPE]
+        )
+        for shard in self.state.shards:
+            depth.add_metric([shard.shard, SHARED], shard.depth)
+            lag.add_metric([shard.shard, SHARED], shard.lag_s)
+        yield depth
+        yield lag
 
     def _by_label(self, key: str, name: str, doc: str, label: str) -> CounterMetricFamily:
         family = CounterMetricFamily(name, doc, labels=[label, SCOPE])

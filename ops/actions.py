@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 from redis import Redis
+from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
@@ -79,7 +80,7 @@ def status(redis: Redis, conn: psycopg.Connection | None, settings: Settings) ->
             quarantined = int(row[0]) if row else 0
     retention = stats.parse_retention(redis.hgetall(stats.RETENTION))  # type: ignore[arg-type]
     return Status(
-        read_snapshot(redis, settings.queue_name, time.time()), quarantined, read_stats(settings.spool_path), retention
+        read_snapshot(redis, settings.queues, time.time()), quarantined, read_stats(settings.spool_path), retention
     )
 
 
@@ -106,8 +107,10 @@ class FailedBatch:
         }
 
 
-def failed_registry(redis: Redis, settings: Settings) -> FailedJobRegistry:
-    return FailedJobRegistry(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+def failed_registries(redis: Redis, settings: Settings) -> list[FailedJobRegistry]:
+    """RQ's failed registry of every queue in use (each shard, the unsharded queue, a stray shard)."""
+    names = settings.queues.in_use(q.name for q in Queue.all(connection=redis))
+    return [FailedJobRegistry(name, connection=redis, serializer=MsgpackSerializer) for name in names]
 
 
 def _error_line(job: Job) -> str:
@@ -132,11 +135,12 @@ def failed_batches(
 ) -> list[FailedBatch]:
     """Batches in RQ's failed registry, oldest failure first, filtered as asked."""
     wanted = set(push_ids)
-    registry = failed_registry(redis, settings)
     # The registry's score is the failure's time + the job's failure TTL, whatever failed it: a
     # batch abandoned by a killed worker has no ended_at of its last attempt (RQ fails it in cleanup).
-    scored: list[tuple[bytes, float]] = redis.zrange(registry.key, 0, -1, withscores=True)  # type: ignore[assignment]
-    expiries = {job_id.decode(): score for job_id, score in scored}
+    expiries: dict[str, float] = {}
+    for registry in failed_registries(redis, settings):
+        scored: list[tuple[bytes, float]] = redis.zrange(registry.key, 0, -1, withscores=True)  # type: ignore[assignment]
+        expiries.update((job_id.decode(), score) for job_id, score in scored)
     jobs = Job.fetch_many(list(expiries), connection=redis, serializer=MsgpackSerializer)
     found = []
     for job in jobs:
@@ -180,13 +184,21 @@ def replay(
     batches: list[FailedBatch],
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Requeue failed batches with their retries restored; return how many were requeued."""
-    registry = failed_registry(redis, settings)
+    """Requeue failed batches with their retries restored; return how many were requeued.
+
+    Each goes to the tail of its workspace's shard (QUEUE_SHARDS), not of one queue for all:
+    a replay of one workspace's thousands of batches delays only its own shard.
+    """
     done = 0
     for i, batch in enumerate(batches, 1):
         job = Job.fetch(batch.job_id, connection=redis, serializer=MsgpackSerializer)
         job.retries_left = settings.job_retries or None
         job.retry_intervals = settings.retry_pauses_s
+        registry = FailedJobRegistry(job.origin, connection=redis, serializer=MsgpackSerializer)
+        # RQ requeues a job to its origin: its shard now (from the unsharded queue, or after QUEUE_SHARDS changed).
+        workspace_id = job.get_meta(refresh=False).get("workspace_id")
+        if workspace_id:
+            job.origin = settings.queues.for_workspace(workspace_id)
         registry.requeue(job)
         redis.delete(failure_key(batch.workspace_id, batch.push_id))  # queued again, no longer failed
         done += 1

@@ -121,8 +121,13 @@ def delete_rows(conn: psycopg.Connection, table: str, workspace_id: str, batch_r
 
 
 def _queues(redis: Redis, settings: Settings) -> list[Queue]:
-    """Every RQ queue Redis knows (sharded queues included), and the configured one even if it is not listed yet."""
-    names = {q.name for q in Queue.all(connection=redis, serializer=MsgpackSerializer)} | {settings.queue_name}
+    """Every RQ queue Redis knows, and every configured shard even if it is not listed yet.
+
+    Not only the workspace's shard: after QUEUE_SHARDS changed, its batches queued before
+    wait in the shard it had then (and before sharding, in the unsharded queue). A delete
+    must find them all, and reading the other shards' metas costs little next to the rows.
+    """
+    names = {q.name for q in Queue.all(connection=redis, serializer=MsgpackSerializer)} | set(settings.queues.listened)
     return [ingest_queue(name, redis) for name in sorted(names)]
 
 

@@ -33,15 +33,24 @@ _LINES = [
 def render(values: dict[str, Any]) -> str:
     """The status as aligned lines; a figure Postgres was needed for reads 'postgres unreachable'.
 
-    Then retention as the last `maintain` left it (a line a table), or a hint to run it.
+    Then the busy shards, and retention as the last `maintain` left it (a line a table), or a hint to run it.
     """
     from ops.maintain import render_kept
 
     lines = [f"{label:<28} {'postgres unreachable' if values[key] is None else values[key]}" for key, label in _LINES]
+    lines += shard_lines(values.get("shards", []))
     retention = values.get("retention") or []
     lines.append("")
     lines.append(render_kept(retention) if retention else "retention: `selftune-ingest maintain` has not run yet")
     return "\n".join(lines)
+
+
+def shard_lines(shards: list[dict[str, Any]]) -> list[str]:
+    """Each shard's queue that holds batches (QUEUE_SHARDS): one workspace's backlog shows as one busy shard."""
+    busy = [s for s in shards if s["depth"]]
+    if len(shards) <= 1 or not busy:
+        return []
+    return ["", "by shard (batches, lag s)"] + [f"  {s['queue']:<26} {s['depth']}, {s['lag_seconds']}" for s in busy]
 
 
 @click.command(cls=Command)

@@ -1,13 +1,14 @@
-"""A snapshot of the queue, read from Redis in one round trip (SPEC 6).
+"""A snapshot of the queue, every shard of it (queueing/shards.py), read from Redis (SPEC 6).
 
 Used by `/metrics`, the api's back-pressure check and `selftune-ingest
 status`, in two round trips, by a sync or an async client alike: a Lua script
-(every key it reads declared in KEYS) returns queue depth, registry sizes, the
-head job's id, the stalled jobs' ids, the workers' keys, RQ's suspension flag and
+(every key it reads declared in KEYS) returns, for each shard's queue, its depth,
+registry sizes, head job's id and the stalled jobs' ids, the workers' keys, RQ's suspension flag and
 the last minute's rates; then one pipeline reads what those ids name: the enqueue
-time of the oldest batch not moving (queued, or started by a worker that died)
+time of each shard's oldest batch not moving (queued, or started by a worker that died)
 and each worker's state and last heartbeat, so a dead worker is not counted. The
-script and RQ's keys and fields it reads are `queueing.rq_compat`'s.
+script and RQ's keys and fields it reads are `queueing.rq_compat`'s. Totals are summed
+over the shards (lag: the largest); each shard's depth and lag stay in `QueueState.shards`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from queueing.rq_compat import (
     job_key,
     rq_timestamp,
 )
+from queueing.shards import QueueLayout
 
 RATE_KINDS = ("accepted_records", "written_records", "written_batches")
 
@@ -43,8 +45,21 @@ def worker_alive_s(maintenance_interval_s: float) -> float:
 
 
 @dataclass(frozen=True)
+class ShardState:
+    """One queue of the layout: its depth and lag (what an operator needs to see one workspace's backlog)."""
+
+    shard: str  # its shard's number, or "unsharded" (queueing/shards.py)
+    queue: str
+    depth: int
+    lag_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shard": self.shard, "queue": self.queue, "depth": self.depth, "lag_seconds": round(self.lag_s, 1)}
+
+
+@dataclass(frozen=True)
 class QueueState:
-    """What ops need to see at a glance; rates are per second over the last minute."""
+    """What ops need to see at a glance, summed over the queue's shards; rates are per second over the last minute."""
 
     depth: int
     lag_s: float  # age of the oldest batch not moving: queued, or started by a worker that died (0: none)
@@ -57,6 +72,7 @@ class QueueState:
     workers_suspended: int = 0  # `rq suspend`: they take no batch until `rq resume`
     stalled: int = 0  # started batches whose claim lapsed (their worker died); retried by the next maintenance
     recent_rates: dict[str, float] = field(default_factory=dict)  # per second over the last RECENT_WINDOW_S
+    shards: tuple[ShardState, ...] = ()  # each queue's depth and lag, in shard order
 
     def as_dict(self) -> dict[str, Any]:
         """The figures `selftune-ingest status` and the ops page show, by their names there."""
@@ -73,20 +89,33 @@ class QueueState:
             "accepted_records_per_s": round(self.rates.get("accepted_records", 0.0), 1),
             "written_records_per_s": round(self.rates.get("written_records", 0.0), 1),
             "written_batches_per_s": round(self.rates.get("written_batches", 0.0), 2),
+            "shards": [shard.as_dict() for shard in self.shards],
         }
 
 
-def snapshot_args(keys: QueueKeys, now: float) -> tuple[list[str], list[Any]]:
+def snapshot_keys(queues: QueueLayout | str) -> list[tuple[str, str, QueueKeys]]:
+    """(shard label, queue name, RQ's keys) of every queue the snapshot reads: a layout's `listened`, or one queue."""
+    layout = queues if isinstance(queues, QueueLayout) else QueueLayout(queues, 1)
+    return [(layout.shard_label(name), name, QueueKeys.for_queue(name)) for name in layout.listened]
+
+
+def snapshot_args(queues: list[tuple[str, str, QueueKeys]], now: float) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for SNAPSHOT_SCRIPT."""
     rate_keys = [k for kind in RATE_KINDS for k in stats.window_keys(kind, now)]
-    return [keys.queue, keys.failed, keys.scheduled, keys.started, keys.workers, SUSPENDED_KEY, *rate_keys], [now]
+    keys = [k for _label, _name, q in queues for k in (q.queue, q.failed, q.scheduled, q.started, q.workers)]
+    return [*keys, SUSPENDED_KEY, *rate_keys], [now, len(queues)]
+
+
+def _queue_jobs(queue: list[Any]) -> list[Any]:
+    """The job ids whose enqueue times make a queue's lag: its head, and its stalled jobs."""
+    _depth, head, _failed, _scheduled, _started, stalled_ids = queue
+    return ([head] if head else []) + list(stalled_ids)
 
 
 def snapshot_detail_reads(first: list[Any]) -> list[tuple[str, tuple[str, ...]]]:
-    """The (key, fields) HMGETs that complete SNAPSHOT_SCRIPT's answer: the head job, the stalled jobs, the workers."""
-    _depth, head, _failed, _scheduled, _started, stalled_ids, worker_keys, *_ = first
-    jobs = ([head] if head else []) + list(stalled_ids)
-    reads = [(job_key(j), (ENQUEUED_AT,)) for j in jobs]
+    """The (key, fields) HMGETs that complete SNAPSHOT_SCRIPT's answer: each queue's head and stalled jobs, the workers."""
+    queues, worker_keys, *_ = first
+    reads = [(job_key(j), (ENQUEUED_AT,)) for queue in queues for j in _queue_jobs(queue)]
     return reads + [(k.decode() if isinstance(k, bytes) else str(k), WORKER_FIELDS) for k in worker_keys]
 
 
@@ -110,52 +139,64 @@ def _workers(flat: list[Any], suspended: bool, now: float, alive_s: float) -> tu
 
 
 def parse_snapshot(
-    first: list[Any], details: list[list[Any]], now: float, alive_s: float = WORKER_ALIVE_S
+    queues: list[tuple[str, str, QueueKeys]],
+    first: list[Any],
+    details: list[list[Any]],
+    now: float,
+    alive_s: float = WORKER_ALIVE_S,
 ) -> QueueState:
-    """The QueueState from SNAPSHOT_SCRIPT's answer and the answers to its `snapshot_detail_reads`."""
-    depth, head, failed, scheduled, started, stalled_ids, _keys, suspended, rates = first
-    jobs = details[: (1 if head else 0) + len(stalled_ids)]
-    # A job gone between the two reads (finished) has no time: it is moving, so it adds no lag.
-    lag = max([0.0, *(now - rq_timestamp(at) for [at] in jobs if at)])
-    workers = [value for pair in details[len(jobs) :] if pair[0] for value in (pair[0], pair[1] or b"")]
-    stalled = len(stalled_ids)
+    """The QueueState of `queues` from SNAPSHOT_SCRIPT's answer and the answers to its `snapshot_detail_reads`."""
+    per_queue, _keys, suspended, rates = first
+    shards, at = [], 0
+    for (label, name, _q), queue in zip(queues, per_queue, strict=True):
+        jobs = details[at : at + len(_queue_jobs(queue))]
+        at += len(jobs)
+        # A job gone between the two reads (finished) has no time: it is moving, so it adds no lag.
+        lag = max([0.0, *(now - rq_timestamp(stamp) for [stamp] in jobs if stamp)])
+        shards.append(ShardState(label, name, int(queue[0]), lag))
+    workers = [value for pair in details[at:] if pair[0] for value in (pair[0], pair[1] or b"")]
     busy, idle, held = _workers(workers, bool(suspended), now, alive_s)
     per_kind = len(rates) // len(RATE_KINDS)
     counts = {kind: [int(r) for r in rates[i * per_kind : (i + 1) * per_kind]] for i, kind in enumerate(RATE_KINDS)}
     return QueueState(
-        depth=int(depth),
-        lag_s=lag,
-        failed=int(failed),
-        scheduled=int(scheduled),
-        started=int(started),
+        depth=sum(s.depth for s in shards),
+        lag_s=max([0.0, *(s.lag_s for s in shards)]),
+        failed=sum(int(q[2]) for q in per_queue),
+        scheduled=sum(int(q[3]) for q in per_queue),
+        started=sum(int(q[4]) for q in per_queue),
         workers_busy=busy,
         workers_idle=idle,
         rates={kind: stats.per_second(c, now) for kind, c in counts.items()},
         workers_suspended=held,
-        stalled=int(stalled),
+        stalled=sum(len(q[5]) for q in per_queue),
         recent_rates={kind: stats.per_second(c, now, stats.RECENT_WINDOW_S) for kind, c in counts.items()},
+        shards=tuple(shards),
     )
 
 
-def read_snapshot(redis: Redis, queue_name: str, now: float, alive_s: float = WORKER_ALIVE_S) -> QueueState:
-    """The snapshot through a sync client (the ops command line)."""
-    keys, args = snapshot_args(QueueKeys.for_queue(queue_name), now)
+def read_snapshot(redis: Redis, queues: QueueLayout | str, now: float, alive_s: float = WORKER_ALIVE_S) -> QueueState:
+    """The snapshot of a layout's queues (`settings.queues`), or of one queue by name, through a sync client (the ops command line)."""
+    plan = snapshot_keys(queues)
+    keys, args = snapshot_args(plan, now)
     first = redis.eval(SNAPSHOT_SCRIPT, len(keys), *keys, *args)
     with redis.pipeline(transaction=False) as pipe:
         for key, names in snapshot_detail_reads(first):
             pipe.hmget(key, names)
         details = pipe.execute()
-    return parse_snapshot(first, details, now, alive_s)
+    return parse_snapshot(plan, first, details, now, alive_s)
 
 
 async def read_snapshot_async(
-    redis: AsyncRedis, script: Any, keys: QueueKeys, now: float, alive_s: float
+    redis: AsyncRedis, script: Any, queues: list[tuple[str, str, QueueKeys]], now: float, alive_s: float
 ) -> QueueState:
-    """The snapshot through an asyncio client (the api's queue watch); `script` is SNAPSHOT_SCRIPT registered on it."""
-    script_keys, args = snapshot_args(keys, now)
+    """The snapshot through an asyncio client (the api's queue watch); `script` is SNAPSHOT_SCRIPT registered on it.
+
+    `queues` is `snapshot_keys(...)`, made once by the caller.
+    """
+    script_keys, args = snapshot_args(queues, now)
     first = await script(keys=script_keys, args=args)
     async with redis.pipeline(transaction=False) as pipe:
         for key, names in snapshot_detail_reads(first):
             pipe.hmget(key, names)
         details = await pipe.execute()
-    return parse_snapshot(first, details, now, alive_s)
+    return parse_snapshot(queues, first, details, now, alive_s)

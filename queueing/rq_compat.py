@@ -12,13 +12,17 @@ does not document is used here only, behind the functions below:
   registries with its own lock (`clean_registries`): private attributes and
   methods of RQ's jobs and workers (`job._result`, `job._status`,
   `job._handle_success`, `worker._exc_handlers`, `worker.executions`);
-- its scheduler's lock (`release_scheduler_lock`: `rq.scripts.release_lock`).
+- its scheduler's lock (`release_scheduler_lock`: `rq.scripts.release_lock`);
+- its dequeue from several queues (`IngestQueue.dequeue_any`, which moves a job to its
+  queue's intermediate list as RQ's one-queue dequeue does, and hands it to RQ's private
+  `Queue._fetch_dequeued_job`), and the worker's round-robin order it follows
+  (`BaseWorker._ordered_queues`, rotated by RQ's `reorder_queues`).
 
 tests/unit/test_rq_compat.py checks each of them against the installed RQ (its
 major is TESTED_RQ_MAJOR, the one pyproject.toml pins), and fails loudly on an
 RQ that moved or changed one.
 
-Why one module of ~540 lines: it is the one place that may touch RQ's internals,
+Why one module of ~640 lines: it is the one place that may touch RQ's internals,
 on purpose; a reader checking what an RQ upgrade can break reads this file only.
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -35,6 +40,7 @@ import msgspec
 import rq
 from redis import Redis
 from rq import Queue
+from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
@@ -153,9 +159,74 @@ class IngestJob(Job):
         return mapping
 
 
+# Moves the first job id of the first non-empty queue of KEYS[1..n] to that queue's intermediate
+# list (KEYS[n+1..2n]), as RQ's own dequeue from one queue does (BLMOVE): a worker that dies before
+# it registers the job leaves it there, and maintenance puts it back. Returns {index, id} or nil.
+_MOVE_FIRST = """
+local n = #KEYS / 2
+for i = 1, n do
+  local id = redis.call('LMOVE', KEYS[i], KEYS[n + i], 'LEFT', 'RIGHT')
+  if id then return {i - 1, id} end
+end
+return false
+"""
+# An idle worker on several queues looks again after DEQUEUE_POLL_MIN_S, then less often, up to
+# DEQUEUE_POLL_MAX_S (the wait a batch pushed to an idle pool can add).
+DEQUEUE_POLL_MIN_S = 0.01
+DEQUEUE_POLL_MAX_S = 0.1
+
+
+class IngestQueue(Queue):
+    """RQ's Queue, whose dequeue from several queues (the shards) keeps RQ's at-least-once move.
+
+    RQ dequeues from one queue with BLMOVE into the queue's intermediate list, but from
+    several with BLPOP (Redis has no blocking move from several lists): a worker killed
+    between the pop and registering the job would lose the batch. Here the first job of
+    the first non-empty queue, in the worker's order (RQ's round-robin strategy rotates
+    it), is moved as RQ moves one; with every queue empty the worker looks again after a
+    few milliseconds (up to DEQUEUE_POLL_MAX_S) until its dequeue timeout. From one queue,
+    RQ's own dequeue runs unchanged.
+    """
+
+    @classmethod
+    def dequeue_any(
+        cls,
+        queues: Any,
+        timeout: int | None,
+        connection: Redis,
+        job_class: type[Job] | None = None,
+        serializer: Any = None,
+        death_penalty_class: Any = None,
+    ) -> tuple[Job, Queue] | None:
+        queues = list(queues)
+        if len(queues) == 1:
+            return super().dequeue_any(queues, timeout, connection, job_class, serializer, death_penalty_class)
+        keys = [q.key for q in queues] + [q.intermediate_queue_key for q in queues]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = DEQUEUE_POLL_MIN_S
+        while True:
+            moved = connection.eval(_MOVE_FIRST, len(keys), *keys)
+            if moved:
+                index, job_id = int(moved[0]), moved[1].decode()
+                found = cls._fetch_dequeued_job(
+                    connection, queues[index].key, job_id, job_class, serializer, death_penalty_class
+                )
+                if found is not None:
+                    return found
+                connection.lrem(queues[index].intermediate_queue_key, 1, job_id)  # deleted while queued: skip it
+                continue
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DequeueTimeout(timeout, keys[: len(queues)])
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, DEQUEUE_POLL_MAX_S)
+
+
 def ingest_queue(name: str, connection: Redis) -> Queue:
     """The ingest queue as RQ sees it: our serializer and job class."""
-    return Queue(name, connection=connection, serializer=MsgpackSerializer, job_class=IngestJob)
+    return IngestQueue(name, connection=connection, serializer=MsgpackSerializer, job_class=IngestJob)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,29 +302,38 @@ class QueueKeys:
         )
 
 
-# KEYS: queue, failed, scheduled, started, workers set, RQ's suspension flag, then the rate buckets.
-# ARGV: now (unix seconds).
+# KEYS: for each of ARGV[2] queues, five: queue, failed, scheduled, started, workers set; then RQ's
+# suspension flag, then the rate buckets. ARGV: now (unix seconds), the number of queues.
 # Every key it touches is in KEYS (Redis Cluster's rule, and a replica's). The keys it can only
-# name once it has read these (the head job's hash, the stalled jobs', each worker's) are read by
-# the caller next, in one pipeline: see `snapshot_detail_reads`.
+# name once it has read these (the head jobs' hashes, the stalled jobs', each worker's) are read by
+# the caller next, in one pipeline: see `snapshot_detail_reads`. A worker listens on every shard,
+# so it is in every queue's workers set: the script returns each worker key once.
 # RQ's format, read here: a started registry entry is "<job id>:<execution id>", scored by when
 # its claim lapses.
 SNAPSHOT_SCRIPT = """
-local depth = redis.call('LLEN', KEYS[1])
-local head = redis.call('LINDEX', KEYS[1], 0)
-local failed = redis.call('ZCARD', KEYS[2])
-local scheduled = redis.call('ZCARD', KEYS[3])
-local started = redis.call('ZCARD', KEYS[4])
--- Started entries ("job:execution") are scored by when their claim lapses: past it, nobody renews
--- them (their worker died) and the batch is not moving.
-local stalled = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 100)
-local stalled_ids = {}
-for i, entry in ipairs(stalled) do stalled_ids[i] = string.match(entry, '^(.*):[^:]*$') or entry end
-local workers = redis.call('SMEMBERS', KEYS[5])
-local suspended = redis.call('EXISTS', KEYS[6])
+local n = tonumber(ARGV[2])
+local queues, workers, seen = {}, {}, {}
+for q = 0, n - 1 do
+  local b = q * 5
+  local depth = redis.call('LLEN', KEYS[b + 1])
+  local head = redis.call('LINDEX', KEYS[b + 1], 0)
+  local failed = redis.call('ZCARD', KEYS[b + 2])
+  local scheduled = redis.call('ZCARD', KEYS[b + 3])
+  local started = redis.call('ZCARD', KEYS[b + 4])
+  -- Started entries ("job:execution") are scored by when their claim lapses: past it, nobody renews
+  -- them (their worker died) and the batch is not moving.
+  local stalled = redis.call('ZRANGEBYSCORE', KEYS[b + 4], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 100)
+  local stalled_ids = {}
+  for i, entry in ipairs(stalled) do stalled_ids[i] = string.match(entry, '^(.*):[^:]*$') or entry end
+  for _, w in ipairs(redis.call('SMEMBERS', KEYS[b + 5])) do
+    if not seen[w] then seen[w] = true; workers[#workers + 1] = w end
+  end
+  queues[q + 1] = {depth, head or false, failed, scheduled, started, stalled_ids}
+end
+local suspended = redis.call('EXISTS', KEYS[n * 5 + 1])
 local rates = {}
-for i = 7, #KEYS do rates[#rates + 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
-return {depth, head or false, failed, scheduled, started, stalled_ids, workers, suspended, rates}
+for i = n * 5 + 2, #KEYS do rates[#rates + 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
+return {queues, workers, suspended, rates}
 """
 
 ENQUEUED_AT = "enqueued_at"  # a job hash's field: when it was enqueued (RQ's timestamp)
@@ -280,10 +360,23 @@ def rq_timestamp(stamp: Any) -> float:
 WORKER_OVERRIDES: dict[str, tuple[str, ...] | None] = {
     "execute_job": ("self", "job", "queue"),
     "perform_job": ("self", "job", "queue", "execution"),
+    "prepare_job_execution": ("self", "job", "remove_from_intermediate_queue"),
     "get_heartbeat_ttl": ("self", "job", "working_time"),
     "clean_registries": ("self",),
     "teardown": ("self",),
     "dequeue_timeout": None,
+    # Only its `dequeue_strategy` default changes (round robin); the rest is passed on as given.
+    "work": (
+        "self",
+        "burst",
+        "logging_level",
+        "date_format",
+        "log_format",
+        "max_jobs",
+        "max_idle_time",
+        "with_scheduler",
+        "dequeue_strategy",
+    ),
 }
 
 # Moves job ids from the queue (KEYS[1]) to its intermediate queue (KEYS[2]), as

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
+from queueing.shards import MAX_SHARDS, QueueLayout
 from runtime.redis_client import RedisUrlError, check_url
 from schema.record_checks import RecordLimits
 
@@ -151,6 +152,7 @@ class Settings:
     redis_url: str
     port: int
     queue_name: str
+    queue_shards: int  # the queue is split in this many, by a hash of the workspace (queueing/shards.py)
     # Request limits.
     max_body_bytes: int  # decompressed size of one push
     max_compressed_body_bytes: int  # size on the wire
@@ -218,6 +220,7 @@ class Settings:
             database_read_url=_str("DATABASE_READ_URL", ""),
             port=_int("PORT", 8000, 1),
             queue_name=_str("QUEUE_NAME", "ingest"),
+            queue_shards=_int("QUEUE_SHARDS", 8, 1, MAX_SHARDS),
             max_body_bytes=_int("MAX_BODY_BYTES", 16 * MIB, 1024),
             max_compressed_body_bytes=_int("MAX_COMPRESSED_BODY_BYTES", 16 * MIB, 1024),
             max_push_bytes=_int("MAX_PUSH_BYTES", 256 * MIB, 1024),
@@ -251,6 +254,11 @@ class Settings:
             log_level=log_level(),
             retention=Retention.from_env(),
         )
+
+    @property
+    def queues(self) -> QueueLayout:
+        """The ingest queue's shards: which queue a workspace's batches go to, which ones workers take from."""
+        return QueueLayout(self.queue_name, self.queue_shards)
 
     @property
     def retry_pauses_s(self) -> list[int]:

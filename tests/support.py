@@ -120,3 +120,51 @@ def legacy_payload(records: dict[str, list[dict[str, Any]]], push_id: str, works
             ],
         }
     ).encode()
+
+
+@dataclass(frozen=True)
+class Shards:
+    """Every queue of the settings' layout (each shard, then the unsharded queue), read as one.
+
+    For tests that check what is queued, started or failed without caring in which
+    workspace's shard (QUEUE_SHARDS, queueing/shards.py) it is.
+    """
+
+    settings: Any
+    redis: Any
+
+    @property
+    def queues(self) -> list[Any]:
+        from queueing.rq_compat import ingest_queue
+
+        return [ingest_queue(name, self.redis) for name in self.settings.queues.listened]
+
+    @property
+    def count(self) -> int:
+        """Batches queued, in every queue."""
+        return sum(q.count for q in self.queues)
+
+    def job_ids(self) -> list[str]:
+        """The ids of the queued jobs, queue by queue."""
+        return [job_id for q in self.queues for job_id in q.get_job_ids()]
+
+    def holding_jobs(self) -> Any:
+        """The one queue that holds queued jobs (fails if none or several do)."""
+        [queue] = [q for q in self.queues if q.count]
+        return queue
+
+    def registries(self, registry_class: Any) -> list[Any]:
+        """One RQ registry of `registry_class` (FailedJobRegistry, StartedJobRegistry...) per queue."""
+        from queueing.rq_compat import MsgpackSerializer
+
+        names = self.settings.queues.listened
+        return [registry_class(name, connection=self.redis, serializer=MsgpackSerializer) for name in names]
+
+    def registry_ids(self, registry_class: Any) -> list[str]:
+        """The job ids in every queue's registry of `registry_class`."""
+        return [job_id for r in self.registries(registry_class) for job_id in r.get_job_ids()]
+
+    def holding(self, registry_class: Any) -> Any:
+        """The one queue's registry of `registry_class` that holds jobs (fails if none or several do)."""
+        [registry] = [r for r in self.registries(registry_class) if r.count]
+        return registry

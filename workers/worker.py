@@ -35,12 +35,13 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
-from rq.worker import WorkerStatus
+from rq.worker import DequeueStrategy, WorkerStatus
 
 from queueing import redis_check, rq_compat
 from queueing.rq_compat import IngestJob, MsgpackSerializer
@@ -102,9 +103,33 @@ class IngestWorker(SimpleWorker):
     """
 
     jobs_per_take = 1
+    queue_class = rq_compat.IngestQueue  # keeps RQ's move to the intermediate list when dequeuing from several queues
     _heartbeat_thread: threading.Thread | None = None
     _heartbeat_stop: threading.Event | None = None
     _running: tuple[float | None, int] = (None, 0)  # when the job or take now running started, and its timeout
+
+    def work(
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        with_scheduler: bool = False,
+        dequeue_strategy: DequeueStrategy = DequeueStrategy.ROUND_ROBIN,
+    ) -> bool:
+        """RQ's work loop, taking from the shards' queues in turn (RQ's round-robin dequeue strategy).
+
+        After a job (and the take behind it, all from the job's own queue), the next dequeue
+        starts at the queue after that one: a workspace's backlog in one shard delays another
+        shard's batches by one take per busy shard at most, not by the whole backlog.
+        """
+        return bool(
+            super().work(
+                burst, logging_level, date_format, log_format, max_jobs, max_idle_time, with_scheduler, dequeue_strategy
+            )
+        )
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ sets every claim (execution, started registry, worker key) for this long
@@ -155,6 +180,16 @@ class IngestWorker(SimpleWorker):
     def _start_clock(self, timeout: int) -> None:
         """Note that a job, or a take, starts under a death penalty of `timeout` s (see _within_timeout)."""
         self._running = (time.monotonic(), timeout)
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ's bookkeeping before a job runs, always taking the job off its queue's intermediate list.
+
+        RQ removes it only for a worker on one queue (from several, its own dequeue pops
+        without the move); ours moves it there from any number of shards
+        (`rq_compat.IngestQueue`), so a job left in the list would be "rescued" by the
+        next maintenance and failed or run again although it ran.
+        """
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         self._start_clock(int(job.timeout or self.queue_class.DEFAULT_TIMEOUT))
@@ -249,15 +284,25 @@ class IngestWorker(SimpleWorker):
             pipe.execute()
 
 
+def worker_queue_names(settings: Settings, redis: Redis) -> list[str]:
+    """The queues a worker takes from: every shard, the unsharded queue of older releases, then any
+    shard of a larger QUEUE_SHARDS still known to RQ (left behind by lowering it), so none is stranded."""
+    return settings.queues.in_use(q.name for q in Queue.all(connection=redis))
+
+
 def make_worker(settings: Settings, connection: Redis | None = None, name: str | None = None) -> IngestWorker:
-    """A worker on the ingest queue, speaking the api's job serializer."""
+    """A worker on every queue of the ingest queue's shards, speaking the api's job serializer.
+
+    It takes from them in turn (`IngestWorker.work`: RQ's round-robin strategy).
+    """
     redis = connection or redis_client(settings.redis_url)
-    queue = rq_compat.ingest_queue(settings.queue_name, redis)
+    queues = [rq_compat.ingest_queue(name, redis) for name in worker_queue_names(settings, redis)]
     worker = IngestWorker(
-        [queue],
+        queues,
         connection=redis,
         serializer=MsgpackSerializer,
         job_class=IngestJob,
+        queue_class=rq_compat.IngestQueue,
         name=name,
         maintenance_interval=settings.worker_maintenance_interval_s,
     )
@@ -322,10 +367,11 @@ SCHEDULER_LOCK_POLL_S = 1.0  # how often a scheduler waiting for the lock (anoth
 
 
 def make_scheduler(settings: Settings, name: str, connection: Redis | None = None) -> RQScheduler:
-    """RQ's scheduler for the ingest queue, named `name` (its lock's token)."""
+    """RQ's scheduler for every queue of the ingest queue's shards, named `name` (its lock's token)."""
+    redis = connection or redis_client(settings.redis_url)
     return RQScheduler(
-        [settings.queue_name],
-        connection=connection or redis_client(settings.redis_url),
+        worker_queue_names(settings, redis),
+        connection=redis,
         serializer=MsgpackSerializer,
         name=name,
         logging_level=os.environ.get("LOG_LEVEL", "INFO"),
@@ -350,7 +396,8 @@ def release_scheduler(settings: Settings, name: str) -> None:
     """Release the lock of a scheduler that died (if it still holds it) and forget it, as its own stop would."""
     redis = redis_client(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     try:
-        rq_compat.release_scheduler_lock(redis, settings.queue_name, name)
+        for queue_name in worker_queue_names(settings, redis):
+            rq_compat.release_scheduler_lock(redis, queue_name, name)
     except (RedisError, OSError) as exc:
         log.warning("could not release the lock of scheduler %s (it expires within a minute): %s", name, exc)
     finally:

@@ -12,7 +12,6 @@ from typing import cast
 
 import psycopg
 from redis import Redis
-from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
@@ -22,7 +21,7 @@ from runtime.settings import Settings
 from tests.e2e.rows import all_processed, expected_ids, ids_in, push_row
 from tests.e2e.servers import Servers
 from tests.e2e.stack import Api, Stack
-from tests.support import Account
+from tests.support import Account, Shards
 
 JOB_RETRIES = 3  # as the `stack` fixture configures the api
 # An abandoned job is noticed once its heartbeat lapses (job timeout 5 s + 10 s grace)
@@ -41,18 +40,17 @@ def find_job(redis: Redis, push_id: str) -> Job | None:
     return None
 
 
-def rq_state(redis: Redis, queue_name: str) -> str:
-    """Where RQ has the batches (read without triggering RQ's own cleanup)."""
-    started = StartedJobRegistry(queue_name, connection=redis, serializer=MsgpackSerializer)
-    entries = cast(list[tuple[bytes, float]], redis.zrange(started.key, 0, -1, withscores=True))
+def rq_state(redis: Redis, settings: Settings) -> str:
+    """Where RQ has the batches, over every shard's queue (read without triggering RQ's own cleanup)."""
+    shards = Shards(settings, redis)
+    started = shards.registries(StartedJobRegistry)
+    entries = [e for r in started for e in cast(list[tuple[bytes, float]], redis.zrange(r.key, 0, -1, withscores=True))]
     expiries = [f"{score - time.time():+.0f} s" for _, score in entries]
-    scheduled = ScheduledJobRegistry(queue_name, connection=redis, serializer=MsgpackSerializer)
-    failed = FailedJobRegistry(queue_name, connection=redis, serializer=MsgpackSerializer)
-    queue = Queue(queue_name, connection=redis, serializer=MsgpackSerializer)
+    scheduled = sum(redis.zcard(r.key) for r in shards.registries(ScheduledJobRegistry))
+    failed = sum(redis.zcard(r.key) for r in shards.registries(FailedJobRegistry))
     return (
-        f"RQ: {redis.llen(queue.key)} queued; started registry entries expiring in {expiries}"
-        f" (negative: abandoned, waiting for a worker's maintenance); {redis.zcard(scheduled.key)} scheduled;"
-        f" {redis.zcard(failed.key)} failed"
+        f"RQ: {shards.count} queued; started registry entries expiring in {expiries}"
+        f" (negative: abandoned, waiting for a worker's maintenance); {scheduled} scheduled; {failed} failed"
     )
 
 
@@ -92,7 +90,7 @@ def test_postgres_stopped_job_retried_then_lands(
         stack.wait_until(
             lambda: all_processed(conn, workspace, ["during-outage"]),
             "the retried job landed once Postgres was back",
-            explain=lambda: rq_state(rq_redis, settings.queue_name),
+            explain=lambda: rq_state(rq_redis, settings),
         )
         for table in samples.FACTORIES:
             assert ids_in(conn, table, workspace) == expected_ids(table, before, records), table
@@ -105,14 +103,14 @@ def test_worker_sigkilled_mid_batch_lands_exactly_once(
     worker = stack.start_worker()
     records = {"sessions": [samples.session(n) for n in range(3)], "prompts": [samples.prompt(n) for n in range(3)]}
     workspace = account.workspace_id
-    started = StartedJobRegistry(settings.queue_name, connection=rq_redis, serializer=MsgpackSerializer)
+    started = Shards(settings, rq_redis).registries(StartedJobRegistry)  # the workspace's shard's is the one
 
     # Hold the sessions table so the worker blocks inside its transaction, mid-batch.
     with psycopg.connect(settings.database_url) as blocker:
         blocker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
         response = api.push(account.key, {"push_id": "killed-mid-batch", "data": records})
         assert response.status_code == 202, response.text
-        stack.wait_until(lambda: started.get_job_ids(cleanup=False), "the worker started the job")
+        stack.wait_until(lambda: any(r.get_job_ids(cleanup=False) for r in started), "the worker started the job")
         stack.wait_until(
             lambda: db.execute(
                 "SELECT 1 FROM pg_locks WHERE relation = 'sessions'::regclass AND NOT granted"
@@ -129,7 +127,7 @@ def test_worker_sigkilled_mid_batch_lands_exactly_once(
         lambda: all_processed(db, workspace, ["killed-mid-batch"]),
         "a new worker retried the abandoned batch and it landed",
         timeout=ABANDONED_JOB_WAIT_S,
-        explain=lambda: rq_state(rq_redis, settings.queue_name),
+        explain=lambda: rq_state(rq_redis, settings),
     )
     for table in ("sessions", "prompts"):
         assert ids_in(db, table, workspace) == expected_ids(table, records), table

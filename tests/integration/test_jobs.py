@@ -22,7 +22,7 @@ from ops import accounts
 from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import Settings
 from schema.batches import INGEST_JOB
-from tests.support import count, legacy_payload, push_json, run_burst_worker, with_lock_timeout
+from tests.support import Shards, count, legacy_payload, push_json, run_burst_worker, with_lock_timeout
 
 push = push_json
 run_worker = run_burst_worker
@@ -68,9 +68,9 @@ def test_failed_write_is_retried_then_lands_in_the_failed_registry_with_the_push
         locker.rollback()
 
     redis = Redis.from_url(settings.redis_url)
-    failed = FailedJobRegistry(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+    failed = Shards(settings, redis).holding(FailedJobRegistry)  # the workspace's shard's
     [job_id] = failed.get_job_ids()
-    job = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer).fetch_job(job_id)
+    job = Queue(failed.name, connection=redis, serializer=MsgpackSerializer).fetch_job(job_id)
     assert job is not None and job.retries_left == 0
     assert "LockNotAvailable" in (job.latest_result().exc_string or "")  # type: ignore[union-attr]
     status, error = db.execute("SELECT status, error FROM pushes WHERE push_id = 'stuck'").fetchone()  # type: ignore[misc]
@@ -101,7 +101,7 @@ def test_a_full_redis_spools_the_push_and_the_drainer_queues_it_once_redis_has_r
     # script (OOM). The CLI would drop a 503 for good (SPEC 2.5): the api spools the batch,
     # answers 202, and drains it into the queue once Redis has room. Nothing is evicted.
     redis = Redis.from_url(settings.redis_url)
-    queue = Queue(settings.queue_name, connection=redis)
+    queue = Shards(settings, redis)  # the batches go to the workspace's shard
     assert push(client, api_key, {"prompts": [samples.prompt(1)]}, "fits").status_code == 202
     policy = redis.config_get("maxmemory-policy")["maxmemory-policy"]
     redis.config_set("maxmemory-policy", "noeviction")
@@ -118,6 +118,8 @@ def test_a_full_redis_spools_the_push_and_the_drainer_queues_it_once_redis_has_r
         redis.config_set("maxmemory-policy", policy)
     _wait_for("the drainer moved the spooled push into the queue", lambda: queue.count == 2)
     assert client.app.state.spool.spool.stats().batches == 0  # type: ignore[attr-defined]
+    # In the same queue as the push that fitted, its workspace's shard: a spooled push gets the same fairness.
+    assert queue.holding_jobs().count == 2
     run_worker(settings)
     assert count(db, "prompts") == 2
     statuses = db.execute("SELECT push_id, status FROM pushes ORDER BY push_id").fetchall()
@@ -132,7 +134,7 @@ def test_past_the_memory_headroom_pushes_go_to_the_spool_so_workers_can_still_dr
     import time
 
     redis = Redis.from_url(settings.redis_url)
-    queue = Queue(settings.queue_name, connection=redis)
+    queue = Shards(settings, redis)  # the batch goes to the workspace's shard
     used = int(redis.info("memory")["used_memory"])
     maxmemory = redis.config_get("maxmemory")["maxmemory"]
     redis.config_set("maxmemory", int(used / 0.9))  # ~90 % in use: over the 80 % bound, under the cap
@@ -154,6 +156,7 @@ def test_a_batch_queued_as_json_by_an_earlier_build_is_written_by_a_worker(
     db: psycopg.Connection, settings: Settings, use_worker_settings: Any
 ) -> None:
     # Jobs outlive deploys (the queue, the failed registry awaiting replay): a worker reads both forms.
+    # Earlier builds queued to QUEUE_NAME itself, the unsharded queue the workers still take from.
     records = {"sessions": [samples.session(1)], "prompts": [samples.prompt(1), samples.prompt(2)]}
     queue = Queue(settings.queue_name, connection=Redis.from_url(settings.redis_url), serializer=MsgpackSerializer)
     queue.enqueue(INGEST_JOB, legacy_payload(records, "p-old", "acme"))

@@ -32,10 +32,10 @@ from starlette.testclient import TestClient
 from api.app import create_app
 from bench import samples
 from ops import accounts, actions, cli
-from queueing.rq_compat import IngestJob, MsgpackSerializer
+from queueing.rq_compat import IngestJob, MsgpackSerializer, job_metas
 from runtime.settings import Settings
 from schema.batches import INGEST_JOB
-from tests.support import count, new_account, push_json, run_burst_worker, with_lock_timeout
+from tests.support import Shards, count, new_account, push_json, run_burst_worker, with_lock_timeout
 
 
 @pytest.fixture
@@ -59,18 +59,26 @@ def failed_pushes(
     use_worker_settings: Callable[[Settings], None],
 ) -> Iterator[dict[str, str]]:
     """Three pushes (a1, a2 of alpha; b1 of beta) that failed for real: Postgres kept refusing them."""
+    fail_pushes(settings, use_worker_settings, [("a1", two_workspaces["alpha"], 1), ("a2", two_workspaces["alpha"], 2)])
+    fail_pushes(settings, use_worker_settings, [("b1", two_workspaces["beta"], 3)])
+    yield two_workspaces
+
+
+def fail_pushes(
+    settings: Settings, use_worker_settings: Callable[[Settings], None], pushes: list[tuple[str, str, int]]
+) -> None:
+    """Push each (push id, key, n) and have Postgres refuse it until it is in RQ's failed registry."""
     app_settings = replace(settings, job_retries=1, job_retry_backoff_s=(0,))
     with TestClient(create_app(app_settings)) as c:
-        for push_id, ws, n in (("a1", "alpha", 1), ("a2", "alpha", 2), ("b1", "beta", 3)):
+        for push_id, key, n in pushes:
             records = {"sessions": [samples.session(n)], "prompts": [samples.prompt(n)]}
-            assert push_json(c, two_workspaces[ws], records, push_id).status_code == 202
+            assert push_json(c, key, records, push_id).status_code == 202
     use_worker_settings(with_lock_timeout(settings, 100))
     with psycopg.connect(settings.database_url) as locker:
         locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
         run_burst_worker(settings)
         locker.rollback()
     use_worker_settings(settings)
-    yield two_workspaces
 
 
 def test_failed_batches_are_listed_with_their_reason(
@@ -92,7 +100,7 @@ def test_a_batch_abandoned_on_its_last_attempt_is_listed_by_the_time_it_failed(
     with TestClient(create_app(settings)) as c:
         assert push_json(c, api_key, {"sessions": [samples.session(1)]}, "orphan").status_code == 202
     redis = Redis.from_url(settings.redis_url)
-    queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+    queue = Shards(settings, redis).holding_jobs()  # the workspace's shard
     job = IngestJob.fetch(queue.pop_job_id(), connection=redis, serializer=MsgpackSerializer)
     assert job.ended_at is None
     with redis.pipeline() as pipe:
@@ -113,10 +121,10 @@ def test_a_batch_abandoned_on_its_last_attempt_has_its_push_marked_failed(
         assert push_json(c, api_key, {"sessions": [samples.session(1)]}, "killed").status_code == 202
         assert c.get("/v2/pushes/killed", headers={"Authorization": f"Bearer {api_key}"}).json()["status"] == "queued"
         redis = Redis.from_url(settings.redis_url)
-        queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+        queue = Shards(settings, redis).holding_jobs()  # the workspace's shard
         job = IngestJob.fetch(queue.pop_job_id(), connection=redis, serializer=MsgpackSerializer)
         job.set_status(JobStatus.STARTED)  # what its worker had recorded, before it died
-        started = StartedJobRegistry(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+        started = StartedJobRegistry(queue.name, connection=redis, serializer=MsgpackSerializer)
         redis.zadd(started.key, {f"{job.id}:dead-execution": time.time() - 1})
 
         started.cleanup()  # what any worker's maintenance does
@@ -128,7 +136,7 @@ def test_a_batch_abandoned_on_its_last_attempt_has_its_push_marked_failed(
 
 
 def failed_registry_ids(redis: Redis, settings: Settings) -> list[str]:
-    return actions.failed_registry(redis, settings).get_job_ids()
+    return [job_id for registry in actions.failed_registries(redis, settings) for job_id in registry.get_job_ids()]
 
 
 def test_replay_moves_exactly_the_chosen_batches_and_each_lands_once(
@@ -155,6 +163,47 @@ def test_replay_moves_exactly_the_chosen_batches_and_each_lands_once(
     assert statuses == [("a1", "processed"), ("a2", "processed"), ("b1", "processed")]
 
 
+def test_replay_puts_a_workspaces_failed_batches_on_its_own_shard_wherever_they_failed(
+    two_workspaces: dict[str, str],
+    settings: Settings,
+    use_worker_settings: Callable[[Settings], None],
+    cli_env: Settings,
+    capsys: pytest.CaptureFixture[str],
+    db: psycopg.Connection,
+) -> None:
+    # A replay of one workspace's failed batches (thousands, after an outage) must delay only its
+    # own shard, as its pushes do: each goes to the workspace's shard, also one that failed in the
+    # unsharded queue of a release before QUEUE_SHARDS.
+    alpha = workspace_id(db, "alpha")
+    fail_pushes(replace(settings, queue_shards=1), use_worker_settings, [("a-old", two_workspaces["alpha"], 1)])
+    fail_pushes(settings, use_worker_settings, [("a-new", two_workspaces["alpha"], 2)])
+    fail_pushes(settings, use_worker_settings, [("b1", two_workspaces["beta"], 3)])
+    redis = Redis.from_url(settings.redis_url)
+    origins = {
+        b.push_id: Job.fetch(b.job_id, connection=redis, serializer=MsgpackSerializer).origin
+        for b in actions.failed_batches(redis, cli_env)
+    }
+    assert origins == {
+        "a-old": settings.queue_name,  # the unsharded queue
+        "a-new": settings.queues.for_workspace(alpha),
+        "b1": settings.queues.for_workspace(workspace_id(db, "beta")),
+    }
+
+    assert run_cli(capsys, "replay", "--workspace", alpha)["replayed"] == 2
+    shards = Shards(settings, redis)
+    queued = {
+        q.name: sorted(job_metas(redis, q.get_job_ids())[j]["push_id"] for j in q.get_job_ids()) for q in shards.queues
+    }
+    assert {name: ids for name, ids in queued.items() if ids} == {
+        settings.queues.for_workspace(alpha): ["a-new", "a-old"]
+    }
+    assert [b["push_id"] for b in run_cli(capsys, "failed", "list")] == ["b1"]
+
+    run_burst_worker(cli_env)
+    statuses = dict(db.execute("SELECT push_id, status FROM pushes").fetchall())
+    assert statuses == {"a-old": "processed", "a-new": "processed", "b1": "failed"}
+
+
 def test_replaying_a_batch_that_had_in_fact_committed_writes_nothing_twice(
     failed_pushes: dict[str, str], cli_env: Settings, capsys: pytest.CaptureFixture[str], db: psycopg.Connection
 ) -> None:
@@ -166,6 +215,7 @@ def test_replaying_a_batch_that_had_in_fact_committed_writes_nothing_twice(
     run_burst_worker(cli_env)
     before = (count(db, "sessions"), count(db, "prompts"))
     [attempts_before] = db.execute("SELECT attempts FROM pushes WHERE push_id = 'a1'").fetchone()  # type: ignore[misc]
+    # The same batch once more, on the unsharded queue (where an earlier release queued it).
     Queue(cli_env.queue_name, connection=redis, serializer=MsgpackSerializer).enqueue(INGEST_JOB, payload)
     run_burst_worker(cli_env)
     assert (count(db, "sessions"), count(db, "prompts")) == before
@@ -301,7 +351,7 @@ def test_status_and_metrics_show_the_spool_while_redis_cannot_take_pushes(
         finally:
             redis.config_set("maxmemory", maxmemory)
         deadline = time.monotonic() + 10
-        while Queue(cli_env.queue_name, connection=redis).count < 3:
+        while Shards(cli_env, redis).count < 3:
             assert time.monotonic() < deadline, "the spool was not drained"
             time.sleep(0.1)
         drained = c.get("/metrics").text

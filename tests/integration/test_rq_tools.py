@@ -24,7 +24,7 @@ from bench import samples
 from queueing.queue_state import read_snapshot
 from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import Settings
-from tests.support import count, push_json, run_burst_worker, with_lock_timeout
+from tests.support import Shards, count, push_json, run_burst_worker, with_lock_timeout
 
 ROOT = Path(__file__).resolve().parents[2]
 RQ = Path(sys.executable).with_name("rq")  # the rq command the venv installs with RQ
@@ -40,8 +40,10 @@ def rq_cli(*args: str, settings: Settings) -> str:
     return done.stdout
 
 
-def _a_failed_batch(api_key: str, settings: Settings, use_worker_settings: Any) -> str:
-    """Push one batch and have Postgres refuse it, without retries: it lands in RQ's failed registry."""
+def _a_failed_batch(api_key: str, settings: Settings, use_worker_settings: Any) -> tuple[str, str]:
+    """Push one batch and have Postgres refuse it, without retries: it lands in RQ's failed registry.
+
+    Returns its job id and its queue (the workspace's shard)."""
     use_worker_settings(with_lock_timeout(settings))
     with TestClient(create_app(replace(settings, job_retries=0))) as c:
         assert push_json(c, api_key, {"sessions": [samples.session(1)]}, "refused").status_code == 202
@@ -49,24 +51,24 @@ def _a_failed_batch(api_key: str, settings: Settings, use_worker_settings: Any) 
         locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
         run_burst_worker(settings)
         locker.rollback()
-    failed = FailedJobRegistry(settings.queue_name, connection=Redis.from_url(settings.redis_url))
+    failed = Shards(settings, Redis.from_url(settings.redis_url)).holding(FailedJobRegistry)
     [job_id] = failed.get_job_ids()
-    return job_id
+    return job_id, failed.name
 
 
 def test_rq_info_and_rq_requeue_all_work_on_a_failed_batch(
     api_key: str, db: psycopg.Connection, settings: Settings, use_worker_settings: Any
 ) -> None:
-    job_id = _a_failed_batch(api_key, settings, use_worker_settings)
+    job_id, shard = _a_failed_batch(api_key, settings, use_worker_settings)
 
     info = rq_cli("info", "--serializer", SERIALIZER, settings=settings)
-    assert settings.queue_name in info and "1 queues" in info, info
+    assert shard in info and "1 queues" in info, info  # RQ lists the queues that were enqueued to
 
-    out = rq_cli("requeue", "--all", "--queue", settings.queue_name, "--serializer", SERIALIZER, settings=settings)
+    out = rq_cli("requeue", "--all", "--queue", shard, "--serializer", SERIALIZER, settings=settings)
     assert "Requeueing 1 jobs" in out, out
     redis = Redis.from_url(settings.redis_url)
-    assert FailedJobRegistry(settings.queue_name, connection=redis).get_job_ids() == []
-    assert Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer).get_job_ids() == [job_id]
+    assert FailedJobRegistry(shard, connection=redis).get_job_ids() == []
+    assert Queue(shard, connection=redis, serializer=MsgpackSerializer).get_job_ids() == [job_id]
 
     use_worker_settings(settings)
     run_burst_worker(settings)  # Postgres takes it now
@@ -81,8 +83,8 @@ def test_rq_suspend_and_resume_are_seen_by_the_queue_snapshot(settings: Settings
         assert redis.exists("rq:suspended")
         worker_key = "rq:worker:w1"
         redis.hset(worker_key, mapping={"state": "idle", "last_heartbeat": "2026-01-01T00:00:00.000000Z"})
-        redis.sadd(f"rq:workers:{settings.queue_name}", worker_key)
-        assert read_snapshot(redis, settings.queue_name, 0.0).workers_suspended == 1
+        redis.sadd(f"rq:workers:{settings.queues.shard_names[0]}", worker_key)
+        assert read_snapshot(redis, settings.queues, 0.0).workers_suspended == 1
     finally:
         rq_cli("resume", settings=settings)
     assert not redis.exists("rq:suspended")

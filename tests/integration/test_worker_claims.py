@@ -19,7 +19,7 @@ from bench import samples
 from queueing import rq_compat
 from queueing.rq_compat import IngestJob, MsgpackSerializer
 from runtime.settings import Settings
-from tests.support import push_json
+from tests.support import Shards, push_json
 from workers import worker as worker_module
 from workers.worker import ABANDONED_GRACE_S, HEARTBEAT_TTL_S, MAINTENANCE_LOCK_S, IngestWorker, make_worker
 
@@ -27,14 +27,14 @@ from workers.worker import ABANDONED_GRACE_S, HEARTBEAT_TTL_S, MAINTENANCE_LOCK_
 def _queued_job(client: TestClient, api_key: str, settings: Settings, push_id: str = "p") -> tuple[Queue, Job]:
     assert push_json(client, api_key, {"sessions": [samples.session(1)]}, push_id).status_code == 202
     redis = Redis.from_url(settings.redis_url)
-    queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer, job_class=IngestJob)
+    queue = Shards(settings, redis).holding_jobs()  # the workspace's shard
     [job_id] = queue.get_job_ids()
     return queue, IngestJob.fetch(job_id, connection=redis, serializer=MsgpackSerializer)
 
 
 def _claim_expiry(redis: Redis, settings: Settings, job_id: str) -> float:
-    started = StartedJobRegistry(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
-    [score] = [s for member, s in redis.zscan_iter(started.key) if member.decode().startswith(job_id)]
+    keys = [r.key for r in Shards(settings, redis).registries(StartedJobRegistry)]
+    [score] = [s for key in keys for member, s in redis.zscan_iter(key) if member.decode().startswith(job_id)]
     return float(score) - time.time()
 
 
@@ -47,7 +47,7 @@ def test_a_running_job_has_its_claim_renewed_until_past_its_timeout(
     redis = queue.connection
     assert _claim_expiry(redis, settings, job.id) == pytest.approx(HEARTBEAT_TTL_S, abs=2)
 
-    started = StartedJobRegistry(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+    started = StartedJobRegistry(queue.name, connection=redis, serializer=MsgpackSerializer)
     [member] = [m for m, _ in redis.zscan_iter(started.key)]
     redis.zadd(started.key, {member: time.time() + 1})  # about to lapse
     worker._start_clock(int(job.timeout or 180))

@@ -45,7 +45,7 @@ def rows_of(db: psycopg.Connection, workspace_id: str) -> dict[str, int]:
 
 
 def queued_of(redis: Redis, settings: Settings, workspace_id: str) -> list[str]:
-    queue = ingest_queue(settings.queue_name, redis)
+    queue = ingest_queue(settings.queues.for_workspace(workspace_id), redis)  # where the api queues its pushes
     return erasure.waiting_batches(redis, queue, workspace_id)
 
 
@@ -151,7 +151,8 @@ def hold_a_worker(db: psycopg.Connection, settings: Settings, push_id: str) -> H
     )
     env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
     worker = subprocess.Popen([sys.executable, "-m", "ops", "worker", "--burst"], env=env, start_new_session=True)
-    held = HeldWorker(alpha, ingest_queue(settings.queue_name, Redis.from_url(settings.redis_url)), worker, blocker)
+    shard = ingest_queue(settings.queues.for_workspace(alpha), Redis.from_url(settings.redis_url))
+    held = HeldWorker(alpha, shard, worker, blocker)
     deadline = time.monotonic() + 30
     while not erasure.running_batches(held.queue.connection, held.queue, alpha):
         if time.monotonic() > deadline:

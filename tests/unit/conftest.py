@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from queueing.rq_compat import MsgpackSerializer
 from runtime.settings import Settings
 from tests.unit.fuzzing import FuzzTarget, fuzz_settings
-from tests.unit.inprocess import make_client
+from tests.unit.inprocess import WORKSPACE, make_client
 
 
 @pytest.fixture
@@ -40,8 +40,12 @@ def client(settings: Settings, server: fakeredis.FakeServer) -> Iterator[TestCli
 
 @pytest.fixture
 def queue(settings: Settings, server: fakeredis.FakeServer) -> Queue:
-    """The ingest queue on `server`, to read back what the app enqueued."""
-    return Queue(settings.queue_name, connection=fakeredis.FakeRedis(server=server), serializer=MsgpackSerializer)
+    """The queue of WORKSPACE's shard on `server`, to read back what the app enqueued."""
+    return Queue(
+        settings.queues.for_workspace(WORKSPACE),
+        connection=fakeredis.FakeRedis(server=server),
+        serializer=MsgpackSerializer,
+    )
 
 
 @pytest.fixture(scope="module")

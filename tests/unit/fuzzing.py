@@ -65,7 +65,9 @@ class FuzzTarget:
         self.settings = settings
         self.server = fakeredis.FakeServer()
         self.redis = fakeredis.FakeRedis(server=self.server)
-        self.queue = Queue(settings.queue_name, connection=self.redis, serializer=MsgpackSerializer)
+        self.queue = Queue(
+            settings.queues.for_workspace(WORKSPACE), connection=self.redis, serializer=MsgpackSerializer
+        )
         self.client = make_client(settings, fakeredis.FakeAsyncRedis(server=self.server))
         self.app = self.client.app
 

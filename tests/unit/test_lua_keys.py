@@ -20,6 +20,7 @@ SCRIPTS = {
     "enqueue once": enqueue._ENQUEUE_ONCE,
     "queue snapshot": rq_compat.SNAPSHOT_SCRIPT,
     "take more": rq_compat._TAKE_MORE,
+    "dequeue from the shards": rq_compat._MOVE_FIRST,
 }
 CALL = re.compile(r"redis\.call\(\s*'([A-Z]+)'\s*(?:,\s*([^,)]+))?(?:,\s*([^,)]+))?")
 NO_KEY = {"TIME"}

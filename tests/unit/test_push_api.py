@@ -292,7 +292,10 @@ def test_same_push_id_in_another_workspace_is_a_different_push(client: TestClien
     body = {"push_id": "shared-id", "data": {"sessions": [session(1)]}}
     assert post(client, body).status_code == 202
     assert post(client, body, key=OTHER_KEY).status_code == 202
-    assert queue.count == 2
+    # Each in its own workspace's shard (QUEUE_SHARDS): ws_test's and ws_other's differ.
+    other = Queue(Settings.from_env().queues.for_workspace("ws_other"), connection=queue.connection)
+    assert other.name != queue.name
+    assert (queue.count, other.count) == (1, 1)
 
 
 def test_idempotency_key_header_is_the_push_id_when_the_body_has_none(client: TestClient) -> None:

@@ -92,6 +92,15 @@ def test_pyproject_pins_rq_to_the_tested_major() -> None:
         (clean_worker_registry, ("queue",)),
         (release_lock, ("connection", "lock_key", "owner_token")),
         (RQScheduler.get_locking_key, ("name",)),
+        (
+            Queue._fetch_dequeued_job,
+            ("connection", "queue_key", "job_id", "job_class", "serializer", "death_penalty_class"),
+        ),
+        (
+            Queue.dequeue_any,
+            ("queues", "timeout", "connection", "job_class", "serializer", "death_penalty_class"),
+        ),
+        (BaseWorker.reorder_queues, ("self", "reference_queue")),
     ],
     ids=lambda v: getattr(v, "__qualname__", None) or "",
 )
@@ -153,7 +162,8 @@ def test_a_job_hash_written_by_our_enqueue_script_reads_back_through_rqs_own_fet
     before = time.time()
     asyncio.run(_enqueue(settings, server, batch))
 
-    queue = Queue(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
+    shard = settings.queues.for_workspace("ws_1")  # the workspace's shard's queue
+    queue = Queue(shard, connection=redis, serializer=MsgpackSerializer)
     assert queue in Queue.all(connection=redis)  # RQ's set of queues
     [job_id] = queue.get_job_ids()
     for job_class in (Job, IngestJob):  # RQ's own job class (its CLI, dashboards), and the workers'
@@ -162,7 +172,7 @@ def test_a_job_hash_written_by_our_enqueue_script_reads_back_through_rqs_own_fet
         assert decode_batch(job.args[0]) == batch
         assert job.kwargs == {}
         assert job.get_status() == JobStatus.QUEUED
-        assert job.origin == settings.queue_name
+        assert job.origin == shard
         assert job.description == job_description("ws_1", "p1")
         assert job.meta == {"workspace_id": "ws_1", "push_id": "p1"}
         assert job.timeout == settings.job_timeout_s
@@ -174,8 +184,9 @@ def test_a_job_hash_written_by_our_enqueue_script_reads_back_through_rqs_own_fet
         assert job.enqueued_at is not None
         assert before - 1 <= job.enqueued_at.replace(tzinfo=UTC).timestamp() <= time.time() + 1
 
-    state = read_snapshot(redis, settings.queue_name, time.time() + 5)
+    state = read_snapshot(redis, settings.queues, time.time() + 5)
     assert state.depth == 1
+    assert [(s.queue, s.depth) for s in state.shards if s.depth] == [(shard, 1)]
     assert 4 <= state.lag_s <= 7  # from the job hash's enqueued_at, in RQ's format
 
 
@@ -247,7 +258,7 @@ def test_a_jobs_meta_and_results_read_with_rqs_json_serializer_as_rq_dashboard_j
     asyncio.run(
         _enqueue(settings, server, QueuedBatch(workspace_id="ws_1", push_id="p1", received_at=at, pushed_at=at))
     )
-    [job_id] = Queue(settings.queue_name, connection=redis).get_job_ids()
+    [job_id] = Queue(settings.queues.for_workspace("ws_1"), connection=redis).get_job_ids()
 
     seen = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)  # what the dashboard's job page does
     assert seen.get_meta() == {"workspace_id": "ws_1", "push_id": "p1"}
@@ -257,7 +268,7 @@ def test_a_jobs_meta_and_results_read_with_rqs_json_serializer_as_rq_dashboard_j
 
     # A finished job's result, as the dashboard's page shows it; the failure callback's meta too.
     worker = make_worker(settings, connection=redis)
-    queue = worker.queues[0]
+    [queue] = [q for q in worker.queues if q.name == settings.queues.for_workspace("ws_1")]
     job = IngestJob.fetch(queue.pop_job_id(), connection=redis, serializer=MsgpackSerializer)
     [execution] = rq_compat.start_jobs(worker, [job], queue)
     job.started_at = job.ended_at = datetime.now(UTC)

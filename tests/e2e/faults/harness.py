@@ -167,7 +167,7 @@ class Figures:
 
 
 def queue_state(redis: Redis, settings: Settings) -> QueueState:
-    return read_snapshot(redis, settings.queue_name, time.time())
+    return read_snapshot(redis, settings.queues, time.time())  # every shard, and the unsharded queue
 
 
 def queue_quiet(redis: Redis, settings: Settings) -> bool:

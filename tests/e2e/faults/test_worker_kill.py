@@ -38,6 +38,7 @@ from tests.e2e.faults.load import Ledger, LoadGenerator, resend_unacked
 from tests.e2e.faults.procs import children, rq_worker_pids
 from tests.e2e.rows import all_processed, expected_ids, ids_in, push_row
 from tests.e2e.stack import BIN, Api, Service, Stack
+from tests.support import Shards
 from workers.worker import HEARTBEAT_TTL_S
 
 WORKERS = 2
@@ -123,9 +124,8 @@ def batch(n: int) -> dict[str, list[dict[str, object]]]:
 
 
 def started_jobs(redis: Redis, settings: Settings) -> list[str]:
-    """Ids of the jobs in the started registry (read without RQ's cleanup)."""
-    registry = StartedJobRegistry(settings.queue_name, connection=redis, serializer=MsgpackSerializer)
-    return registry.get_job_ids(cleanup=False)
+    """Ids of the jobs in every shard's started registry (read without RQ's cleanup)."""
+    return [j for r in Shards(settings, redis).registries(StartedJobRegistry) for j in r.get_job_ids(cleanup=False)]
 
 
 def waiting_for_sessions(db: psycopg.Connection) -> bool:
@@ -181,8 +181,8 @@ def test_batch_of_a_worker_sigkilled_mid_write_lands_within_the_bound(
         assert ids_in(db, table, workspace_id) == expected_ids(table, *records), table
     for push_id, body in zip(push_ids, records, strict=True):
         assert push_row(db, workspace_id, push_id) == ("processed", {t: len(r) for t, r in body.items()}, {})
-    failed = FailedJobRegistry(settings.queue_name, connection=rq_redis, serializer=MsgpackSerializer)
-    assert failed.get_job_ids(cleanup=False) == []
+    failed = Shards(settings, rq_redis).registries(FailedJobRegistry)
+    assert [j for r in failed for j in r.get_job_ids(cleanup=False)] == []
 
 
 def test_batches_running_longer_than_a_claim_on_live_workers_are_never_retried(
