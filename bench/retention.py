@@ -12,7 +12,8 @@ On databases of its own (created on --pg-admin-url's server, dropped after), wit
 2. **dropping 4 weeks**: `maintain` with 30 days' retention on the partitioned table, against
    the baseline measured in the same run: the same rows deleted from an unpartitioned copy
    in DELETE_BATCH-row deletes (what retention without partitions would do). Reports both
-   times, their ratio, and the writer's latency during each.
+   times, the WAL each wrote, their ratios, the dead rows the deletes leave for VACUUM, and the
+   writer's latency during each.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from store.retention import DELETE_BATCH, maintain
 
 DAYS = 60
 RETENTION = Retention(default_days=0, days={"prompts": 30})
+# What the database ran with until the operator shortened retention: partitions over all DAYS.
+FILLED_WITH = Retention(default_days=0, days={"prompts": DAYS + 7})
 _COLUMNS = (
     "workspace_id, prompt_id, record_kind, schema_version, normalizer_version, normalized_at, platform,"
     " capture_mode, raw_source_ref, source_session_kind, session_id, occurred_at, prompt_text, prompt_kind,"
@@ -53,7 +56,7 @@ def scratch(admin_url: str, partition: bool) -> Iterator[psycopg.Connection]:
     url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
     try:
         with psycopg.connect(url, autocommit=True, options="-c timezone=UTC") as conn:
-            migrate(conn, RETENTION, partition=partition)
+            migrate(conn, FILLED_WITH, partition=partition)
             yield conn
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -111,20 +114,29 @@ class Writer(threading.Thread):
         return f"{len(ms)} inserts, p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.0f} ms"
 
 
-def while_writing(conn: psycopg.Connection, work: Callable[[], object]) -> tuple[float, Writer]:
-    """Run `work` with a Writer going on the same database; its wall time and the writer."""
+def _lsn(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def while_writing(conn: psycopg.Connection, work: Callable[[], object]) -> tuple[float, int, Writer]:
+    """Run `work` with a Writer going on the same database; its wall time, the WAL it wrote (bytes), the writer.
+
+    The WAL is the server's (the writer's few inserts included): run on a server nothing else writes to.
+    """
     writer = Writer(conn.info.dsn)
     writer.start()
     time.sleep(0.5)  # the writer's steady state before the work starts
-    t0 = time.perf_counter()
+    wal0, t0 = _lsn(conn), time.perf_counter()
     try:
         work()
     finally:
-        seconds = time.perf_counter() - t0
+        seconds, wal = time.perf_counter() - t0, _lsn(conn) - wal0
         time.sleep(0.5)
         writer.stop.set()
         writer.join()
-    return seconds, writer
+    return seconds, wal, writer
 
 
 def delete_in_batches(conn: psycopg.Connection, horizon: datetime) -> int:
@@ -150,16 +162,20 @@ def main(argv: list[str] | None = None) -> int:
 
     with scratch(args.pg_admin_url, partition=False) as conn:
         fill(conn, args.rows)
-        seconds, writer = while_writing(conn, lambda: migrate(conn, RETENTION))
-        print(f"conversion of {args.rows} rows: {seconds:.1f} s; writer: {writer.figures()}, refused {writer.refused}")
+        seconds, wal, writer = while_writing(conn, lambda: migrate(conn, RETENTION))
+        print(
+            f"conversion of {args.rows} rows: {seconds:.1f} s, WAL {wal / 1e6:.1f} MB;"
+            f" writer: {writer.figures()}, refused {writer.refused}"
+        )
 
     now = datetime.now(UTC)
-    # The partitioned table's weeks past 30 days, as maintain will see them 0..7 days on.
+    # Filled under FILLED_WITH, then retention shortened to 30 days: maintain a week later drops
+    # every week that ended before its horizon.
     with scratch(args.pg_admin_url, partition=True) as conn:
         fill(conn, args.rows)
         later = now + timedelta(days=7)
         done: list[object] = []
-        drop_s, drop_writer = while_writing(conn, lambda: done.append(maintain(conn, RETENTION, now=later)))
+        drop_s, drop_wal, drop_writer = while_writing(conn, lambda: done.append(maintain(conn, RETENTION, now=later)))
         # The baseline deletes exactly what went: rows before the oldest partition kept.
         horizon = partitions.range_partitions(conn, "prompts")[0].lower
         assert horizon is not None
@@ -170,10 +186,21 @@ def main(argv: list[str] | None = None) -> int:
         fill(conn, args.rows)
         conn.execute("CREATE INDEX prompts_time ON prompts (occurred_at)")  # what a bounded delete walks
         deleted: list[int] = []
-        delete_s, delete_writer = while_writing(conn, lambda: deleted.append(delete_in_batches(conn, horizon)))
-    print(f"drop by partition: {drop_s:.2f} s for {dropped_rows} rows; writer: {drop_writer.figures()}")
-    print(f"baseline, bounded deletes: {delete_s:.2f} s for {deleted[0]} rows; writer: {delete_writer.figures()}")
-    print(f"drop / delete time: {drop_s / delete_s:.3f}")
+        delete_s, delete_wal, delete_writer = while_writing(
+            conn, lambda: deleted.append(delete_in_batches(conn, horizon))
+        )
+        time.sleep(1)  # the statistics collector's report
+        row = conn.execute("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'prompts'").fetchone()
+        dead = int(row[0]) if row else 0
+    print(
+        f"drop by partition (maintain, every table): {drop_s:.2f} s, WAL {drop_wal / 1e6:.1f} MB"
+        f" for {dropped_rows} rows; writer: {drop_writer.figures()}"
+    )
+    print(
+        f"baseline, bounded deletes: {delete_s:.2f} s, WAL {delete_wal / 1e6:.1f} MB for {deleted[0]} rows,"
+        f" {dead} dead rows left for VACUUM; writer: {delete_writer.figures()}"
+    )
+    print(f"drop / delete: time {drop_s / delete_s:.3f}, WAL {drop_wal / max(1, delete_wal):.4f}")
     return 0
 
 
