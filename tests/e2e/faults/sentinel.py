@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from tests.e2e.stack import free_port
 
 SERVICE = "selftune"
-DOWN_AFTER_MS = 1000
+DOWN_AFTER_MS = 2000  # at 1000, a loaded CI machine saw a promoted primary as down within a second, and failed over again
 FAILOVER_TIMEOUT_MS = 5000
 START_TIMEOUT_S = 20.0
 FAILOVER_WAIT_S = 30.0
@@ -102,10 +102,21 @@ class SentinelTopology:
         return node
 
     def restart(self, node: Node) -> Node:
-        """Start a killed data node again, same port and data: the sentinels make it a replica of the new primary."""
+        """Start a killed data node again, same port and data, as a replica of the new primary.
+
+        As an operator brings an old primary back: with `--replicaof`, never as a primary of
+        its own. Started as it was, it serves as a primary until the sentinels reconfigure it
+        (seconds, CI has seen 10), and a failover in that window can promote it and have the
+        node that holds the data resync from it.
+        """
         assert not node.alive()
         self.nodes.remove(node)
-        again = self._spawn(node.name, node.argv)
+        argv = list(node.argv)
+        if "--replicaof" in argv:
+            at = argv.index("--replicaof")
+            del argv[at : at + 3]
+        argv += ["--replicaof", "127.0.0.1", str(self.primary_port())]
+        again = self._spawn(node.name, argv)
         self._wait(lambda: self._link_up(again), f"{node.name} back, as a replica in sync")
         return again
 
