@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from queueing.shards import MAX_SHARDS, QueueLayout
 from runtime.redis_client import RedisUrlError, check_url
 from schema.record_checks import RecordLimits
+from schema.records import RECORD_TYPES
 
 MIB = 1024 * 1024
 
@@ -91,19 +92,7 @@ def log_level() -> str:
 
 
 # The tables retention applies to: the nine record types, the push rows and the quarantine.
-RETAINED_TABLES = (
-    "sessions",
-    "prompts",
-    "skill_invocations",
-    "execution_facts",
-    "normalization_runs",
-    "evolution_evidence",
-    "orchestrate_runs",
-    "grading_results",
-    "improvement_signals",
-    "pushes",
-    "quarantine",
-)
+RETAINED_TABLES = (*RECORD_TYPES, "pushes", "quarantine")
 
 
 @dataclass(frozen=True)

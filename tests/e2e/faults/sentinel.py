@@ -23,7 +23,9 @@ from redis.exceptions import RedisError
 from tests.e2e.stack import free_port
 
 SERVICE = "selftune"
-DOWN_AFTER_MS = 2000  # at 1000, a loaded CI machine saw a promoted primary as down within a second, and failed over again
+DOWN_AFTER_MS = (
+    2000  # at 1000, a loaded CI machine saw a promoted primary as down within a second, and failed over again
+)
 FAILOVER_TIMEOUT_MS = 5000
 START_TIMEOUT_S = 20.0
 FAILOVER_WAIT_S = 30.0
