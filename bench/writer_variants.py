@@ -21,12 +21,19 @@ after. Writer variants:
                pass, split into rounds and sorted by key in Python, sent as one binary array
                per column to INSERT ... SELECT FROM unnest(...) (the same merge rules)
   jsonb        the product (workers.jobs.write_batch): each type's array sliced from the
-               body, parsed by Postgres with jsonb_to_recordset, the statements pipelined
+               body, parsed by Postgres with jsonb_to_recordset, all the types in one statement
+  jsonb-per-type  the product before 2026-12-07: one statement per type, pipelined, in
+               psycopg's conn.transaction() (the json and jsonb-* variants below that change
+               statements are this one with theirs)
+  jsonb-one-statement  the one statement for all types, in conn.transaction()
   json         the same with json_to_recordset over a json parameter
   typed-json   the Structs of python-rows re-encoded by msgspec into one JSON array per type
                (what the product does for records checked one by one)
-  jsonb-waits  the product without psycopg's pipeline mode: ~10 waits for the server per
-               batch (BEGIN, claim, each type, push row, COMMIT), not 3
+  jsonb-waits  the product without psycopg's pipeline mode: 5 waits for the server per
+               batch (BEGIN, claim, the types, push row, COMMIT), not 3
+  jsonb-rebuild-structs  every Struct's JSON (raw_source_ref, skill_actions) rebuilt key by
+               key by a subquery, as before 2026-12-07, not kept as sent when it has only the
+               Struct's keys and no null
   jsonb-as-sent  the product without the SQL that stores a Struct's JSON as msgspec encodes
                it (raw_source_ref, skill_actions kept as sent): what that normalizing costs
 
@@ -168,6 +175,53 @@ def _typed_json(conn: psycopg.Connection, ws: str, record_type: str, records: li
     writer.upsert(conn, ws, record_type, writer._ENCODER.encode(records))
 
 
+# -- jsonb-per-type --------------------------------------------------------------------------------------
+
+
+def _upsert_each_type(conn: psycopg.Connection, workspace_id: str, arrays: dict[str, bytes]) -> dict[str, int]:
+    """The product's upsert_all before 2026-12-07: one statement per type, all sent before any result is read."""
+    sent = []
+    for record_type, array in arrays.items():
+        rows = writer.Jsonb(array, lambda data: data)
+        cur = conn.cursor()
+        cur.execute(writer.UPSERTS[record_type], (rows, workspace_id, 1))
+        sent.append((record_type, rows, cur))
+    counts: dict[str, int] = {}
+    for record_type, rows, cur in sent:
+        with cur:
+            found = cur.fetchone()
+            assert found is not None
+            rounds, counts[record_type] = found[0], int(found[1])
+            for n in range(2, (rounds or 0) + 1):
+                cur.execute(writer.UPSERTS[record_type], (rows, workspace_id, n))
+    return counts
+
+
+@contextlib.contextmanager
+def _transaction_before(conn: psycopg.Connection, careful: bool) -> Iterator[None]:
+    """workers.jobs.batch_transaction before 2026-12-07: pipeline mode, and psycopg's conn.transaction()."""
+    with contextlib.nullcontext() if careful else conn.pipeline(), conn.transaction():
+        yield
+
+
+def _per_type(conn: psycopg.Connection, batch: QueuedBatch) -> int:
+    import workers.jobs
+
+    with (
+        _patched(workers.jobs, "upsert_all", _upsert_each_type),
+        _patched(workers.jobs, "batch_transaction", _transaction_before),
+    ):
+        return _product(conn, batch)
+
+
+def _one_statement(conn: psycopg.Connection, batch: QueuedBatch) -> int:
+    """The product's one statement for all types, in the transaction before 2026-12-07."""
+    import workers.jobs
+
+    with _patched(workers.jobs, "batch_transaction", _transaction_before):
+        return _product(conn, batch)
+
+
 # -- jsonb-donothing ---------------------------------------------------------------------------------
 
 
@@ -193,9 +247,9 @@ def _do_nothing_upsert(table: Table) -> bytes:
         for c, k in zip(table.conflict_target, table.key, strict=True)
     )
     tail = sql.SQL(
-        " ON CONFLICT ({target}) DO NOTHING), filled AS (UPDATE {table} AS t SET {fills} FROM u"
+        " ON CONFLICT ({target}) DO NOTHING), filled AS (UPDATE {table} AS t SET {fills} FROM u0 AS u"
         " WHERE t.workspace_id = $2 AND u.copy = $3 AND {same_key} AND ({needs}))"
-        " SELECT max(copy), count(*) FROM u"
+        " SELECT max(copy), count(*) FROM u0"
     ).format(target=merge.target, table=sql.Identifier(table.name), fills=fills, same_key=same_key, needs=needs)
     return (product[: product.index(" ON CONFLICT")] + tail.as_string(None)).encode()
 
@@ -234,8 +288,9 @@ def _with_statements(
 ) -> Callable[[psycopg.Connection, QueuedBatch], int]:
     def write(conn: psycopg.Connection, batch: QueuedBatch) -> int:
         # For json_to_recordset, a json parameter, not jsonb (which Postgres would parse into jsonb first).
+        # A statement per type, as before 2026-12-07: compare these with jsonb-per-type.
         with _patched(writer, "UPSERTS", {**UPSERTS, **statements}), _patched(writer, "Jsonb", wrapper):
-            return _product(conn, batch)
+            return _per_type(conn, batch)
 
     return write
 
@@ -244,13 +299,26 @@ def _waits(conn: psycopg.Connection, batch: QueuedBatch) -> int:
     """The product without psycopg's pipeline mode: each statement waits for its answer."""
     import workers.jobs
 
-    with _patched(workers.jobs, "sent_together", lambda _conn, _careful: contextlib.nullcontext()):
+    with _patched(workers.jobs, "batch_transaction", lambda conn, _careful: conn.transaction()):
         return _product(conn, batch)
 
 
 def _as_sent(table: Table) -> Table:
     """The table with its Structs' JSON stored as sent (unknown keys and nulls kept): what normalizing costs."""
     return replace(table, columns=tuple(replace(c, struct_fields=(), struct_list=False) for c in table.columns))
+
+
+def _rebuilding_structs() -> dict[str, bytes]:
+    """The upserts before 2026-12-07: every Struct's JSON rebuilt key by key, none stored as sent."""
+    import workers.tables
+
+    def always_rebuilt(value: sql.Composable, fields: tuple[str, ...]) -> sql.Composable:
+        return sql.SQL("CASE WHEN {v} IS NULL THEN NULL ELSE {rebuilt} END").format(
+            v=value, rebuilt=workers.tables.rebuilt_json(value, fields)
+        )
+
+    with _patched(workers.tables, "_stored_json", always_rebuilt):
+        return {n: json_upsert(t).as_bytes(None) for n, t in TABLES.items()}
 
 
 def _without_rounds(statement: bytes) -> bytes:
@@ -286,10 +354,13 @@ def variants(conn: psycopg.Connection) -> dict[str, Variant]:
         for v in (
             Variant("python-rows", lambda c, b: _write_typed(c, b, _python_rows)),
             Variant("jsonb", _product),
+            Variant("jsonb-per-type", _per_type),
+            Variant("jsonb-one-statement", _one_statement),
             Variant("json", _with_statements(json_statements)),
             Variant("jsonb-noround", _with_statements(no_round, Jsonb)),
             Variant("typed-json", lambda c, b: _write_typed(c, b, _typed_json)),
             Variant("jsonb-as-sent", _with_statements(as_sent, Jsonb)),
+            Variant("jsonb-rebuild-structs", _with_statements(_rebuilding_structs(), Jsonb)),
             Variant("jsonb-waits", _waits),
             Variant("jsonb-pglz", _product, pglz, lz4),
             Variant(

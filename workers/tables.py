@@ -17,6 +17,8 @@ Merge rules:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -261,10 +263,23 @@ def _stored_json(value: sql.Composable, fields: tuple[str, ...]) -> sql.Composab
 
     The writer hands Postgres the records as the client sent them (a whole body) or
     as msgspec re-encoded them (records checked one by one): both store the same.
+    Most objects as sent are already so (only the Struct's keys, no null): two
+    operators in C tell, and the object is stored as it is; rebuilding it key by
+    key (a subquery per record) cost Postgres ~15 % of its whole write
+    (bench/writer_variants.py, jsonb-rebuild-structs).
     """
     return sql.SQL(
-        "CASE WHEN {v} IS NULL THEN NULL ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{{}}')"
-        " FROM jsonb_each({v}) AS e WHERE e.key IN ({fields}) AND e.value <> 'null'::jsonb) END"
+        "CASE WHEN {v} IS NULL THEN NULL"
+        " WHEN {v} - ARRAY[{fields}] = '{{}}'::jsonb AND NOT {v} @? 'strict $.* ? (@ == null)' THEN {v}"
+        " ELSE {rebuilt} END"
+    ).format(v=value, fields=sql.SQL(", ").join(sql.Literal(f) for f in fields), rebuilt=rebuilt_json(value, fields))
+
+
+def rebuilt_json(value: sql.Composable, fields: tuple[str, ...]) -> sql.Composable:
+    """The object rebuilt with only `fields`' keys of non-null value (a subquery run per record)."""
+    return sql.SQL(
+        "(SELECT coalesce(jsonb_object_agg(e.key, e.value), '{{}}')"
+        " FROM jsonb_each({v}) AS e WHERE e.key IN ({fields}) AND e.value <> 'null'::jsonb)"
     ).format(v=value, fields=sql.SQL(", ").join(sql.Literal(f) for f in fields))
 
 
@@ -280,15 +295,10 @@ def key_exprs(table: Table, alias: str) -> list[sql.Composable]:
     return exprs
 
 
-def json_upsert(table: Table, recordset: str = "jsonb_to_recordset", json_type: str = "jsonb") -> sql.Composed:
-    """The table's upsert over rows Postgres reads from one JSON array of records.
+def _upsert_ctes(table: Table, n: int, recordset: str, json_type: str) -> sql.Composed:
+    """The two CTEs of one table's upsert: `u<n>` (its rows, with each key's copy number), `written<n>` (the upsert).
 
-    Parameters: the array (text), the workspace id, the round. No key is written
-    twice by one statement (Postgres refuses it): the k-th copy of a key in the
-    array goes to round k, so each round runs the merge rule in arrival order;
-    rows are written in key order, so two workers writing overlapping keys lock
-    them in the same order and never deadlock. Returns (rounds, records in the array): almost
-    every batch is one round, and the caller runs rounds 2.. only if needed.
+    Placeholders, in order: the array (text), the workspace id, the round.
     """
     defs = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in table.columns
@@ -296,12 +306,13 @@ def json_upsert(table: Table, recordset: str = "jsonb_to_recordset", json_type: 
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
     merge = merge_of(table)
     return sql.SQL(
-        "WITH u AS (SELECT r.*, row_number() OVER (PARTITION BY {partition} ORDER BY r.n) AS copy"
+        "{u} AS (SELECT r.*, row_number() OVER (PARTITION BY {partition} ORDER BY r.n) AS copy"
         " FROM ROWS FROM ({recordset}({rows}::{json_type}) AS ({defs})) WITH ORDINALITY AS r ({names}, n)),"
-        " written AS (INSERT INTO {table} AS t ({cols}) SELECT {select} FROM u WHERE u.copy = %s ORDER BY {order}"
-        " ON CONFLICT ({target}) DO UPDATE SET {sets} WHERE {where})"
-        " SELECT max(copy), count(*) FROM u"
+        " {written} AS (INSERT INTO {table} AS t ({cols}) SELECT {select} FROM {u} AS u WHERE u.copy = %s"
+        " ORDER BY {order} ON CONFLICT ({target}) DO UPDATE SET {sets} WHERE {where})"
     ).format(
+        u=sql.Identifier(f"u{n}"),
+        written=sql.Identifier(f"written{n}"),
         partition=sql.SQL(", ").join(key_exprs(table, "r")),
         recordset=sql.SQL(recordset),
         rows=sql.Placeholder(format=PyFormat.TEXT),
@@ -318,6 +329,56 @@ def json_upsert(table: Table, recordset: str = "jsonb_to_recordset", json_type: 
     )
 
 
+def json_upsert(
+    tables: Table | Sequence[Table], recordset: str = "jsonb_to_recordset", json_type: str = "jsonb"
+) -> sql.Composed:
+    """One statement upserting each of `tables`' rows, which Postgres reads from one JSON array of records per table.
+
+    Parameters, per table **in the reverse of the order given** (see below): the
+    array (text), the workspace id, the round. No key is written twice by one
+    statement (Postgres refuses it): the k-th copy of a key in an array goes to
+    round k, so each round runs the merge rule in arrival order. Returns, per table
+    in the order given, (rounds, records in its array): almost every batch is one
+    round, and the caller runs rounds 2.. (one table at a time) only if needed.
+
+    Rows are written in key order within a table, and table after table in the
+    order given, so two workers writing overlapping keys lock them in the same
+    order and never deadlock. The statement's SELECT reads no INSERT's output (a
+    RETURNING row each would cost Postgres more), and Postgres then runs the
+    INSERTs after it, in the reverse of the order of their CTEs: so the CTEs are
+    listed last table first. `test_json_writer` checks the order with triggers.
+    """
+    if isinstance(tables, Table):
+        tables = (tables,)
+    ctes = sql.SQL(", ").join(reversed([_upsert_ctes(t, n, recordset, json_type) for n, t in enumerate(tables)]))
+    results = sql.SQL(", ").join(_results(n) for n in range(len(tables)))
+    return sql.SQL("WITH {ctes} SELECT {results}").format(ctes=ctes, results=results)
+
+
+def _results(n: int) -> sql.Composed:
+    """Table n's (rounds, records in its array)."""
+    return sql.SQL("(SELECT max(copy) FROM {u}), (SELECT count(*) FROM {u})").format(u=sql.Identifier(f"u{n}"))
+
+
 # Rendered to bytes once: composing a statement of this size costs ~1.5 ms of
 # CPU, more than Postgres takes to write a 100-row batch.
 UPSERTS: dict[str, bytes] = {name: json_upsert(t).as_bytes(None) for name, t in TABLES.items()}
+
+
+@functools.cache
+def upsert_together(record_types: tuple[str, ...]) -> bytes:
+    """json_upsert of these types' tables (given in RECORD_TYPES order, as every writer goes), as bytes.
+
+    Built on first use from parts rendered once (composing a whole statement
+    anew takes ~1.5 ms per type); a fleet's pushes use a few dozen of the 2**9 - 1
+    sets of types.
+    """
+    assert list(record_types) == [t for t in RECORD_TYPES if t in record_types], record_types
+    ctes = b", ".join(reversed([_cte_bytes(t, n) for n, t in enumerate(record_types)]))
+    results = b", ".join(_results(n).as_bytes(None) for n in range(len(record_types)))
+    return b"WITH " + ctes + b" SELECT " + results
+
+
+@functools.cache
+def _cte_bytes(record_type: str, n: int) -> bytes:
+    return _upsert_ctes(TABLES[record_type], n, "jsonb_to_recordset", "jsonb").as_bytes(None)
