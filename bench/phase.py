@@ -20,7 +20,7 @@ from redis.asyncio import Redis as AsyncRedis
 from bench import load, procstat
 from bench.gen import PushStream
 from bench.snapshot import REPO
-from bench.stack import QUEUE_KEY, Stack
+from bench.stack import QUEUE_KEYS, Stack
 
 RESULTS = REPO / "bench" / "results"
 
@@ -105,7 +105,10 @@ async def _load_phase(
 
         async def poll() -> None:
             while True:
-                d = int(await r.llen(QUEUE_KEY))
+                pipe = r.pipeline(transaction=False)
+                for key in QUEUE_KEYS:
+                    pipe.llen(key)
+                d = sum(int(n) for n in await pipe.execute())
                 if d >= high:
                     gate.clear()
                 elif d <= low:

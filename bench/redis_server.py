@@ -8,6 +8,7 @@ the end. Its latency monitor and slowlog record its own stalls, read per phase.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,15 @@ from typing import Any
 from redis import Redis
 
 from bench.procs import Service, free_port, wait_for
+from queueing.shards import QueueLayout
 
-QUEUE_KEY = "rq:queue:ingest"
+# Every queue the product (QUEUE_SHARDS shards, default 8, and the unsharded queue) or a
+# baseline from before sharding (the unsharded "rq:queue:ingest" alone) enqueues to: the
+# queue's depth is their sum. (Until 2026-12-07 the bench read the unsharded queue only, so
+# from the sharding of 2026-12-07 (aef2139) on, its e2e-saturated phase held no queue flat.)
+QUEUE_KEYS = tuple(
+    f"rq:queue:{name}" for name in QueueLayout("ingest", int(os.environ.get("QUEUE_SHARDS", "8"))).listened
+)
 # Redis's own record of its event loop's stalls (a fork, an AOF write, a slow
 # command) of this many ms or more: read per phase, to tell them from the api's.
 REDIS_STALL_MS = 5

@@ -31,14 +31,14 @@ from psycopg import sql
 
 from bench import procstat
 from bench.procs import Service, free_port, http_ok, wait_for
-from bench.redis_server import QUEUE_KEY, BenchRedis
+from bench.redis_server import QUEUE_KEYS, BenchRedis
 from bench.snapshot import BIN, REPO, cli_argv, code_digest, export_ref, run_cli, snapshot_code
 from bench.stallprobe import longest_stall_ms
 from ops import accounts
 from store.migrate import migrate
 from workers.tables import TABLES
 
-__all__ = ["BIN", "DEFAULT_ADMIN_URL", "QUEUE_KEY", "REPO", "Stack", "code_digest"]
+__all__ = ["BIN", "DEFAULT_ADMIN_URL", "QUEUE_KEYS", "REPO", "Stack", "code_digest"]
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 BENCH_DB = "selftune_bench"
@@ -205,7 +205,10 @@ class Stack:
         return self.redis.stalls()
 
     def queue_depth(self) -> int:
-        return int(self.r.llen(QUEUE_KEY))
+        pipe = self.r.pipeline(transaction=False)
+        for key in QUEUE_KEYS:
+            pipe.llen(key)
+        return sum(int(n) for n in pipe.execute())
 
     # -- api, baseline endpoint, workers ----------------------------------------------------
 
