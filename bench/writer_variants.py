@@ -26,6 +26,8 @@ after. Writer variants:
                psycopg's conn.transaction() (the json and jsonb-* variants below that change
                statements are this one with theirs)
   jsonb-one-statement  the one statement for all types, in conn.transaction()
+  jsonb-split-query  the product before 2026-12-08: its statement with psycopg's `%s`
+               placeholders, which psycopg splits at every run (the product's has `$n`)
   json         the same with json_to_recordset over a json parameter
   typed-json   the Structs of python-rows re-encoded by msgspec into one JSON array per type
                (what the product does for records checked one by one)
@@ -57,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import statistics
@@ -222,6 +225,22 @@ def _one_statement(conn: psycopg.Connection, batch: QueuedBatch) -> int:
         return _product(conn, batch)
 
 
+# -- jsonb-split-query ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _percent_statement(types: tuple[str, ...]) -> bytes:
+    """upsert_together's statement with psycopg's `%s` placeholders, as before 2026-12-08."""
+    return json_upsert([TABLES[t] for t in types])
+
+
+def _split_query(conn: psycopg.Connection, batch: QueuedBatch) -> int:
+
+    # The product's upsert_all on psycopg's own cursor, which splits the query on `%s`.
+    with _patched(writer, "upsert_together", _percent_statement), _patched(psycopg, "RawCursor", psycopg.Cursor):
+        return _product(conn, batch)
+
+
 # -- jsonb-donothing ---------------------------------------------------------------------------------
 
 
@@ -230,7 +249,7 @@ def _do_nothing_upsert(table: Table) -> bytes:
 
     Parameters: rows, workspace, round, as json_upsert's (the UPDATE reads the last two as $2 and $3).
     """
-    product = json_upsert(table).as_string(None)
+    product = json_upsert(table).decode()
     if table.merge != "immutable":
         return product.encode()
     merge = merge_of(table)
@@ -318,7 +337,7 @@ def _rebuilding_structs() -> dict[str, bytes]:
         )
 
     with _patched(workers.tables, "_stored_json", always_rebuilt):
-        return {n: json_upsert(t).as_bytes(None) for n, t in TABLES.items()}
+        return {n: json_upsert(t) for n, t in TABLES.items()}
 
 
 def _without_rounds(statement: bytes) -> bytes:
@@ -346,8 +365,8 @@ def _index_ddl() -> tuple[tuple[str, ...], tuple[str, ...]]:
 def variants(conn: psycopg.Connection) -> dict[str, Variant]:
     create, drop = _index_ddl()
     pglz, lz4 = _compression(conn)
-    json_statements = {n: json_upsert(t, "json_to_recordset", "json").as_bytes(None) for n, t in TABLES.items()}
-    as_sent = {n: json_upsert(_as_sent(t)).as_bytes(None) for n, t in TABLES.items()}
+    json_statements = {n: json_upsert(t, "json_to_recordset", "json") for n, t in TABLES.items()}
+    as_sent = {n: json_upsert(_as_sent(t)) for n, t in TABLES.items()}
     no_round = {n: _without_rounds(UPSERTS[n]) for n in TABLES}
     return {
         v.name: v
@@ -356,6 +375,7 @@ def variants(conn: psycopg.Connection) -> dict[str, Variant]:
             Variant("jsonb", _product),
             Variant("jsonb-per-type", _per_type),
             Variant("jsonb-one-statement", _one_statement),
+            Variant("jsonb-split-query", _split_query),
             Variant("json", _with_statements(json_statements)),
             Variant("jsonb-noround", _with_statements(no_round, Jsonb)),
             Variant("typed-json", lambda c, b: _write_typed(c, b, _typed_json)),

@@ -55,7 +55,8 @@ def upsert_all(conn: psycopg.Connection, workspace_id: str, arrays: dict[str, by
     becomes a Python object here. One statement for all the types, prepared at
     once: a statement costs the client ~45 us, and every set of types is a
     statement of its own, which Postgres would otherwise plan afresh for its first
-    five runs on each connection. One more per copy and type if a key repeats in
+    five runs on each connection; with Postgres's own placeholders, which psycopg
+    does not parse. One more per copy and type if a key repeats in
     an array (round). A refused value raises one of REFUSED and aborts the
     transaction.
     """
@@ -66,7 +67,8 @@ def upsert_all(conn: psycopg.Connection, workspace_id: str, arrays: dict[str, by
     params: list[Any] = []
     for record_type in reversed(types):  # json_upsert's order of parameters
         params += (rows[record_type], workspace_id, 1)
-    found = conn.execute(upsert_together(types), params, prepare=True).fetchone()
+    with psycopg.RawCursor(conn) as cur:  # the statement has $n placeholders: psycopg need not split it
+        found = cur.execute(upsert_together(types), params, prepare=True).fetchone()
     assert found is not None
     counts: dict[str, int] = {}
     for i, record_type in enumerate(types):
