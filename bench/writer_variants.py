@@ -26,6 +26,10 @@ after. Writer variants:
                psycopg's conn.transaction() (the json and jsonb-* variants below that change
                statements are this one with theirs)
   jsonb-one-statement  the one statement for all types, in conn.transaction()
+  copy-binary  every record decoded to its Struct (one typed pass), sent by COPY in binary
+               format (psycopg's C row formatting) into a temporary table per type, merged
+               from there by the product's one statement: Postgres parses no JSON but the
+               Structs' (raw_source_ref, skill_actions)
   jsonb-split-query  the product before 2026-12-08: its statement with psycopg's `%s`
                placeholders, which psycopg splits at every run (the product's has `$n`)
   json         the same with json_to_recordset over a json parameter
@@ -70,6 +74,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import sql
 from psycopg.adapt import PyFormat
@@ -79,6 +84,7 @@ from bench import procstat
 from bench.gen import WORKSPACES, make_templates
 from bench.writer import _Batches
 from schema.batches import QueuedBatch
+from schema.records import RECORD_TYPES
 from schema.validation import decode_valid_records
 from store.migrate import migrate
 from workers import db, writer
@@ -241,6 +247,107 @@ def _split_query(conn: psycopg.Connection, batch: QueuedBatch) -> int:
         return _product(conn, batch)
 
 
+# -- copy-binary ----------------------------------------------------------------------------------
+
+
+def _copy_table(record_type: str) -> str:
+    return f"copy_{record_type}"
+
+
+def _copy_source(table: Table, statement: bytes) -> bytes:
+    """A json_upsert statement whose rows come from the type's temporary table, not from a JSON parameter.
+
+    Postgres parses nothing: COPY's binary format carries each value as its type's
+    own binary form. Structs' JSON (raw_source_ref, skill_actions) travels as text
+    in a text column, cast here (small values; the rest of the record is not JSON).
+    """
+    exprs = ", ".join(
+        f'"{c.name}"::jsonb AS "{c.name}"' if c.sql_type == "jsonb" else f'"{c.name}"' for c in table.columns
+    )
+    source = f"(SELECT {exprs}, n FROM {_copy_table(table.record_type)}) AS r".encode()
+    replaced, count = re.subn(
+        rb"ROWS FROM \(jsonb_to_recordset\(%t::jsonb\) AS \([^()]*\)\) WITH ORDINALITY AS r \([^()]*\)",
+        lambda _: source,
+        statement,
+    )
+    assert count == 1, count
+    return replaced
+
+
+@functools.cache
+def _copy_statement(types: tuple[str, ...]) -> bytes:
+    """upsert_together's one statement for these types, each reading its temporary table (parameters: ws, round)."""
+    ctes = [_copy_source(TABLES[t], json_upsert(TABLES[t])) for t in types]
+    # Each single-table statement is "WITH <u0>, <written0> SELECT ...": take its CTEs, renumbered.
+    parts = [c[len(b"WITH ") : c.index(b" SELECT (SELECT max(copy)")] for c in ctes]
+    parts = [
+        p.replace(b'"u0"', f'"u{n}"'.encode()).replace(b'"written0"', f'"written{n}"'.encode())
+        for n, p in enumerate(parts)
+    ]
+    results = b", ".join(
+        f'(SELECT max(copy) FROM "u{n}"), (SELECT count(*) FROM "u{n}")'.encode() for n in range(len(types))
+    )
+    return b"WITH " + b", ".join(reversed(parts)) + b" SELECT " + results
+
+
+_COPY_SQL_TYPES = {"jsonb": "text"}  # a Struct's JSON goes as text, cast by the merge (see _copy_source)
+_COPY_READY: set[int] = set()
+
+
+def _copy_tables(conn: psycopg.Connection) -> None:
+    """This connection's temporary tables, one per type, emptied at every commit."""
+    if id(conn) in _COPY_READY:
+        return
+    for t in TABLES.values():
+        cols = ", ".join(f'"{c.name}" {_COPY_SQL_TYPES.get(c.sql_type, c.sql_type)}' for c in t.columns)
+        conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_copy_table(t.record_type)} ({cols}, n bigint) ON COMMIT DELETE ROWS"
+        )
+    _COPY_READY.add(id(conn))
+
+
+_JSON_ENCODE = msgspec.json.Encoder().encode
+
+
+def _copy_binary(conn: psycopg.Connection, batch: QueuedBatch) -> int:
+    """Each record decoded to its Struct (one typed pass), sent by binary COPY, merged by one statement."""
+    assert batch.body is not None
+    _copy_tables(conn)
+    started = time.perf_counter()
+    accepted: dict[str, int] = {}
+    with conn.transaction():
+        if claim_push(conn, batch):
+            return 0
+        typed = decode_valid_records(batch.body)
+        assert typed is not None
+        types = tuple(t for t in RECORD_TYPES if typed.get(t))
+        with conn.cursor() as cur:
+            for record_type in types:
+                table = TABLES[record_type]
+                names = ", ".join(f'"{c.name}"' for c in table.columns)
+                as_json = [i for i, c in enumerate(table.columns) if c.sql_type == "jsonb"]
+                with cur.copy(f"COPY {_copy_table(record_type)} ({names}, n) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types([_COPY_SQL_TYPES.get(c.sql_type, c.sql_type) for c in table.columns] + ["bigint"])
+                    for n, record in enumerate(typed[record_type], 1):
+                        row = list(msgspec.structs.astuple(record))
+                        for i in as_json:
+                            if row[i] is not None:
+                                row[i] = _JSON_ENCODE(row[i]).decode()
+                        row.append(n)
+                        copy.write_row(row)
+            params: list[Any] = []
+            for _ in reversed(types):
+                params += (batch.workspace_id, 1)
+            found = cur.execute(_copy_statement(types), params, prepare=True).fetchone()
+            assert found is not None
+            for i, record_type in enumerate(types):
+                rounds, accepted[record_type] = found[2 * i], int(found[2 * i + 1])
+                for k in range(2, (rounds or 0) + 1):
+                    cur.execute(_copy_statement((record_type,)), (batch.workspace_id, k))
+        finish_push(conn, batch.workspace_id, batch.push_id, accepted, {}, (time.perf_counter() - started) * 1000)
+    return sum(accepted.values())
+
+
 # -- jsonb-donothing ---------------------------------------------------------------------------------
 
 
@@ -376,6 +483,7 @@ def variants(conn: psycopg.Connection) -> dict[str, Variant]:
             Variant("jsonb-per-type", _per_type),
             Variant("jsonb-one-statement", _one_statement),
             Variant("jsonb-split-query", _split_query),
+            Variant("copy-binary", _copy_binary),
             Variant("json", _with_statements(json_statements)),
             Variant("jsonb-noround", _with_statements(no_round, Jsonb)),
             Variant("typed-json", lambda c, b: _write_typed(c, b, _typed_json)),
