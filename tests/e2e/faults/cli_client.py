@@ -109,6 +109,7 @@ class CliFleet(LoadGenerator):
     its timeouts), as a real flush would.
     """
 
+    request_timeout = REQUEST_TIMEOUT  # the CLI's 30 s
     join_timeout_s = sum(SLEEPS_S) + ATTEMPTS * 30 + 5
 
     def push_one(self, client: httpx2.Client, key: str, push: Push, rng: random.Random) -> float:

@@ -14,7 +14,7 @@ import pytest
 
 from ops.accounts import create_key
 from tests.e2e.faults.cli_harness import CLI_TABLE, HEADER
-from tests.e2e.faults.harness import SUMMARIES, WorkerPool
+from tests.e2e.faults.harness import WorkerPool
 from tests.e2e.stack import Stack
 from tests.support import Account
 
@@ -45,7 +45,7 @@ def worker_pool(stack: Stack) -> Iterator[Callable[[int], WorkerPool]]:
 
 @pytest.fixture
 def workspace(db: psycopg.Connection, account: Account) -> tuple[str, list[str]]:
-    """The account's workspace and LOAD_THREADS + 1 live keys (the last one resends after the fault)."""
+    """The account's workspace and LOAD_THREADS + 1 live keys (the CLI fleets use all but the last)."""
     more = [create_key(db, account.workspace_id)[1] for _ in range(LOAD_THREADS)]
     return account.workspace_id, [account.key, *more]
 
@@ -57,7 +57,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line("|---|---|---|---|---|---|")
         for figures in CLI_TABLE:
             terminalreporter.write_line(figures.row())
-    if SUMMARIES:
-        terminalreporter.section("fault scenarios")
-        for line in SUMMARIES:
-            terminalreporter.write_line(line)

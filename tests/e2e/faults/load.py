@@ -1,9 +1,9 @@
-"""A bounded load generator: threads pushing realistic batches, and a ledger of every answer.
+"""A bounded load generator: threads pushing realistic batches, each as its client would.
 
 Each push has a push id and record ids of its own, so what must be in Postgres
-at the end is known exactly. The ledger records, per push id, what the client
-saw: 2xx (acknowledged), 503, another status, or a transport error (connection
-refused or reset, timeout: the client cannot know whether the push was taken).
+at the end is known exactly. How a client sends a push and what it records of
+the answers is `push_one`'s: the real CLI's policy (SPEC 2.5) is
+tests/e2e/faults/cli_client.py's CliFleet, the one client the fault scenarios use.
 
 Nothing here runs unbounded: the generator stops at its deadline or count,
 every request has a timeout, and `stop()` joins the threads with a timeout.
@@ -16,9 +16,8 @@ import itertools
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -29,13 +28,6 @@ from tests.e2e.rows import ID_COLUMNS
 
 REQUEST_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT = httpx2.Timeout(REQUEST_TIMEOUT_S, connect=2.0)
-ERROR_PAUSE_S = 0.1  # after a refusal or transport error, so a dead api is not hammered
-MAX_RETRY_AFTER_PAUSE_S = 1.0  # a 503's Retry-After is honoured up to this (the generator is bounded)
-
-ACKED = "acked"
-REFUSED_503 = "503"
-OTHER_STATUS = "other"
-TRANSPORT = "transport"
 
 
 @dataclass
@@ -108,63 +100,6 @@ def expected_ids(pushes: dict[str, Push], push_ids: set[str]) -> dict[str, list[
     return {table: sorted(ids) for table, ids in out.items()}
 
 
-@dataclass
-class Ledger:
-    """What the client saw, per push id (thread-safe)."""
-
-    pushes: dict[str, Push] = field(default_factory=dict)
-    outcome: dict[str, str] = field(default_factory=dict)  # the latest answer's kind
-    acked_in_load: set[str] = field(default_factory=set)
-    acked_on_resend: set[str] = field(default_factory=set)
-    duplicates_on_resend: set[str] = field(default_factory=set)  # 200 duplicate: it had landed after all
-    counts: Counter[str] = field(default_factory=Counter)  # answers during the load, by kind
-    errors: Counter[str] = field(default_factory=Counter)  # transport errors and odd statuses, by name
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, push: Push, kind: str, detail: str | None, resend: bool, duplicate: bool = False) -> None:
-        with self._lock:
-            self.pushes[push.push_id] = push
-            self.outcome[push.push_id] = kind
-            if not resend:
-                self.counts[kind] += 1
-            if detail:
-                self.errors[detail] += 1
-            if kind == ACKED:
-                (self.acked_on_resend if resend else self.acked_in_load).add(push.push_id)
-                if resend and duplicate:
-                    self.duplicates_on_resend.add(push.push_id)
-
-    @property
-    def acked(self) -> set[str]:
-        return self.acked_in_load | self.acked_on_resend
-
-    def unacked(self) -> list[Push]:
-        return [p for pid, p in self.pushes.items() if self.outcome[pid] != ACKED]
-
-    def expected_ids(self, push_ids: set[str]) -> dict[str, list[str]]:
-        return expected_ids(self.pushes, push_ids)
-
-    def records_of(self, push_ids: set[str]) -> int:
-        return sum(self.pushes[pid].record_count for pid in push_ids)
-
-
-def send(client: httpx2.Client, url: str, key: str, push: Push) -> tuple[str, str | None, bool, float]:
-    """One POST; returns (kind, detail, duplicate, retry_after)."""
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    if push.gzipped:
-        headers["Content-Encoding"] = "gzip"
-    try:
-        response = client.post(url + push.path, content=push.body, headers=headers)
-    except httpx2.TransportError as exc:
-        return TRANSPORT, type(exc).__name__, False, 0.0
-    if response.status_code in (200, 202):
-        return ACKED, None, response.status_code == 200 and response.json().get("duplicate") is True, 0.0
-    retry_after = float(response.headers.get("retry-after") or 0)
-    if response.status_code == 503:
-        return REFUSED_503, f"503 {response.json()['error']['code']}", False, retry_after
-    return OTHER_STATUS, f"{response.status_code} {response.text[:200]}", False, retry_after
-
-
 class LoadGenerator:
     """`threads` clients pushing new batches back to back (with `pause_s` between) until stopped.
 
@@ -177,7 +112,7 @@ class LoadGenerator:
         target: Callable[[], str],
         keys: list[str],
         workspace_id: str,
-        ledger: Any,  # a Ledger, or whatever `push_one` records into
+        ledger: Any,  # whatever `push_one` records into (a CliLedger)
         tag: str,
         pause_s: float = 0.05,
         max_pushes: int = 100_000,
@@ -206,7 +141,7 @@ class LoadGenerator:
 
     def _run(self, key: str, rng: random.Random) -> None:
         try:
-            with httpx2.Client(timeout=REQUEST_TIMEOUT) as client:
+            with httpx2.Client(timeout=self.request_timeout) as client:
                 while not self._stop.is_set():
                     seq = next(self._seq)
                     if seq > self.max_pushes:
@@ -217,13 +152,8 @@ class LoadGenerator:
             self.crashes.append(f"{threading.current_thread().name}: {exc!r}")
 
     def push_one(self, client: httpx2.Client, key: str, push: Push, rng: random.Random) -> float:
-        """Send one new push and record what the client saw; return the pause before the next."""
-        kind, detail, _, retry_after = send(client, self.target(), key, push)
-        self.ledger.record(push, kind, detail, resend=False)
-        pause = self.pause_s * (0.5 + rng.random())
-        if kind != ACKED:
-            pause = max(pause, ERROR_PAUSE_S, min(retry_after, MAX_RETRY_AFTER_PAUSE_S))
-        return pause
+        """Send one new push as the client would and record what it saw; return the pause before the next."""
+        raise NotImplementedError  # cli_client.CliFleet: the real CLI's policy (SPEC 2.5)
 
     def run_for(self, seconds: float, during: Callable[[], None] | None = None) -> None:
         """Run the load for `seconds` (starting it if need be); `during()` runs meanwhile, in this thread."""
@@ -244,6 +174,7 @@ class LoadGenerator:
         if remaining > 0:
             time.sleep(remaining)
 
+    request_timeout = REQUEST_TIMEOUT
     join_timeout_s = REQUEST_TIMEOUT_S + 5  # the longest a thread takes to notice stop()
 
     def stop(self) -> None:
@@ -254,24 +185,3 @@ class LoadGenerator:
         self.elapsed_s = time.monotonic() - self.started_at
         assert not alive, f"load threads did not stop: {alive}"
         assert not self.crashes, f"the load generator crashed: {self.crashes}"
-
-
-def resend_unacked(target: str, key: str, ledger: Ledger, deadline_s: float, rounds: int = 5) -> None:
-    """Send every push that was not acknowledged again, same push id and body, as the CLI's next sync would.
-
-    A 200 `duplicate` answer means the first attempt had landed although its client
-    saw an error. Bounded: `rounds` passes, a short pause between, and `deadline_s` in all.
-    """
-    deadline = time.monotonic() + deadline_s
-    with httpx2.Client(timeout=REQUEST_TIMEOUT) as client:
-        for _ in range(rounds):
-            pending = ledger.unacked()
-            if not pending or time.monotonic() > deadline:
-                return
-            for push in pending:
-                if time.monotonic() > deadline:
-                    return
-                kind, detail, duplicate, _ = send(client, target, key, push)
-                ledger.record(push, kind, detail, resend=True, duplicate=duplicate)
-            if ledger.unacked():
-                time.sleep(1.0)
