@@ -80,6 +80,7 @@ from psycopg import sql
 from psycopg.adapt import PyFormat
 from psycopg.types.json import Json, Jsonb
 
+import workers.tables
 from bench import procstat
 from bench.gen import WORKSPACES, make_templates
 from bench.writer import _Batches
@@ -241,7 +242,6 @@ def _percent_statement(types: tuple[str, ...]) -> bytes:
 
 
 def _split_query(conn: psycopg.Connection, batch: QueuedBatch) -> int:
-
     # The product's upsert_all on psycopg's own cursor, which splits the query on `%s`.
     with _patched(writer, "upsert_together", _percent_statement), _patched(psycopg, "RawCursor", psycopg.Cursor):
         return _product(conn, batch)
@@ -255,7 +255,7 @@ def _copy_table(record_type: str) -> str:
 
 
 def _copy_source(table: Table, statement: bytes) -> bytes:
-    """A json_upsert statement whose rows come from the type's temporary table, not from a JSON parameter.
+    """A table's upsert (its CTEs) with rows from the type's temporary table, not from a JSON parameter.
 
     Postgres parses nothing: COPY's binary format carries each value as its type's
     own binary form. Structs' JSON (raw_source_ref, skill_actions) travels as text
@@ -277,17 +277,9 @@ def _copy_source(table: Table, statement: bytes) -> bytes:
 @functools.cache
 def _copy_statement(types: tuple[str, ...]) -> bytes:
     """upsert_together's one statement for these types, each reading its temporary table (parameters: ws, round)."""
-    ctes = [_copy_source(TABLES[t], json_upsert(TABLES[t])) for t in types]
-    # Each single-table statement is "WITH <u0>, <written0> SELECT ...": take its CTEs, renumbered.
-    parts = [c[len(b"WITH ") : c.index(b" SELECT (SELECT max(copy)")] for c in ctes]
-    parts = [
-        p.replace(b'"u0"', f'"u{n}"'.encode()).replace(b'"written0"', f'"written{n}"'.encode())
-        for n, p in enumerate(parts)
-    ]
-    results = b", ".join(
-        f'(SELECT max(copy) FROM "u{n}"), (SELECT count(*) FROM "u{n}")'.encode() for n in range(len(types))
+    return workers.tables.statement_of(
+        [_copy_source(TABLES[t], workers.tables.cte_bytes(t, n)) for n, t in enumerate(types)]
     )
-    return b"WITH " + b", ".join(reversed(parts)) + b" SELECT " + results
 
 
 _COPY_SQL_TYPES = {"jsonb": "text"}  # a Struct's JSON goes as text, cast by the merge (see _copy_source)
@@ -436,7 +428,6 @@ def _as_sent(table: Table) -> Table:
 
 def _rebuilding_structs() -> dict[str, bytes]:
     """The upserts before 2026-12-07: every Struct's JSON rebuilt key by key, none stored as sent."""
-    import workers.tables
 
     def always_rebuilt(value: sql.Composable, fields: tuple[str, ...]) -> sql.Composable:
         return sql.SQL("CASE WHEN {v} IS NULL THEN NULL ELSE {rebuilt} END").format(

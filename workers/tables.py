@@ -351,10 +351,10 @@ def json_upsert(
     """
     if isinstance(tables, Table):
         tables = (tables,)
-    return _statement([_upsert_ctes(t, n, recordset, json_type).as_bytes(None) for n, t in enumerate(tables)])
+    return statement_of([_upsert_ctes(t, n, recordset, json_type).as_bytes(None) for n, t in enumerate(tables)])
 
 
-def _statement(ctes: Sequence[bytes]) -> bytes:
+def statement_of(ctes: Sequence[bytes]) -> bytes:
     """json_upsert's statement from its tables' CTEs (rendered, in the order given): listed in reverse, then the counts."""
     results = b", ".join(_results(n).as_bytes(None) for n in range(len(ctes)))
     return b"WITH " + b", ".join(reversed(ctes)) + b" SELECT " + results
@@ -400,9 +400,10 @@ def upsert_together(record_types: tuple[str, ...]) -> bytes:
     sets of types. Run it on a psycopg RawCursor (see native_placeholders).
     """
     assert list(record_types) == [t for t in RECORD_TYPES if t in record_types], record_types
-    return native_placeholders(_statement([_cte_bytes(t, n) for n, t in enumerate(record_types)]))
+    return native_placeholders(statement_of([cte_bytes(t, n) for n, t in enumerate(record_types)]))
 
 
 @functools.cache
-def _cte_bytes(record_type: str, n: int) -> bytes:
+def cte_bytes(record_type: str, n: int) -> bytes:
+    """The type's CTEs (_upsert_ctes) as table n of a statement, rendered once."""
     return _upsert_ctes(TABLES[record_type], n, "jsonb_to_recordset", "jsonb").as_bytes(None)
